@@ -1,0 +1,29 @@
+# slidemill: `make test` and `make demo` each do all their own set-up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TOOLS := $(sort $(wildcard tools/*/pyproject.toml))
+PACKAGES := shared $(dir $(TOOLS))
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint schemas demo docker clean
+
+install: $(STAMP)
+
+# Every package of the repo in editable mode, with the test tools. Re-runs when a pyproject changes.
+$(STAMP): shared/pyproject.toml $(TOOLS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check $(foreach p,$(PACKAGES),-e $(p:%/=%)) -e 'shared[test]'
+	touch $@
+
+lint: install
+	$(BIN)/ruff check .
+
+test: install lint
+	$(BIN)/python -m pytest -q
+
+schemas: install
+	$(BIN)/python -m slidemill.shared.schemas schemas
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

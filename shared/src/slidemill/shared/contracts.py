@@ -1,0 +1,404 @@
+"""The files that cross a tool boundary, as pydantic models (the JSON Schemas come from these).
+
+Every file carries `"schema": "slidemill/<kind>"` and `"schema_version": "MAJOR.MINOR"`. A reader
+accepts any minor version of its major and refuses another major with a message saying so.
+Paths inside a manifest are relative to the manifest's folder and never leave it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .classes import RGB, ClassTable
+from .errors import ContractError, InputError
+from .files import atomic_write, check_relative_path, require_file
+from .geometry import PixelMapping, Region
+
+RelPath = Annotated[
+    str,
+    AfterValidator(check_relative_path),
+    Field(description="path relative to this file's folder, '/'-separated, never absolute or '..'",
+          # the same rule for JSON Schema users (pydantic's own regex engine has no look-ahead)
+          json_schema_extra={"pattern": r"^(?![/\\])(?![A-Za-z]:)(?!(.*/)?\.\.(/|$))[^\\]+$"}),
+]
+Triple = tuple[float, float, float]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Contract(Strict):
+    """Base of every exchanged JSON file."""
+
+    KIND: ClassVar[str]
+    VERSION: ClassVar[str] = "1.0"
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_kind_and_version(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        kind = data.get("schema")
+        if kind is not None and kind != f"slidemill/{cls.KIND}":
+            raise ValueError(f"this is a {kind!r} file, but a 'slidemill/{cls.KIND}' file is expected")
+        version = data.get("schema_version")
+        if isinstance(version, str) and version.split(".")[0] != cls.VERSION.split(".")[0]:
+            raise ValueError(
+                f"schema_version {version} is not supported: this slidemill reads "
+                f"slidemill/{cls.KIND} version {cls.VERSION.split('.')[0]}.x; "
+                "use the slidemill release that wrote the file, or re-create the file with this one"
+            )
+        return data
+
+
+# --- shared pieces -----------------------------------------------------------------------------
+
+
+class SlideRef(Strict):
+    """Which slide a file is about. The slide itself is given to each tool on its command line."""
+
+    name: str = Field(min_length=1, description="the slide's file (or folder) name, without folders")
+    width: int = Field(gt=0, description="level-0 width in pixels")
+    height: int = Field(gt=0, description="level-0 height in pixels")
+    mpp: float | None = Field(None, gt=0, description="level-0 microns per pixel; null when unknown")
+    mpp_source: Literal["file", "user"] | None = Field(None, description="where mpp came from")
+    vendor: str = Field("unknown", description="scanner vendor or file format")
+    reader: str = Field("", description="the large-image source that read it")
+
+    @model_validator(mode="after")
+    def _plain_name(self) -> SlideRef:
+        if "/" in self.name or "\\" in self.name:
+            raise ValueError("slide name must be a file name, without folders")
+        return self
+
+
+class Provenance(Strict):
+    tool: str
+    version: str
+    inputs: list[str] = Field(default_factory=list, description="input files, as given")
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+# --- tileset -----------------------------------------------------------------------------------
+
+
+class TilingParams(Strict):
+    mpp: float = Field(gt=0, description="microns per pixel of the tiles")
+    tile_size_px: int = Field(gt=0, description="tile width and height in tile pixels")
+    overlap_px: int = Field(ge=0, description="overlap of neighbouring tiles in tile pixels")
+    tissue_threshold: float | None = Field(
+        None, ge=0, le=1, description="minimum tissue fraction of a kept tile; null with all tiles")
+    annotated_only: bool = Field(False, description="only tiles touching an annotation were kept")
+    background_class: str | None = Field(
+        None, description="class given to unannotated pixels; null means they are ignore (sparse)")
+    image_format: Literal["png", "jpeg", "tiff"] = "png"
+    pad_value: int = Field(255, ge=0, le=255, description="value of padding pixels in images")
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> TilingParams:
+        if self.overlap_px >= self.tile_size_px:
+            raise ValueError("overlap_px must be smaller than tile_size_px")
+        return self
+
+
+class TileRecord(Strict):
+    index: int = Field(ge=0)
+    col: int = Field(ge=0, description="grid column")
+    row: int = Field(ge=0, description="grid row")
+    x: float = Field(description="level-0 x of the tile's top-left corner")
+    y: float = Field(description="level-0 y of the tile's top-left corner")
+    width: float = Field(gt=0, description="level-0 width the whole tile (padding included) spans")
+    height: float = Field(gt=0, description="level-0 height the whole tile (padding included) spans")
+    pad_right_px: int = Field(0, ge=0, description="tile pixels of padding past the slide's right edge")
+    pad_bottom_px: int = Field(0, ge=0, description="tile pixels of padding past the slide's bottom edge")
+    tissue_fraction: float = Field(ge=0, le=1)
+    class_fractions: dict[str, float] = Field(
+        default_factory=dict, description="fraction of the tile's pixels per class name (ignore included)")
+    image: RelPath
+    mask: RelPath | None = None
+
+
+class TileSet(Contract):
+    KIND: ClassVar[str] = "tileset"
+    schema_id: Literal["slidemill/tileset"] = Field("slidemill/tileset", alias="schema")
+    schema_version: str = Field("1.0", pattern=r"^1\.\d+$")
+    slide: SlideRef
+    params: TilingParams
+    mapping: PixelMapping = Field(description="tile pixels to level-0 pixels (origin 0; per tile add x, y)")
+    classes: ClassTable | None = Field(None, description="null when no annotations were given")
+    tissue_mask: RelPath | None = None
+    preview: RelPath | None = None
+    tiles: list[TileRecord]
+
+
+# --- model card --------------------------------------------------------------------------------
+
+
+class Normalization(Strict):
+    mean: Triple = Field(description="per-channel mean of RGB scaled to 0-1")
+    std: Triple = Field(description="per-channel std of RGB scaled to 0-1")
+
+
+class ModelInput(Strict):
+    mpp: float = Field(gt=0, description="microns per pixel the model was trained at")
+    tile_size_px: int = Field(gt=0, description="tile size the model was trained on")
+    channels: Literal[3] = 3
+    normalization: Normalization
+    layout: Literal["NCHW"] = "NCHW"
+    dtype: Literal["float32"] = "float32"
+
+
+class OnnxFile(Strict):
+    file: RelPath
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    opset: int = Field(gt=0)
+    input_name: str = "image"
+    output_name: str = "logits"
+    max_abs_diff: float | None = Field(
+        None, ge=0, description="largest |torch - onnxruntime| logit difference measured at export")
+
+
+class ClassMetrics(Strict):
+    dice: float | None = Field(None, ge=0, le=1)
+    iou: float | None = Field(None, ge=0, le=1)
+
+
+class DataSplit(Strict):
+    strategy: Literal["slides", "blocks", "none"]
+    train_slides: list[str] = Field(default_factory=list)
+    val_slides: list[str] = Field(default_factory=list)
+    train_tiles: int = Field(0, ge=0)
+    val_tiles: int = Field(0, ge=0)
+    block_size_px: float | None = Field(None, description="level-0 block size of a 'blocks' split")
+    seed: int | None = None
+
+
+class TrainingSummary(Strict):
+    tilesets: list[str] = Field(default_factory=list, description="tileset folders, as given")
+    slides: list[str] = Field(default_factory=list)
+    tiles: int = Field(0, ge=0)
+    epochs: int = Field(0, ge=0)
+    best_epoch: int | None = None
+    loss: str = "cross-entropy + dice"
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelCard(Contract):
+    KIND: ClassVar[str] = "model"
+    schema_id: Literal["slidemill/model"] = Field("slidemill/model", alias="schema")
+    schema_version: str = Field("1.0", pattern=r"^1\.\d+$")
+    name: str
+    architecture: str = Field(description="segmentation-models-pytorch architecture, e.g. unet")
+    encoder: str = Field(description="encoder name, e.g. efficientnet-b0")
+    encoder_weights: str | None = None
+    classes: ClassTable
+    input: ModelInput
+    onnx: OnnxFile
+    training: TrainingSummary = Field(default_factory=TrainingSummary)
+    split: DataSplit = Field(default_factory=lambda: DataSplit(strategy="none"))
+    metrics: dict[str, ClassMetrics] = Field(default_factory=dict, description="validation metrics per class")
+    mean_iou: float | None = Field(None, ge=0, le=1)
+
+
+# --- prediction --------------------------------------------------------------------------------
+
+
+class RasterFile(Strict):
+    file: RelPath
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+    bands: int = Field(1, gt=0)
+    dtype: Literal["uint8"] = "uint8"
+
+
+class ModelRef(Strict):
+    name: str
+    architecture: str
+    encoder: str
+    onnx_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class Shard(Strict):
+    index: int = Field(ge=0)
+    count: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _in_range(self) -> Shard:
+        if self.index >= self.count:
+            raise ValueError(f"shard index {self.index} is not below the shard count {self.count}")
+        return self
+
+
+class Prediction(Contract):
+    """Label raster: class label per pixel, 255 where nothing was predicted (no tissue, other shard).
+    Probability raster: one band per trainable class in label order, 0-255 for 0-1."""
+
+    KIND: ClassVar[str] = "prediction"
+    schema_id: Literal["slidemill/prediction"] = Field("slidemill/prediction", alias="schema")
+    schema_version: str = Field("1.0", pattern=r"^1\.\d+$")
+    slide: SlideRef
+    model: ModelRef
+    classes: ClassTable
+    mpp: float = Field(gt=0, description="microns per pixel of the rasters")
+    mapping: PixelMapping
+    region: Region = Field(description="level-0 rectangle the rasters cover")
+    shard: Shard | None = None
+    tissue_only: bool = True
+    labels: RasterFile
+    probabilities: RasterFile | None = None
+    preview: RelPath | None = None
+
+
+# --- annotations (GeoJSON) ---------------------------------------------------------------------
+
+Position = tuple[float, float]
+Ring = Annotated[list[Position], Field(min_length=4)]
+
+
+def _check_rings(rings: list[list[Position]]) -> None:
+    for ring in rings:
+        if ring[0] != ring[-1]:
+            raise ValueError("a polygon ring is not closed (first and last points differ)")
+
+
+class PolygonGeometry(Strict):
+    type: Literal["Polygon"]
+    coordinates: Annotated[list[Ring], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _closed(self) -> PolygonGeometry:
+        _check_rings(self.coordinates)
+        return self
+
+
+class MultiPolygonGeometry(Strict):
+    type: Literal["MultiPolygon"]
+    coordinates: Annotated[list[Annotated[list[Ring], Field(min_length=1)]], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _closed(self) -> MultiPolygonGeometry:
+        for polygon in self.coordinates:
+            _check_rings(polygon)
+        return self
+
+
+class Classification(Strict):
+    name: str = Field(min_length=1)
+    color: RGB
+
+
+class FeatureProperties(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    objectType: Literal["annotation", "detection", "cell", "tile"] = "annotation"
+    name: str | None = None
+    classification: Classification | None = None
+    isLocked: bool | None = None
+    measurements: dict[str, float] = Field(default_factory=dict)
+    metadata: dict[str, str] | None = None
+
+
+class Feature(Strict):
+    type: Literal["Feature"] = "Feature"
+    id: str
+    geometry: Annotated[PolygonGeometry | MultiPolygonGeometry, Field(discriminator="type")]
+    properties: FeatureProperties
+
+
+class AnnotationSet(Contract):
+    """A GeoJSON FeatureCollection in level-0 pixels; extra top-level members carry slidemill's data."""
+
+    KIND: ClassVar[str] = "annotations"
+    schema_id: Literal["slidemill/annotations"] = Field("slidemill/annotations", alias="schema")
+    schema_version: str = Field("1.0", pattern=r"^1\.\d+$")
+    type: Literal["FeatureCollection"] = "FeatureCollection"
+    slide: SlideRef | None = None
+    mpp: float | None = Field(None, gt=0, description="level-0 microns per pixel used for measurements")
+    provenance: Provenance | None = None
+    features: list[Feature]
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+class Report(Contract):
+    KIND: ClassVar[str] = "report"
+    schema_id: Literal["slidemill/report"] = Field("slidemill/report", alias="schema")
+    schema_version: str = Field("1.0", pattern=r"^1\.\d+$")
+    tool: str
+    version: str
+    command: list[str] = Field(default_factory=list, description="argv of the run")
+    status: Literal["ok", "failed"] = "ok"
+    started_at: str = Field(description="ISO 8601, UTC")
+    finished_at: str = Field(description="ISO 8601, UTC")
+    duration_s: float = Field(ge=0)
+    inputs: list[str] = Field(default_factory=list)
+    outputs: list[str] = Field(default_factory=list)
+    counts: dict[str, float] = Field(default_factory=dict)
+    timings_s: dict[str, float] = Field(default_factory=dict)
+    warnings: list[str] = Field(default_factory=list)
+    environment: dict[str, str] = Field(default_factory=dict)
+    error: str | None = None
+
+
+CONTRACTS: dict[str, type[Contract]] = {
+    cls.KIND: cls for cls in (TileSet, ModelCard, Prediction, AnnotationSet, Report)
+}
+
+C = TypeVar("C", bound=Contract)
+
+
+def describe_validation_error(exc: ValidationError, limit: int = 3) -> str:
+    problems = []
+    for err in exc.errors()[:limit]:
+        where = ".".join(str(p) for p in err["loc"]) or "the file"
+        msg = err["msg"].removeprefix("Value error, ")
+        problems.append(f"{where}: {msg}")
+    more = len(exc.errors()) - limit
+    text = "; ".join(problems)
+    return text + (f"; and {more} more problem(s)" if more > 0 else "")
+
+
+def parse_contract(data: bytes | str, model: type[C], *, path: str | Path = "<input>") -> C:
+    """Validate JSON text as `model`, raising ContractError with a paragraph naming `path`."""
+    try:
+        raw = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise ContractError(f"is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})",
+                            path=path, fix="Check that the file was written completely") from None
+    if not isinstance(raw, dict) or "schema" not in raw:
+        raise ContractError(f"is not a slidemill/{model.KIND} file (no 'schema' member)", path=path,
+                            fix=f"Give a file written by slidemill, with \"schema\": \"slidemill/{model.KIND}\"")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ContractError(f"is not a valid slidemill/{model.KIND} file: {describe_validation_error(exc)}",
+                            path=path, fix="Re-create it with the slidemill tool that writes it") from None
+
+
+def load_contract(path: str | Path, model: type[C]) -> C:
+    """Read and validate a contract file before any work is done."""
+    path = require_file(path, f"slidemill/{model.KIND} file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot be read ({exc.strerror})", path=path) from None
+    return parse_contract(data, model, path=path)
+
+
+def dump_contract(obj: Contract, *, indent: int | None = 2) -> str:
+    # None fields are left out: they equal the defaults, and QuPath chokes on null properties.
+    return obj.model_dump_json(by_alias=True, indent=indent, exclude_none=True) + "\n"
+
+
+def save_contract(obj: Contract, path: str | Path, *, indent: int | None = 2) -> Path:
+    """Write a contract file atomically."""
+    path = Path(path)
+    with atomic_write(path) as handle:
+        handle.write(dump_contract(obj, indent=indent))
+    return path

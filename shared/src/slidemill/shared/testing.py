@@ -1,0 +1,253 @@
+"""Synthetic slides with known shapes, for tests and benchmarks of every tool.
+
+`write_synthetic_slide` renders a tiled pyramidal TIFF tile by tile (memory bounded by the tile,
+not the slide) with an H&E-like textured background and class-coloured shapes whose level-0
+geometry is exactly known, so a test can compare a tool's output with the truth.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tifffile
+from shapely import affinity
+from shapely.geometry import MultiPolygon, Point, Polygon, box
+
+from .geometry import grid_starts
+
+BACKGROUND_RGB = (236, 226, 234)  # glass, faintly pink
+TISSUE_RGB = (222, 160, 200)  # eosin-pink stroma
+
+
+@dataclass(frozen=True)
+class SyntheticShape:
+    class_name: str
+    geometry: Polygon | MultiPolygon
+    color: tuple[int, int, int]
+
+
+def example_shapes(width: int, height: int, seed: int = 0) -> list[SyntheticShape]:
+    """A tissue region with a tumour disc (with a hole), a stroma band and immune blobs."""
+    rng = np.random.default_rng(seed)
+    w, h = width, height
+    tissue = box(0.08 * w, 0.1 * h, 0.92 * w, 0.9 * h)
+    tumour = Point(0.35 * w, 0.45 * h).buffer(0.18 * min(w, h), 64)
+    tumour = tumour.difference(Point(0.35 * w, 0.45 * h).buffer(0.06 * min(w, h), 64))
+    stroma = box(0.6 * w, 0.2 * h, 0.8 * w, 0.8 * h)
+    blobs = [Point(rng.uniform(0.15, 0.85) * w, rng.uniform(0.72, 0.85) * h).buffer(0.03 * min(w, h), 32)
+             for _ in range(3)]
+    immune = MultiPolygon([b for b in blobs]).buffer(0)
+    return [
+        SyntheticShape("Tissue", tissue, TISSUE_RGB),
+        SyntheticShape("Tumor", tumour, (120, 40, 150)),
+        SyntheticShape("Stroma", stroma, (240, 120, 170)),
+        SyntheticShape("Immune cells", immune, (60, 30, 110)),
+    ]
+
+
+def _polygon_rings(geom: Polygon | MultiPolygon) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
+    polys = geom.geoms if isinstance(geom, MultiPolygon) else [geom]
+    for poly in polys:
+        yield np.asarray(poly.exterior.coords), [np.asarray(r.coords) for r in poly.interiors]
+
+
+def render_tile(x0: float, y0: float, w: int, h: int, scale: float, shapes: Sequence[SyntheticShape],
+                *, seed: int = 0, noise: float = 6.0) -> np.ndarray:
+    """RGB pixels [x0, x0 + w*scale) x [y0, ...) of the synthetic slide at `scale` level-0 px per pixel.
+    Pixel (i, j) is inside a shape when its centre is (cv2 fills by centre with sub-pixel shift)."""
+    img = np.empty((h, w, 3), np.uint8)
+    img[:] = BACKGROUND_RGB
+    shift = 4
+    factor = 1 << shift
+    window = box(x0, y0, x0 + w * scale, y0 + h * scale)
+    for s in shapes:
+        if not s.geometry.intersects(window):
+            continue
+        for exterior, holes in _polygon_rings(s.geometry):
+            mask = np.zeros((h, w), np.uint8)
+            pts = np.round(((exterior - (x0, y0)) / scale - 0.5) * factor).astype(np.int32)
+            cv2.fillPoly(mask, [pts], 1, lineType=cv2.LINE_8, shift=shift)
+            for hole in holes:
+                hp = np.round(((hole - (x0, y0)) / scale - 0.5) * factor).astype(np.int32)
+                cv2.fillPoly(mask, [hp], 0, lineType=cv2.LINE_8, shift=shift)
+            img[mask.astype(bool)] = s.color
+    if noise:
+        rng = np.random.default_rng([seed, int(x0), int(y0), int(scale * 1000)])
+        jitter = rng.normal(0, noise, (h, w, 1)).astype(np.float32)
+        img = np.clip(img.astype(np.float32) + jitter, 0, 255).astype(np.uint8)
+    return img
+
+
+def write_synthetic_slide(
+    path: str | Path,
+    width: int,
+    height: int,
+    *,
+    mpp: float | None = 0.5,
+    shapes: Sequence[SyntheticShape] | None = None,
+    tile: int = 256,
+    levels: int | None = None,
+    compression: str | None = "zlib",
+    noise: float = 6.0,
+    seed: int = 0,
+) -> Path:
+    """A tiled pyramidal TIFF (one page per level, readable by openslide and large-image) rendered
+    tile by tile. `mpp=None` writes no resolution. Returns the path."""
+    path = Path(path)
+    shapes = list(example_shapes(width, height, seed) if shapes is None else shapes)
+    if levels is None:
+        levels = max(1, int(math.ceil(math.log2(max(width, height) / tile))) + 1)
+    options: dict = {"tile": (tile, tile), "photometric": "rgb", "compression": compression,
+                     "metadata": None}
+    if compression == "jpeg":
+        options["compressionargs"] = {"level": 90}
+    with tifffile.TiffWriter(path, bigtiff=width * height * 3 > 2**31) as tif:
+        for level in range(levels):
+            ds = 2**level
+            lw, lh = math.ceil(width / ds), math.ceil(height / ds)
+            if level > 0 and max(lw, lh) < 16:
+                break
+
+            def tiles(lw=lw, lh=lh, ds=ds) -> Iterator[np.ndarray]:
+                for ty in grid_starts(lh, tile, tile):
+                    for tx in grid_starts(lw, tile, tile):
+                        yield render_tile(tx * ds, ty * ds, tile, tile, ds, shapes, seed=seed, noise=noise)
+
+            extra = {}
+            if mpp is not None:
+                extra = {"resolution": (1e4 / (mpp * ds), 1e4 / (mpp * ds)), "resolutionunit": "CENTIMETER"}
+            tif.write(tiles(), shape=(lh, lw, 3), dtype=np.uint8, subfiletype=1 if level else 0,
+                      **options, **extra)
+    return path
+
+
+def truth_mask(shapes: Sequence[SyntheticShape], class_labels: dict[str, int], width: int, height: int,
+               scale: float = 1.0, *, fill: int = 0) -> np.ndarray:
+    """Label raster of the shapes at `scale` (later shapes drawn over earlier ones)."""
+    h, w = math.ceil(height / scale), math.ceil(width / scale)
+    out = np.full((h, w), fill, np.uint8)
+    shift, factor = 4, 16
+    for s in shapes:
+        if s.class_name not in class_labels:
+            continue
+        for exterior, holes in _polygon_rings(s.geometry):
+            mask = np.zeros((h, w), np.uint8)
+            cv2.fillPoly(mask, [np.round((exterior / scale - 0.5) * factor).astype(np.int32)], 1, shift=shift)
+            for hole in holes:
+                cv2.fillPoly(mask, [np.round((hole / scale - 0.5) * factor).astype(np.int32)], 0, shift=shift)
+            out[mask.astype(bool)] = class_labels[s.class_name]
+    return out
+
+
+def qupath_geojson(shapes: Sequence[SyntheticShape], *, flavour: str = "0.4") -> dict | list:
+    """The shapes as QuPath would export them: flavour "0.4" (objectType, RGB colour), "0.3"
+    (object_type) or "0.2" (type in id, colorRGB, list measurements, a bare list of features)."""
+    from shapely.geometry import mapping
+
+    from .classes import rgb_to_argb_int
+
+    features = []
+    for s in shapes:
+        geometry = json.loads(json.dumps(mapping(s.geometry)))
+        if flavour == "0.2":
+            props = {"classification": {"name": s.class_name, "colorRGB": rgb_to_argb_int(s.color)},
+                     "isLocked": False, "measurements": []}
+            features.append({"type": "Feature", "id": "PathAnnotationObject", "geometry": geometry,
+                             "properties": props})
+        else:
+            key = "objectType" if flavour != "0.3" else "object_type"
+            props = {key: "annotation", "classification": {"name": s.class_name, "color": list(s.color)}}
+            features.append({"type": "Feature", "geometry": geometry, "properties": props})
+    if flavour == "0.2":
+        return features
+    return {"type": "FeatureCollection", "features": features}
+
+
+def scaled(shapes: Sequence[SyntheticShape], factor: float) -> list[SyntheticShape]:
+    return [SyntheticShape(s.class_name, affinity.scale(s.geometry, factor, factor, origin=(0, 0)), s.color)
+            for s in shapes]
+
+
+# --- small valid examples of every contract (tests and docs build on these) ---------------------
+
+
+def sample_classes():
+    from .classes import ClassTable
+
+    return ClassTable.from_names(["Tumor", "Stroma", "Immune cells"])
+
+
+def sample_slide_ref(name: str = "slide.tiff"):
+    from .contracts import SlideRef
+
+    return SlideRef(name=name, width=4000, height=3000, mpp=0.25, mpp_source="file", vendor="aperio",
+                    reader="openslide")
+
+
+def sample_tileset():
+    from .contracts import TileRecord, TileSet, TilingParams
+    from .geometry import PixelMapping
+
+    tiles = [TileRecord(index=0, col=0, row=0, x=0, y=0, width=1024, height=1024, tissue_fraction=0.8,
+                        class_fractions={"Tumor": 0.25, "Ignore*": 0.75},
+                        image="tiles/0_0.png", mask="masks/0_0.png")]
+    return TileSet(slide=sample_slide_ref(), params=TilingParams(mpp=0.5, tile_size_px=512, overlap_px=64,
+                   tissue_threshold=0.5), mapping=PixelMapping(scale=2.0), classes=sample_classes(),
+                   tissue_mask="tissue.png", preview="preview.png", tiles=tiles)
+
+
+def sample_model_card():
+    from .contracts import ClassMetrics, DataSplit, ModelCard, ModelInput, Normalization, OnnxFile
+
+    return ModelCard(
+        name="unet-efficientnet-b0", architecture="unet", encoder="efficientnet-b0", classes=sample_classes(),
+        input=ModelInput(mpp=0.5, tile_size_px=512,
+                         normalization=Normalization(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))),
+        onnx=OnnxFile(file="model.onnx", sha256="0" * 64, opset=17, max_abs_diff=1e-5),
+        split=DataSplit(strategy="slides", train_slides=["a.svs"], val_slides=["b.svs"], train_tiles=10, val_tiles=3),
+        metrics={"Tumor": ClassMetrics(dice=0.9, iou=0.82)}, mean_iou=0.82,
+    )
+
+
+def sample_prediction():
+    from .contracts import ModelRef, Prediction, RasterFile
+    from .geometry import PixelMapping, Region
+
+    return Prediction(
+        slide=sample_slide_ref(), model=ModelRef(name="m", architecture="unet", encoder="efficientnet-b0",
+                                                 onnx_sha256="0" * 64),
+        classes=sample_classes(), mpp=0.5, mapping=PixelMapping(scale=2.0),
+        region=Region(x=0, y=0, width=4000, height=3000),
+        labels=RasterFile(file="labels.tiff", width=2000, height=1500),
+        probabilities=RasterFile(file="probabilities.tiff", width=2000, height=1500, bands=3),
+    )
+
+
+def sample_annotations():
+    from .annotations import make_feature
+    from .contracts import AnnotationSet, Provenance
+
+    classes = sample_classes()
+    feature = make_feature(box(10, 10, 110.123, 60).difference(box(40, 20, 60, 40)), "Tumor", classes=classes, mpp=0.25)
+    return AnnotationSet(slide=sample_slide_ref(), mpp=0.25, features=[feature],
+                         provenance=Provenance(tool="slidemill-postprocess", version="0.1.0"))
+
+
+def sample_report():
+    from .contracts import Report
+
+    return Report(tool="slidemill-tile", version="0.1.0", command=["slidemill-tile", "a.svs"],
+                  started_at="2026-01-01T00:00:00Z", finished_at="2026-01-01T00:00:01Z", duration_s=1.0,
+                  counts={"tiles": 3})
+
+
+SAMPLES = {
+    "tileset": sample_tileset, "model": sample_model_card, "prediction": sample_prediction,
+    "annotations": sample_annotations, "report": sample_report,
+}

@@ -1,0 +1,98 @@
+import gzip
+import json
+
+import pytest
+import shapely
+from shapely.geometry import Polygon, box, shape
+
+from slidemill.shared.annotations import (
+    geometry_dict,
+    make_feature,
+    read_annotation_set,
+    read_geojson,
+    shapes_from_geojson,
+)
+from slidemill.shared.contracts import save_contract
+from slidemill.shared.errors import InputError
+from slidemill.shared.testing import SAMPLES, example_shapes, qupath_geojson
+
+
+@pytest.mark.parametrize("flavour", ["0.2", "0.3", "0.4"])
+def test_reads_every_qupath_flavour(flavour):
+    truth = example_shapes(1000, 800)
+    result = shapes_from_geojson(qupath_geojson(truth, flavour=flavour))
+    assert [s.class_name for s in result.shapes] == [s.class_name for s in truth]
+    assert [s.color for s in result.shapes] == [s.color for s in truth]
+    assert all(s.object_type == "annotation" for s in result.shapes)
+    for got, want in zip(result.shapes, truth, strict=True):
+        assert got.geometry.symmetric_difference(want.geometry).area < 1e-6
+
+
+def test_string_classification_bare_geometry_and_gzip(tmp_path):
+    data = [{"type": "Feature", "geometry": json.loads(shapely.to_geojson(box(0, 0, 10, 10))),
+             "properties": {"classification": "Stroma", "measurements": {"a": 1, "b": "NaN"}}},
+            json.loads(shapely.to_geojson(box(20, 20, 30, 30)))]
+    path = tmp_path / "a.geojson.gz"
+    path.write_bytes(gzip.compress(json.dumps(data).encode()))
+    result = read_geojson(path)
+    assert [s.class_name for s in result.shapes] == ["Stroma", None]
+    assert result.shapes[0].measurements == {"a": 1.0}
+
+
+def test_invalid_polygon_repaired_and_lines_skipped():
+    bowtie = {"type": "Polygon", "coordinates": [[[0, 0], [10, 10], [10, 0], [0, 10], [0, 0]]]}
+    line = {"type": "LineString", "coordinates": [[0, 0], [5, 5]]}
+    result = shapes_from_geojson({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": bowtie, "properties": {"objectType": "annotation"}},
+        {"type": "Feature", "geometry": line, "properties": {}}]})
+    assert result.repaired == 1 and result.skipped == 1
+    assert result.shapes[0].geometry.is_valid
+    assert result.shapes[0].geometry.area == pytest.approx(50)
+
+
+def test_real_qupath_exports(handout):
+    single = read_geojson(handout / "annotations" / "qupath-polygon.json")
+    assert len(single.shapes) == 1 and single.shapes[0].object_type == "annotation"
+    tcga = read_geojson(handout / "annotations" / "TCGA-EJ-5519-01Z-00-DX1.qupath.json")
+    assert [s.class_name for s in tcga.shapes] == ["Tumor", "Other", "Negative"]
+    assert tcga.shapes[0].color == (200, 0, 0)
+    assert tcga.shapes[0].locked
+
+
+def test_not_geojson(tmp_path):
+    path = tmp_path / "a.json"
+    path.write_text("<xml/>")
+    with pytest.raises(InputError, match="a.json: is not valid JSON"):
+        read_geojson(path)
+    path.write_text('{"hello": 1}')
+    with pytest.raises(InputError, match="no GeoJSON features"):
+        read_geojson(path)
+
+
+def test_make_feature_is_what_qupath_accepts():
+    # a polygon whose rounding to 0.01 would self-intersect
+    tricky = Polygon([(0, 0), (10, 0), (10, 10), (5.001, 5.004), (5.004, 5.001), (0, 10)])
+    feature = make_feature(tricky, "Tumor", mpp=0.5)
+    geom = shape(feature.geometry.model_dump())
+    assert geom.is_valid
+    for ring in feature.geometry.coordinates:
+        assert ring[0] == ring[-1] and len(ring) >= 4
+        assert all(round(v, 2) == v for point in ring for v in point)
+    assert feature.properties.classification.color == (200, 0, 0)
+    assert feature.properties.measurements["Area µm^2"] == pytest.approx(geom.area * 0.25, rel=1e-6)
+    again = make_feature(tricky, "Tumor", mpp=0.5)
+    assert again.id == feature.id
+    assert make_feature(tricky, "Stroma", mpp=0.5).id != feature.id
+
+
+def test_geometry_dict_keeps_holes():
+    poly = box(0, 0, 10, 10).difference(box(2, 2, 4, 4))
+    assert len(geometry_dict(poly)["coordinates"]) == 2
+
+
+def test_annotation_set_file_round_trip(tmp_path):
+    path = save_contract(SAMPLES["annotations"](), tmp_path / "a.geojson", indent=None)
+    loaded = read_annotation_set(path)
+    assert loaded.features[0].properties.classification.name == "Tumor"
+    # the contract file is also plain QuPath-flavoured GeoJSON
+    assert read_geojson(path).shapes[0].class_name == "Tumor"

@@ -1,0 +1,58 @@
+import pytest
+
+from slidemill.shared.errors import OutputError
+from slidemill.shared.files import atomic_write, check_relative_path, prepare_output_file, staged_dir
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_write(target) as handle:
+            handle.write("half")
+            raise RuntimeError("killed")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+    with atomic_write(target) as handle:
+        handle.write("new")
+    assert target.read_text() == "new"
+
+
+def test_staged_dir_is_all_or_nothing(tmp_path):
+    final = tmp_path / "tiles"
+    with pytest.raises(RuntimeError):
+        with staged_dir(final) as work:
+            (work / "a.png").write_text("x")
+            raise RuntimeError("killed")
+    assert not final.exists() and list(tmp_path.iterdir()) == []
+    with staged_dir(final) as work:
+        (work / "a.png").write_text("x")
+    assert (final / "a.png").exists()
+    with pytest.raises(OutputError, match="--overwrite"):
+        with staged_dir(final):
+            pass
+    with staged_dir(final, overwrite=True) as work:
+        (work / "b.png").write_text("y")
+    assert sorted(p.name for p in final.iterdir()) == ["b.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiles"]
+
+
+def test_prepare_output_file(tmp_path):
+    existing = tmp_path / "a.geojson"
+    existing.write_text("{}")
+    with pytest.raises(OutputError, match="--overwrite"):
+        prepare_output_file(existing, overwrite=False)
+    assert prepare_output_file(existing, overwrite=True) == existing
+    with pytest.raises(OutputError, match="folder"):
+        prepare_output_file(tmp_path, overwrite=True)
+
+
+@pytest.mark.parametrize("ok", ["a.png", "tiles/0_0.png", "./x/y.png", "a..b.png"])
+def test_relative_paths_accepted(ok):
+    assert check_relative_path(ok) == ok
+
+
+@pytest.mark.parametrize("bad", ["", "/etc/passwd", "../x", "a/../../x", "a/..", "C:/x", "a\\b"])
+def test_relative_paths_refused(bad):
+    with pytest.raises(ValueError):
+        check_relative_path(bad)
