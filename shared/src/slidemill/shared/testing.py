@@ -251,3 +251,31 @@ SAMPLES = {
     "tileset": sample_tileset, "model": sample_model_card, "prediction": sample_prediction,
     "annotations": sample_annotations, "report": sample_report,
 }
+
+
+def write_prediction(folder: str | Path, labels: np.ndarray, *, classes=None, mpp: float = 0.5,
+                     scale: float = 1.0, origin: tuple[float, float] = (0.0, 0.0), slide=None, region=None,
+                     shard: tuple[int, int] | None = None, tile: int = 512) -> Path:
+    """A prediction folder as slidemill-infer writes it (prediction.json + tiled zlib labels.tiff)
+    around a given uint8 label raster; returns the folder. `scale` is level-0 px per raster px."""
+    from .contracts import ModelRef, Prediction, RasterFile, Shard, SlideRef, save_contract
+    from .geometry import PixelMapping, Region
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = np.ascontiguousarray(labels, dtype=np.uint8)
+    h, w = labels.shape
+    tifffile.imwrite(folder / "labels.tiff", labels, tile=(tile, tile), compression="zlib", metadata=None)
+    if region is None:
+        region = Region(x=int(origin[0]), y=int(origin[1]), width=math.ceil(w * scale), height=math.ceil(h * scale))
+    if slide is None:
+        slide = SlideRef(name="slide.tiff", width=region.x + region.width, height=region.y + region.height,
+                         mpp=mpp / scale, mpp_source="file", vendor="synthetic", reader="tifffile")
+    prediction = Prediction(
+        slide=slide, model=ModelRef(name="m", architecture="unet", encoder="resnet18", onnx_sha256="0" * 64),
+        classes=classes or sample_classes(), mpp=mpp,
+        mapping=PixelMapping(origin_x=origin[0], origin_y=origin[1], scale=scale), region=region,
+        shard=None if shard is None else Shard(index=shard[0], count=shard[1]),
+        labels=RasterFile(file="labels.tiff", width=w, height=h))
+    save_contract(prediction, folder / "prediction.json")
+    return folder

@@ -1,0 +1,214 @@
+"""Polygon operations that more than one tool needs: dissolving same-class shapes, closing gaps,
+dropping speckle, filling small holes, measuring overlap, and building an `annotations` file.
+
+All functions work in whatever planar coordinates they are given (raster pixels or level-0 pixels);
+distances and areas are in those units. Every function returns valid `Polygon`s only (never a
+GeometryCollection, never an empty geometry), so a caller can turn each one into one GeoJSON feature.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import shapely
+from shapely.geometry import MultiPolygon, Polygon
+from shapely.geometry.base import BaseGeometry
+
+from .annotations import make_feature, make_valid_polygonal
+from .classes import ClassTable
+from .contracts import AnnotationSet, Feature, Provenance, SlideRef
+
+# Segments per quarter circle of the discs used to close gaps.
+QUAD_SEGS = 8
+
+
+def polygon_parts(geom: BaseGeometry | None) -> list[Polygon]:
+    """The non-empty Polygons of `geom` (a Polygon, MultiPolygon or collection)."""
+    if geom is None or geom.is_empty:
+        return []
+    if isinstance(geom, Polygon):
+        return [geom]
+    out: list[Polygon] = []
+    for part in getattr(geom, "geoms", []):
+        out.extend(polygon_parts(part))
+    return out
+
+
+def valid_parts(geom: BaseGeometry | None) -> tuple[list[Polygon], bool]:
+    """The polygonal content of `geom` as valid Polygons, and whether it had to be repaired."""
+    polygonal, repaired = make_valid_polygonal(geom)
+    return polygon_parts(polygonal), repaired
+
+
+def drop_collinear(geom: Polygon | MultiPolygon) -> Polygon | MultiPolygon:
+    """The same shape without vertices that lie on a straight line between their neighbours."""
+    return shapely.simplify(geom, 0.0, preserve_topology=True)
+
+
+def gap_radius(max_gap: float, quad_segs: int = QUAD_SEGS) -> float:
+    """Buffer radius that bridges every gap up to `max_gap`: half the gap, enlarged so the polygonal
+    disc shapely buffers with contains the true disc (its inscribed radius is r * cos(pi / 4q))."""
+    if max_gap <= 0:
+        return 0.0
+    return max_gap / 2.0 / math.cos(math.pi / (4 * quad_segs))
+
+
+def close_gaps(geom: Polygon | MultiPolygon, max_gap: float, *, quad_segs: int = QUAD_SEGS) -> list[Polygon]:
+    """Morphological closing (buffer out, buffer back in) that bridges gaps up to `max_gap`.
+    The original shape is always kept whole: the result is its union with the closing."""
+    radius = gap_radius(max_gap, quad_segs)
+    if radius <= 0:
+        return valid_parts(geom)[0]
+    closed = geom.buffer(radius, quad_segs=quad_segs).buffer(-radius, quad_segs=quad_segs)
+    merged = shapely.unary_union([geom, closed])
+    return [drop_collinear(p) for p in valid_parts(merged)[0]]
+
+
+def dissolve(polygons: Iterable[BaseGeometry], *, max_gap: float = 0.0,
+             quad_segs: int = QUAD_SEGS) -> list[Polygon]:
+    """Union shapes that overlap, touch, or lie within `max_gap` of each other; split the result
+    into its Polygons (holes kept). Shapes are first grouped by proximity (an STR-tree query and
+    connected components) so each union is only as large as one connected group."""
+    parts: list[Polygon] = []
+    for geom in polygons:
+        parts.extend(valid_parts(geom)[0])
+    if not parts:
+        return []
+    arr = np.empty(len(parts), dtype=object)
+    arr[:] = parts
+    radius = gap_radius(max_gap, quad_segs)
+    tree = shapely.STRtree(arr)
+    if radius > 0:
+        left, right = tree.query(arr, predicate="dwithin", distance=2 * radius)
+    else:
+        left, right = tree.query(arr, predicate="intersects")
+    labels = connected_labels(len(arr), left, right)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.flatnonzero(np.diff(labels[order])) + 1
+    out: list[Polygon] = []
+    for group in np.split(order, bounds):
+        members = arr[group]
+        if len(members) == 1 and radius <= 0:
+            out.append(members[0])
+            continue
+        union = shapely.unary_union(members)
+        if radius > 0:
+            out.extend(close_gaps(union, max_gap, quad_segs=quad_segs))
+        else:
+            out.extend(drop_collinear(p) for p in valid_parts(union)[0])
+    return sort_polygons(out)
+
+
+def connected_labels(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Connected components of the graph on `n` nodes with edges (left[i], right[i]): each node's
+    smallest member index (vectorised union-find: hook roots on the smaller root, then compress)."""
+    parent = np.arange(n)
+    left, right = np.asarray(left, np.intp), np.asarray(right, np.intp)
+    while True:
+        ru, rv = parent[left], parent[right]
+        differ = ru != rv
+        if not differ.any():
+            return parent
+        lo, hi = np.minimum(ru[differ], rv[differ]), np.maximum(ru[differ], rv[differ])
+        np.minimum.at(parent, hi, lo)
+        while True:
+            jumped = parent[parent]
+            if np.array_equal(jumped, parent):
+                break
+            parent = jumped
+
+
+def fill_small_holes(polygons: Sequence[Polygon], max_hole_area: float) -> tuple[list[Polygon], int]:
+    """Remove interior rings smaller than `max_hole_area`; shapes left inside a filled hole (islands)
+    are dropped, being covered now. Returns the polygons and how many holes were filled."""
+    if max_hole_area <= 0:
+        return list(polygons), 0
+    filled_count = 0
+    out: list[Polygon] = []
+    changed: list[int] = []
+    for poly in polygons:
+        keep = [r for r in poly.interiors if Polygon(r).area >= max_hole_area]
+        if len(keep) != len(poly.interiors):
+            filled_count += len(poly.interiors) - len(keep)
+            poly = Polygon(poly.exterior, keep)
+            changed.append(len(out))
+        out.append(poly)
+    if changed:
+        arr = np.empty(len(out), dtype=object)
+        arr[:] = out
+        tree = shapely.STRtree(arr)
+        covered: set[int] = set()
+        for index in changed:
+            for other in tree.query(arr[index], predicate="covers"):
+                if int(other) != index and int(other) not in changed:
+                    covered.add(int(other))
+        out = [p for i, p in enumerate(out) if i not in covered]
+    return out, filled_count
+
+
+def drop_small(polygons: Sequence[Polygon], min_area: float) -> tuple[list[Polygon], int]:
+    """Polygons with an area of at least `min_area`, and how many were dropped."""
+    if min_area <= 0:
+        return list(polygons), 0
+    kept = [p for p in polygons if p.area >= min_area]
+    return kept, len(polygons) - len(kept)
+
+
+def simplify_polygons(polygons: Sequence[Polygon], tolerance: float) -> list[Polygon]:
+    """Douglas-Peucker simplification that keeps each polygon valid (holes stay holes)."""
+    if tolerance <= 0:
+        return list(polygons)
+    out: list[Polygon] = []
+    for poly in polygons:
+        out.extend(valid_parts(shapely.simplify(poly, tolerance, preserve_topology=True))[0])
+    return out
+
+
+def sort_polygons(polygons: Iterable[Polygon]) -> list[Polygon]:
+    """A deterministic order: top to bottom, left to right, larger first."""
+    return sorted(polygons, key=lambda p: (round(p.bounds[1], 6), round(p.bounds[0], 6), -round(p.area, 6),
+                                           p.wkb))
+
+
+def union_area_iou(a: Iterable[BaseGeometry], b: Iterable[BaseGeometry]) -> float:
+    """Intersection over union of two sets of shapes (1.0 when both are empty)."""
+    ua = shapely.unary_union(list(a))
+    ub = shapely.unary_union(list(b))
+    union = shapely.union(ua, ub).area
+    if union == 0:
+        return 1.0
+    return shapely.intersection(ua, ub).area / union
+
+
+def build_annotation_set(
+    polygons_by_class: Mapping[str | None, Sequence[Polygon]],
+    *,
+    mpp: float | None,
+    classes: ClassTable | None = None,
+    colors: Mapping[str | None, tuple[int, int, int] | None] | None = None,
+    slide: SlideRef | None = None,
+    provenance: Provenance | None = None,
+) -> tuple[AnnotationSet, int]:
+    """An `annotations` contract with one feature per polygon, measured at `mpp` (level-0 microns
+    per pixel), in a deterministic order. Returns the set and how many polygons vanished when snapped
+    to QuPath's 0.01 px grid (slivers)."""
+    features: list[Feature] = []
+    vanished = 0
+    for class_name, polys in polygons_by_class.items():
+        color = (colors or {}).get(class_name)
+        for poly in sort_polygons(polys):
+            feature = make_feature(shapely.normalize(poly), class_name, classes=classes, color=color, mpp=mpp)
+            if feature is None:
+                vanished += 1
+                continue
+            features.append(feature)
+    return AnnotationSet(slide=slide, mpp=mpp, provenance=provenance, features=features), vanished
+
+
+def report_path_for(out: str | Path) -> Path:
+    """`annotations.geojson` -> `annotations.report.json` (the suffix replaced)."""
+    path = Path(out)
+    return path.with_suffix(".report.json") if path.suffix else path.with_name(path.name + ".report.json")

@@ -1,0 +1,145 @@
+"""`run(config)`: a prediction folder in, one annotations file (and its report) out."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import shapely
+from shapely.geometry import Polygon
+
+from slidemill.shared.cli import Progress, package_version
+from slidemill.shared.contracts import Prediction, Provenance, save_contract
+from slidemill.shared.errors import InputError
+from slidemill.shared.files import prepare_output_file
+from slidemill.shared.report import ReportBuilder
+from slidemill.shared.shapes import (
+    build_annotation_set,
+    drop_small,
+    fill_small_holes,
+    report_path_for,
+    simplify_polygons,
+)
+
+from .config import PostprocessConfig
+from .raster import load_prediction, open_labels
+from .vectorise import MaskOps, chunk_windows, vectorise_raster
+
+log = logging.getLogger(__name__)
+
+TOOL = "slidemill-postprocess"
+
+
+@dataclass
+class PostprocessResult:
+    out: Path
+    report: Path
+    features: int
+    features_per_class: dict[str, int] = field(default_factory=dict)
+
+
+def mask_ops(config: PostprocessConfig, raster_mpp: float) -> MaskOps:
+    """Clean-up sizes in raster pixels (microns are converted at the raster's resolution)."""
+    sigma = config.smooth_px if config.smooth_px is not None else (config.smooth_um or 0.0) / raster_mpp
+
+    def radius(px: int | None, um: float | None) -> int:
+        return int(px) if px is not None else int(round((um or 0.0) / raster_mpp))
+
+    return MaskOps(smooth_sigma_px=float(sigma), open_radius_px=radius(config.open_px, config.open_um),
+                   close_radius_px=radius(config.close_px, config.close_um))
+
+
+def selected_classes(prediction: Prediction, names: list[str] | None) -> list[tuple[str, int]]:
+    """(name, label) of the classes to vectorise; unknown names are refused with the valid ones."""
+    trainable = prediction.classes.trainable
+    if not names:
+        return [(c.name, c.label) for c in trainable]
+    valid = {c.name: c.label for c in trainable}
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise InputError(f"--classes names {unknown} that the prediction does not have",
+                         fix=f"Choose from {sorted(valid)}")
+    return [(n, valid[n]) for n in dict.fromkeys(names)]
+
+
+def level0_mpp(prediction: Prediction) -> float:
+    """Level-0 microns per pixel: the slide's, or the raster's divided by the raster-to-level-0 scale."""
+    return prediction.slide.mpp or prediction.mpp / prediction.mapping.scale
+
+
+def to_level0(polygons: list[Polygon], prediction: Prediction) -> list[Polygon]:
+    if not polygons:
+        return []
+    m = prediction.mapping
+    arr = np.empty(len(polygons), dtype=object)
+    arr[:] = polygons
+    origin = np.array([m.origin_x, m.origin_y])
+    return list(shapely.transform(arr, lambda c: origin + c * m.scale))
+
+
+def run(config: PostprocessConfig, *, argv: list[str] | None = None) -> PostprocessResult:
+    """Vectorise a prediction's label raster into an `annotations` file (see the package docs)."""
+    version = package_version(TOOL)
+    report = ReportBuilder(TOOL, version, argv)
+    folder, prediction = load_prediction(config.prediction)
+    classes = selected_classes(prediction, config.classes)
+    out = prepare_output_file(config.out, overwrite=config.overwrite)
+    report_path = report_path_for(out)
+    if report_path.resolve() == out.resolve():
+        raise InputError("--out must not end in .report.json (the report is written beside it)", path=out,
+                         fix="Use a .geojson name")
+    ops = mask_ops(config, prediction.mpp)
+    px_area = prediction.mpp ** 2  # µm² per raster pixel
+    with open_labels(folder, prediction) as raster:
+        report.inputs = [str(config.prediction)]
+        log.info("vectorising %s (%d x %d raster px, %d classes, chunks of %d px, halo %d px)",
+                 prediction.slide.name, raster.width, raster.height, len(classes), config.chunk_px, ops.halo_px)
+        windows = chunk_windows(raster.height, raster.width, config.chunk_px)
+        with report.timed("vectorise"), Progress(len(windows), "vectorising", "chunks") as progress:
+            by_label, stats = vectorise_raster(raster.read, raster.height, raster.width,
+                                               [v for _, v in classes], ops, chunk_px=config.chunk_px,
+                                               on_chunk=progress.advance)
+    polygons_by_class: dict[str, list[Polygon]] = {}
+    holes_filled = dropped = 0
+    with report.timed("clean"):
+        for name, value in classes:
+            polys = by_label[value]
+            polys, filled = fill_small_holes(polys, config.fill_holes_um2 / px_area)
+            polys, small = drop_small(polys, config.min_area_um2 / px_area)
+            if config.simplify_um > 0:
+                polys = simplify_polygons(polys, config.simplify_um / prediction.mpp)
+                polys, more = drop_small(polys, max(config.min_area_um2 / px_area, 1e-9))
+                small += more
+            holes_filled += filled
+            dropped += small
+            polygons_by_class[name] = to_level0(polys, prediction)
+    mpp0 = level0_mpp(prediction)
+    provenance = Provenance(tool=TOOL, version=version, inputs=[str(config.prediction)], parameters={
+        "smooth_sigma_px": ops.smooth_sigma_px, "open_radius_px": ops.open_radius_px,
+        "close_radius_px": ops.close_radius_px, "min_area_um2": config.min_area_um2,
+        "fill_holes_um2": config.fill_holes_um2, "simplify_um": config.simplify_um,
+        "classes": [n for n, _ in classes], "raster_mpp": prediction.mpp, "model": prediction.model.name,
+        "shard": None if prediction.shard is None else f"{prediction.shard.index}/{prediction.shard.count}",
+    })
+    with report.timed("write"):
+        annotation_set, vanished = build_annotation_set(
+            polygons_by_class, mpp=mpp0, classes=prediction.classes, slide=prediction.slide, provenance=provenance)
+        save_contract(annotation_set, out, indent=None)
+    per_class = {name: 0 for name, _ in classes}
+    for feature in annotation_set.features:
+        per_class[feature.properties.classification.name] += 1
+    report.outputs = [str(out)]
+    report.count("features", len(annotation_set.features))
+    for name, count in per_class.items():
+        report.count(f"features.{name}", count)
+    report.count("chunks", stats.chunks)
+    report.count("pieces_stitched", stats.pieces_stitched)
+    report.count("holes_filled", holes_filled)
+    report.count("shapes_dropped_small", dropped)
+    report.count("shapes_vanished_on_snap", vanished)
+    report.write(report_path)
+    log.info("wrote %d features to %s", len(annotation_set.features), out)
+    return PostprocessResult(out=out, report=report_path, features=len(annotation_set.features),
+                             features_per_class=per_class)

@@ -1,0 +1,210 @@
+"""Label raster to polygons, chunk by chunk with a halo, stitched exactly.
+
+Coordinates here are raster pixel corners: pixel (i, j) (column i, row j) is the square
+[i, i+1] x [j, j+1]. A labelled block of pixels becomes a polygon whose vertices are exactly those
+corners; holes are interior rings. Each class is handled on its own binary mask (so classes never
+bleed into each other's masks; where two classes touch, closing can make them overlap by at most
+the closing radius). Pixels labelled 255 belong to no class.
+
+Chunking: every chunk's core is processed with a halo wide enough for the smoothing and morphology
+to see every pixel they depend on, so a core's cleaned mask is identical to the same pixels of the
+cleaned whole raster. Shapes that do not reach an inner chunk edge are final at once; the others
+are unioned with their neighbours across chunk edges at the end. Memory is bounded by the chunk
+size (plus the output shapes themselves).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import shapely
+from shapely.geometry import Polygon
+
+from slidemill.shared.shapes import dissolve, polygon_parts
+
+log = logging.getLogger(__name__)
+
+NOT_PREDICTED = 255
+
+
+@dataclass(frozen=True)
+class MaskOps:
+    """Raster clean-up applied to each class mask, in raster pixels, in this order."""
+
+    smooth_sigma_px: float = 0.0
+    open_radius_px: int = 0
+    close_radius_px: int = 0
+
+    @property
+    def smooth_radius_px(self) -> int:
+        return int(math.ceil(3 * self.smooth_sigma_px)) if self.smooth_sigma_px > 0 else 0
+
+    @property
+    def halo_px(self) -> int:
+        """How far a cleaned pixel's value reaches: blur radius + 2 x opening + 2 x closing radius."""
+        return self.smooth_radius_px + 2 * self.open_radius_px + 2 * self.close_radius_px
+
+    @property
+    def identity(self) -> bool:
+        return self.halo_px == 0
+
+
+def _disk(radius: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
+
+def clean_mask(mask: np.ndarray, ops: MaskOps) -> np.ndarray:
+    """Smooth (Gaussian, kept where the blurred mask is above one half), open, then close a 0/1 mask."""
+    out = mask.astype(np.uint8)
+    if ops.smooth_sigma_px > 0:
+        k = 2 * ops.smooth_radius_px + 1
+        blurred = cv2.GaussianBlur(out.astype(np.float32), (k, k), ops.smooth_sigma_px,
+                                   borderType=cv2.BORDER_CONSTANT)
+        out = (blurred > 0.5).astype(np.uint8)
+    if ops.open_radius_px > 0:
+        out = cv2.morphologyEx(out, cv2.MORPH_OPEN, _disk(ops.open_radius_px), borderType=cv2.BORDER_CONSTANT,
+                               borderValue=0)
+    if ops.close_radius_px > 0:
+        out = cv2.morphologyEx(out, cv2.MORPH_CLOSE, _disk(ops.close_radius_px), borderType=cv2.BORDER_CONSTANT,
+                               borderValue=0)
+    return out
+
+
+def _ring(contour: np.ndarray) -> np.ndarray:
+    # Contours of the 2x-upsampled mask run through boundary sub-pixels; sub-pixel k lies next to the
+    # pixel corner (k + 1) // 2 of the original raster (see vectorise_mask).
+    pts = (contour[:, 0, :].astype(np.int64) + 1) // 2
+    keep = np.ones(len(pts), bool)
+    keep[1:] = np.any(pts[1:] != pts[:-1], axis=1)
+    pts = pts[keep]
+    if len(pts) > 1 and (pts[0] == pts[-1]).all():
+        pts = pts[:-1]
+    return pts
+
+
+def vectorise_mask(mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> list[Polygon]:
+    """Polygons (holes as interior rings) of the nonzero pixels of `mask`, at exact pixel corners,
+    shifted by `offset` (x, y).
+
+    Method: the mask is upsampled 2x (each pixel a 2x2 block) and traced with OpenCV's border
+    following (outer borders and their holes). In the upsampled raster a border sub-pixel k (even on
+    the leading side of a pixel run, odd on the trailing side) sits half a sub-pixel inside the true
+    edge, whose original corner coordinate is (k + 1) // 2; rounding so maps every traced point onto
+    the original pixel corners exactly. Shapes that only touch diagonally come out as one pinched
+    ring, which is split into valid polygons.
+    """
+    h, w = mask.shape
+    if h == 0 or w == 0:
+        return []
+    up = np.zeros((2 * h + 2, 2 * w + 2), np.uint8)
+    up[1:-1, 1:-1] = np.repeat(np.repeat((mask != 0).astype(np.uint8), 2, axis=0), 2, axis=1)
+    contours, hierarchy = cv2.findContours(up, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE, offset=(-1, -1))
+    if not contours:
+        return []
+    hierarchy = hierarchy[0]
+    polygons: list[Polygon] = []
+    for index, contour in enumerate(contours):
+        if hierarchy[index][3] != -1:
+            continue  # a hole: taken with its outer border
+        shell = _ring(contour)
+        if len(shell) < 3:
+            continue
+        holes = []
+        child = hierarchy[index][2]
+        while child != -1:
+            hole = _ring(contours[child])
+            if len(hole) >= 3:
+                holes.append(hole)
+            child = hierarchy[child][0]
+        polygons.append(Polygon(shell, holes))
+    if not polygons:
+        return []
+    arr = np.empty(len(polygons), dtype=object)
+    arr[:] = polygons
+    valid = shapely.is_valid(arr)
+    out: list[Polygon] = []
+    for poly, ok in zip(arr, valid, strict=True):
+        if ok:
+            out.append(poly)
+        else:
+            out.extend(polygon_parts(shapely.make_valid(poly, method="structure")))
+    arr = np.empty(len(out), dtype=object)
+    arr[:] = out
+    arr = drop_collinear_all(arr)
+    if offset != (0, 0):
+        shift = np.asarray(offset, dtype=float)
+        arr = shapely.transform(arr, lambda c: c + shift)
+    return list(arr)
+
+
+def drop_collinear_all(arr: np.ndarray) -> np.ndarray:
+    return shapely.simplify(arr, 0.0, preserve_topology=True) if len(arr) else arr
+
+
+@dataclass
+class VectoriseStats:
+    chunks: int = 0
+    pieces_final: int = 0
+    pieces_stitched: int = 0
+
+
+def chunk_windows(height: int, width: int, chunk_px: int) -> list[tuple[int, int, int, int]]:
+    """Chunk cores (y0, y1, x0, x1) covering the raster, row by row."""
+    return [(y0, min(y0 + chunk_px, height), x0, min(x0 + chunk_px, width))
+            for y0 in range(0, height, chunk_px) for x0 in range(0, width, chunk_px)]
+
+
+def vectorise_raster(
+    read: Callable[[int, int, int, int], np.ndarray],
+    height: int,
+    width: int,
+    labels: Sequence[int],
+    ops: MaskOps,
+    *,
+    chunk_px: int = 2048,
+    on_chunk: Callable[[], None] | None = None,
+) -> tuple[dict[int, list[Polygon]], VectoriseStats]:
+    """Polygons per label (raster-corner coordinates) of a `height` x `width` raster read through
+    `read(y0, y1, x0, x1)`, chunk by chunk. Equal to processing the whole raster as one chunk."""
+    halo = ops.halo_px
+    wanted = [int(v) for v in labels]
+    final: dict[int, list[Polygon]] = {v: [] for v in wanted}
+    pending: dict[int, list[Polygon]] = {v: [] for v in wanted}
+    stats = VectoriseStats()
+    for y0, y1, x0, x1 in chunk_windows(height, width, chunk_px):
+        wy0, wy1, wx0, wx1 = y0 - halo, y1 + halo, x0 - halo, x1 + halo
+        ry0, ry1, rx0, rx1 = max(wy0, 0), min(wy1, height), max(wx0, 0), min(wx1, width)
+        data = read(ry0, ry1, rx0, rx1)
+        if halo and (ry0, ry1, rx0, rx1) != (wy0, wy1, wx0, wx1):
+            window = np.full((wy1 - wy0, wx1 - wx0), NOT_PREDICTED, np.uint8)
+            window[ry0 - wy0:ry1 - wy0, rx0 - wx0:rx1 - wx0] = data
+        else:
+            window = data
+        oy, ox = y0 - (ry0 if window is data else wy0), x0 - (rx0 if window is data else wx0)
+        present = set(np.unique(window).tolist())
+        for value in wanted:
+            if value not in present:
+                continue
+            mask = window == value
+            if not ops.identity:
+                mask = clean_mask(mask, ops)
+            core = mask[oy:oy + (y1 - y0), ox:ox + (x1 - x0)]
+            for poly in vectorise_mask(core, offset=(x0, y0)):
+                minx, miny, maxx, maxy = poly.bounds
+                at_seam = ((x0 > 0 and minx <= x0) or (y0 > 0 and miny <= y0)
+                           or (x1 < width and maxx >= x1) or (y1 < height and maxy >= y1))
+                (pending if at_seam else final)[value].append(poly)
+        stats.chunks += 1
+        if on_chunk is not None:
+            on_chunk()
+    for value in wanted:
+        stats.pieces_final += len(final[value])
+        stats.pieces_stitched += len(pending[value])
+        if pending[value]:
+            final[value].extend(dissolve(pending[value]))
+    return final, stats
