@@ -1,0 +1,241 @@
+"""`run(config)`: predict a slide with a slidemill model and write a prediction folder.
+
+Usable from a notebook:
+
+    from slidemill.infer import InferConfig, run
+    result = run(InferConfig(slide="a.svs", model_dir="model", out="pred"))
+    result.prediction.labels.file  # "labels.tiff"
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from slidemill.shared.cli import package_version, worker_count
+from slidemill.shared.contracts import ModelRef, Prediction, RasterFile, Report, save_contract
+from slidemill.shared.errors import InputError, OutputError
+from slidemill.shared.files import staged_dir, write_bytes_atomic
+from slidemill.shared.geometry import PixelMapping, Region
+from slidemill.shared.report import ReportBuilder
+from slidemill.shared.slide import Slide, open_slide
+
+from .config import BLOCK_PX, InferConfig
+from .grid import chunk_blocks, count_tiles, make_grid, shard_band
+from .model import create_session, load_model
+from .pipeline import Job, predict
+from .raster import RasterSpec, Spill, build_levels, write_tiff
+from .tissue import cell_tissue, tissue_mask
+
+log = logging.getLogger(__name__)
+
+TOOL = "slidemill-infer"
+TISSUE_THUMBNAIL_PX = 2048
+
+
+@dataclass
+class InferResult:
+    out: Path
+    prediction: Prediction
+    report: Report
+
+
+def _check_output(out: Path, overwrite: bool) -> None:
+    """The same refusal staged_dir gives, before any slow work."""
+    if out.exists() and not out.is_dir():
+        raise OutputError("exists and is not a folder", path=out, fix="Remove it or choose another --out")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise OutputError("already exists and is not empty", path=out,
+                          fix="Pass --overwrite to replace it, or choose another --out")
+
+
+def _region(config: InferConfig, slide: Slide, report: ReportBuilder) -> Region:
+    if config.region is None:
+        return Region(x=0, y=0, width=slide.width, height=slide.height)
+    region = config.region
+    clipped = region.clipped(slide.width, slide.height)
+    if clipped is None:
+        raise InputError(f"--region {region.x},{region.y},{region.width},{region.height} lies outside the slide, "
+                         f"which is {slide.width} x {slide.height} level-0 pixels", path=config.slide,
+                         fix="Give a rectangle inside the slide, in level-0 pixels (X,Y,W,H)")
+    if clipped != region:
+        report.warn(f"--region was cut to the slide: {clipped.x},{clipped.y},{clipped.width},{clipped.height}")
+    return clipped
+
+
+def _normaliser(card):
+    std = np.asarray(card.input.normalization.std, np.float32)
+    mean = np.asarray(card.input.normalization.mean, np.float32)
+    gain = (1.0 / (255.0 * std)).reshape(1, 1, 3)
+    offset = (-mean / std).reshape(1, 1, 3)
+    return gain, offset
+
+
+def run(config: InferConfig, argv: list[str] | None = None) -> InferResult:
+    """Predict `config.slide` with the model in `config.model_dir` into the folder `config.out`."""
+    report = ReportBuilder(TOOL, package_version(TOOL), argv)
+    t_start = time.perf_counter()
+    # --- every input is checked before any work ---------------------------------------------------
+    slide = open_slide(config.slide, mpp=config.slide_mpp)
+    slide_mpp = slide.require_mpp()
+    model = load_model(config.model_dir)
+    card = model.card
+    region = _region(config, slide, report)
+    _check_output(Path(config.out), config.overwrite)
+    cores = worker_count(0)
+    workers = worker_count(config.workers)
+    session = create_session(model, device=config.device, fp16=config.fp16, threads=cores, warn=report.warn)
+    report.inputs += [str(config.slide), str(model.card_path), str(model.onnx_path)]
+
+    scale = card.input.mpp / slide_mpp  # level-0 pixels per raster pixel
+    tile = card.input.tile_size_px
+    classes = card.classes.num_trainable
+    width = max(1, math.ceil(region.width / scale - 1e-9))
+    height = max(1, math.ceil(region.height / scale - 1e-9))
+    grid = make_grid(width, height, tile, config.overlap, BLOCK_PX)
+    full_mapping = PixelMapping(origin_x=region.x, origin_y=region.y, scale=scale)
+    if scale < 1 - 1e-6:
+        report.warn(f"the model works at {card.input.mpp} um/px, finer than the slide's {slide_mpp} um/px: "
+                    "the slide is upsampled")
+
+    with report.timed("tissue"):
+        if config.tissue_only:
+            thumb, thumb_scale = slide.thumbnail(TISSUE_THUMBNAIL_PX)
+            mask = tissue_mask(thumb)
+            run_cells = cell_tissue(mask, thumb_scale, grid, full_mapping)
+            if not run_cells.any():
+                report.warn("no tissue was found in the region: every pixel is 'not predicted' (255); "
+                            "use --everywhere to predict regardless")
+        else:
+            run_cells = np.ones((grid.n_rows, grid.n_cols), bool)
+    if config.shard is not None:
+        b0, b1 = shard_band(grid, run_cells, config.shard.index, config.shard.count)
+    else:
+        b0, b1 = 0, grid.n_block_rows
+    y0, y1 = b0 * BLOCK_PX, min(b1 * BLOCK_PX, height)
+    per_chunk = chunk_blocks(grid, classes, config.memory_budget_mb * 2**20)
+    labels_spec = RasterSpec("labels", width, y1 - y0, 1, 255, BLOCK_PX, "nearest")
+    probs_spec = RasterSpec("probabilities", width, y1 - y0, classes, 0, BLOCK_PX, "mean")
+    job = Job(grid=grid, run=run_cells, b0=b0, b1=b1, per_chunk=per_chunk, classes=classes,
+              labels=labels_spec, probabilities=probs_spec)
+    total_tiles = count_tiles(grid, run_cells, b0, b1, per_chunk)
+    mapping = PixelMapping(origin_x=region.x, origin_y=region.y + y0 * scale, scale=scale)
+    top = math.floor(mapping.origin_y + 1e-6)
+    bottom = min(region.y + region.height, math.ceil(region.y + y1 * scale - 1e-6))
+    out_region = Region(x=region.x, y=top, width=region.width, height=max(1, bottom - top))
+    log.info("%s at %.4g um/px (%.4g level-0 px per pixel): raster %d x %d, tiles of %d overlapping by %d, "
+             "%d tiles to run%s", slide.name, card.input.mpp, scale, width, y1 - y0, tile, tile - grid.stride,
+             total_tiles, f", shard {config.shard.index}/{config.shard.count} (block rows {b0}-{b1 - 1})"
+             if config.shard else "")
+
+    gain, offset = _normaliser(card)
+    pad = 255
+
+    def read_tile(ci: int, cj: int) -> np.ndarray:
+        tx, ty = grid.tile_xy(ci, cj)
+        x, y = full_mapping.to_level0(tx, ty)
+        img = slide.read_region(x, y, tile, tile, scale, pad_value=pad)
+        arr = img.astype(np.float32)
+        arr *= gain
+        arr += offset
+        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+    out = Path(config.out)
+    with staged_dir(out, overwrite=config.overwrite) as stage:
+        spill = Spill(stage / ".blocks.spill")
+        try:
+            t0 = time.perf_counter()
+            stats = predict(job, read_tile=read_tile, model=session.run, spill=spill, batch_size=config.batch_size,
+                            workers=workers, tta=config.tta, total_tiles=total_tiles)
+            report.timings_s["predict"] = round(time.perf_counter() - t0, 4)
+            with report.timed("pyramid"):
+                build_levels(spill, labels_spec, workers=cores)
+                build_levels(spill, probs_spec, workers=cores)
+            with report.timed("tiff"):
+                write_tiff(stage / "labels.tiff", spill, labels_spec, mpp=card.input.mpp)
+                write_tiff(stage / "probabilities.tiff", spill, probs_spec, mpp=card.input.mpp)
+        finally:
+            spill.close()
+        with report.timed("preview"):
+            write_preview(stage / "preview.png", stage / "labels.tiff", slide, mapping, card.classes,
+                          config.preview_size_px)
+        prediction = Prediction(
+            slide=slide.ref(),
+            model=ModelRef(name=card.name, architecture=card.architecture, encoder=card.encoder,
+                           onnx_sha256=model.sha256),
+            classes=card.classes, mpp=card.input.mpp, mapping=mapping, region=out_region, shard=config.shard,
+            tissue_only=config.tissue_only,
+            labels=RasterFile(file="labels.tiff", width=width, height=y1 - y0, bands=1),
+            probabilities=RasterFile(file="probabilities.tiff", width=width, height=y1 - y0, bands=classes),
+            preview="preview.png",
+        )
+        save_contract(prediction, stage / "prediction.json")
+        for name in ("prediction.json", "labels.tiff", "probabilities.tiff", "preview.png", "report.json"):
+            report.outputs.append(str(out / name))
+        predicted = int(stats.class_pixels[:255].sum())
+        report.count("tiles", stats.tiles)
+        report.count("tiles_planned", total_tiles)
+        report.count("cells_predicted", _cells_in_band(run_cells, grid, b0, b1))
+        report.count("batches", stats.batches)
+        report.count("model_calls", stats.model_calls)
+        report.count("blocks", stats.blocks)
+        report.count("empty_blocks", stats.empty_blocks)
+        report.count("raster_width_px", width)
+        report.count("raster_height_px", y1 - y0)
+        report.count("predicted_pixels", predicted)
+        report.count("chunk_width_px", per_chunk * BLOCK_PX)
+        for entry in card.classes.trainable:
+            report.count(f"pixels_{entry.name}", int(stats.class_pixels[entry.label]))
+        for name, seconds in stats.timings_s.items():
+            report.timings_s[name] = round(seconds, 4)
+        report.environment.update(session.info)
+        report.environment.update({"device": session.device, "intra_op_threads": str(session.threads),
+                                   "read_workers": str(workers), "fp16": str(session.fp16).lower(),
+                                   "cpu_count": str(os.cpu_count())})
+        elapsed = time.perf_counter() - t_start
+        report.count("megapixels_per_s", round(width * (y1 - y0) / 1e6 / max(elapsed, 1e-9), 4))
+        final_report = report.write(stage / "report.json")
+    log.info("wrote %s: %d tiles in %d batches, %.1f%% of %d x %d pixels predicted", out, stats.tiles,
+             stats.batches, 100.0 * predicted / max(1, width * (y1 - y0)), width, y1 - y0)
+    return InferResult(out=out, prediction=prediction, report=final_report)
+
+
+def _cells_in_band(run_cells: np.ndarray, grid, b0: int, b1: int) -> int:
+    rows = (np.arange(grid.n_rows) * grid.stride) // grid.block
+    return int(run_cells[(rows >= b0) & (rows < b1)].sum())
+
+
+def write_preview(path: Path, labels_tiff: Path, slide: Slide, mapping: PixelMapping, classes, max_px: int) -> None:
+    """The predicted region at about `max_px` pixels with the labels overlaid in the class colours."""
+    import tifffile
+
+    with tifffile.TiffFile(labels_tiff) as tif:
+        levels = tif.series[0].levels
+        level = next((i for i, lv in enumerate(levels) if max(lv.shape[:2]) <= max_px), len(levels) - 1)
+        labels = levels[level].asarray()
+    if max(labels.shape) > max_px:  # the smallest level is still large: subsample
+        step = math.ceil(max(labels.shape) / max_px)
+        labels, level_scale = labels[::step, ::step], mapping.scale * 2**level * step
+    else:
+        level_scale = mapping.scale * 2**level
+    h, w = labels.shape
+    image = slide.read_region(mapping.origin_x, mapping.origin_y, w, h, level_scale)
+    lut = np.zeros((256, 3), np.float32)
+    has = np.zeros(256, bool)
+    for entry in classes.classes:
+        lut[entry.label] = entry.color
+        has[entry.label] = not entry.ignore
+    overlay = has[labels]
+    blended = image.astype(np.float32)
+    blended[overlay] = 0.55 * blended[overlay] + 0.45 * lut[labels[overlay]]
+    ok, png = cv2.imencode(".png", cv2.cvtColor(blended.round().astype(np.uint8), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OutputError("cannot encode the preview image", path=path)
+    write_bytes_atomic(path, png.tobytes())
