@@ -1,0 +1,292 @@
+"""Every command line in run-local.sh, the Nextflow pipeline and the Argo WorkflowTemplate is one its
+tool accepts, every engine runs every step, and the Argo file is a valid WorkflowTemplate.
+
+Commands are checked with each tool's own parser (see pipeline_support), not by running them. The
+Argo file is validated with hera's models of Argo's API (hera 7, generated from Argo's OpenAPI spec):
+`WorkflowTemplate.model_validate`, plus a round trip through the models that must give the file back
+unchanged, so a misspelt or misplaced key (which the models would silently drop) fails too.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import pytest
+import yaml
+from pipeline_support import PIPELINE, REPO, check_command_line, command_name, dockerfile_targets, installed
+from workflow_files import (
+    ARGO,
+    MAIN_NF,
+    NEXTFLOW_CONFIG,
+    RUN_LOCAL,
+    argo_command_lines,
+    argo_document,
+    argo_templates,
+    image_tool,
+    nextflow_command_lines,
+    nextflow_processes,
+    run_local_dry_run,
+)
+
+SOURCES = ["run-local", "run-local-model-shards", "nextflow", "argo"]
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wf")
+    slides = root / "slides"
+    slides.mkdir()
+    for name in ["case-01.svs", "case-02.tiff"]:
+        (slides / name).write_bytes(b"placeholder")
+    (slides / "case-01.geojson").write_text('{"type": "FeatureCollection", "features": []}')
+    (slides / "notes.txt").write_text("not a slide")
+    return root
+
+
+def _nextflow_values(root) -> dict[str, str]:
+    s = root / "nf"
+    return {
+        "id": "case-01",
+        "slide": f"{s}/case-01.svs",
+        "annotations": f"{s}/annotations/case-01.geojson",
+        "task.cpus": "4",
+        "tilesets": f"{s}/tilesets/case-01.tiles {s}/tilesets/case-02.tiles",
+        "model": f"{s}/model",
+        "shard": "1",
+        "nshards": "4",
+        "prediction": f"{s}/prediction-1",
+        "prediction.name": "prediction-1",
+        "parts": f"{s}/parts/prediction-0.geojson {s}/parts/prediction-1.geojson",
+        "slide_args": f"--slide {s}/slides/case-01.svs --slide {s}/slides/case-02.svs",
+    }
+
+
+def _argo_values(root) -> dict[str, str]:
+    data = f"{root}/argo/data"
+    return {
+        "inputs.parameters.slide": "case-01.svs",
+        "inputs.parameters.shard": "2",
+        "inputs.parameters.shards": "4",
+        "=sprig.regexReplaceAll('\\\\.[^.]+$', inputs.parameters.slide, '')": "case-01",
+        "=workflow.parameters.model != '' ? workflow.parameters.model : '/data/runs/' + workflow.parameters.run "
+        "+ '/model'": "/data/runs/slidemill/model",
+        "_data": data,
+    }
+
+
+def _entrypoints() -> dict[str, list[str]]:
+    targets = dockerfile_targets((REPO / "docker" / "Dockerfile").read_text())
+    return {name.replace("-", "_"): stage["entrypoint"] for name, stage in targets.items() if stage["entrypoint"]}
+
+
+def commands_of(source: str, root) -> list:
+    if source == "run-local":
+        return run_local_dry_run(["--slides", str(root / "slides"), "--out", str(root / "out-a"),
+                                  "--mpp", "1.0", "--tile-size", "256", "--epochs", "3", "--workers", "2"])
+    if source == "run-local-model-shards":
+        return run_local_dry_run(["--slides", str(root / "slides"), "--out", str(root / "out-b"),
+                                  "--model", str(root / "model"), "--shards", "3", "--device", "cpu",
+                                  "--slide-mpp", "0.25", "--postprocess-args", "--min-area-um2 50",
+                                  "--merge-args", "--max-gap-um 4"])
+    if source == "nextflow":
+        return nextflow_command_lines(_nextflow_values(root), {"shard_args": ["--shard 1/4", ""]})
+    if source == "argo":
+        values = _argo_values(root)
+        data = values.pop("_data")
+        lines = argo_command_lines(values, _entrypoints())
+        for line in lines:  # the volume mounted at /data, and the train step's shell glob
+            line.argv = [a.replace("/data/", f"{data}/").replace("/tiles/*/", "/tiles/case-01.svs/")
+                         for a in line.argv]
+        return lines
+    raise ValueError(source)
+
+
+@pytest.mark.parametrize("tool", PIPELINE)
+@pytest.mark.parametrize("source", SOURCES)
+def test_every_command_line_is_accepted_by_its_tool(source, tool, sandbox):
+    if source == "run-local-model-shards" and tool in {"tile", "train"}:
+        pytest.skip("with --model, run-local.sh neither tiles nor trains")
+    lines = [c for c in commands_of(source, sandbox) if c.tool == tool]
+    assert lines, f"{source} never runs {command_name(tool)}"
+    if not installed(tool):
+        pytest.skip(f"{command_name(tool)} is not installed yet: its command lines are checked once it lands")
+    for line in lines:
+        check_command_line(line.argv, where=line.where)
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_steps_run_in_pipeline_order(source, sandbox):
+    order = {tool: i for i, tool in enumerate(PIPELINE)}
+    tools = [c.tool for c in commands_of(source, sandbox)]
+    if source.startswith("run-local"):  # the shell runs them in order: each step after the one before
+        seen = [order[t] for t in tools]
+        first_use = sorted(set(seen), key=seen.index)
+        assert first_use == sorted(first_use), tools
+    expected = set(PIPELINE) - ({"tile", "train"} if source == "run-local-model-shards" else set())
+    assert set(tools) == expected
+
+
+# --- run-local.sh --------------------------------------------------------------------------------
+
+
+def test_run_local_shards_each_slide_and_merges_the_shards(sandbox):
+    lines = commands_of("run-local-model-shards", sandbox)
+    infer = [c for c in lines if c.tool == "infer"]
+    assert [c.argv[c.argv.index("--shard") + 1] for c in infer] == ["0/3", "1/3", "2/3"] * 2
+    merges = [c for c in lines if c.tool == "merge_annotations"]
+    assert len(merges) == 2  # one per slide, over its three shards
+    for merge in merges:
+        assert len([a for a in merge.argv if a.endswith(".geojson")]) == 4  # 3 inputs + --out
+    assert "--min-area-um2" in [c for c in lines if c.tool == "postprocess"][0].argv
+
+
+def test_run_local_trains_only_on_annotated_slides(sandbox):
+    lines = commands_of("run-local", sandbox)
+    tiles = [c for c in lines if c.tool == "tile"]
+    assert len(tiles) == 1 and tiles[0].argv[1].endswith("case-01.svs")
+    assert tiles[0].argv[tiles[0].argv.index("--annotations") + 1].endswith("case-01.geojson")
+    assert len([c for c in lines if c.tool == "infer"]) == 2  # but infers every slide
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "--slides DIR is required"),
+    (["--slides", "/no/such/folder", "--out", "x"], "/no/such/folder: the slides folder does not exist"),
+    (["--slides", "{slides}", "--out", "{out}", "--shards", "0"], "--shards must be a whole number"),
+    (["--slides", "{slides}", "--out", "{out}", "--model", "/no/model"], "/no/model: not a model folder"),
+    (["--slides", "{empty}", "--out", "{out}"], "no slides found"),
+    (["--bogus"], "unknown option '--bogus'"),
+])
+def test_run_local_usage_errors_exit_2(args, message, sandbox, tmp_path):
+    (tmp_path / "empty").mkdir()
+    args = [a.format(slides=sandbox / "slides", out=tmp_path / "out", empty=tmp_path / "empty") for a in args]
+    result = subprocess.run(["bash", str(RUN_LOCAL), *args], capture_output=True, text=True, timeout=60,
+                            env={"PATH": f"{REPO / '.venv' / 'bin'}:/usr/bin:/bin"})
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+
+
+def test_run_local_help():
+    result = subprocess.run(["bash", str(RUN_LOCAL), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert "--slides DIR" in result.stdout and "--shards N" in result.stdout and "set -uo" not in result.stdout
+
+
+# --- Nextflow ------------------------------------------------------------------------------------
+
+
+def test_nextflow_processes_labels_stubs_and_containers():
+    processes = nextflow_processes(MAIN_NF.read_text())
+    assert set(processes) == {"TILE", "TRAIN", "INFER", "POSTPROCESS", "MERGE_ANNOTATIONS", "TO_QUPATH"}
+    config = NEXTFLOW_CONFIG.read_text()
+    for name, process in processes.items():
+        tool = name.lower()
+        assert process.labels == (["gpu"] if tool in {"train", "infer"} else ["cpu"]), name
+        assert process.stub, f"process {name} needs a stub: block that creates its outputs"
+        m = re.search(rf"withName:\s*{name}\s*\{{\s*container\s*=\s*\"([^\"]+)\"", config)
+        assert m, f"nextflow.config gives process {name} no container"
+        assert image_tool(m.group(1).replace("${params.registry}", "r").replace("${params.image_tag}", "t")) == tool
+        if tool in {"train", "infer"}:
+            assert "-gpu" in m.group(1)
+    for profile in ["docker", "singularity", "slurm"]:
+        assert re.search(rf"^\s*{profile}\s*\{{", config, re.M), f"no {profile} profile"
+    assert "--gpus all" in config and "--nv" in config and "--gres=gpu:1" in config
+
+
+def test_nextflow_shards_a_large_slide_and_merges_it():
+    text = MAIN_NF.read_text()
+    assert "nextflow.enable.dsl = 2" in text
+    assert re.search(r"params\.large_slide_mb", text) and re.search(r"params\.shards", text)
+    assert "groupKey(id, n)" in text and "groupTuple()" in text  # wait for every shard of a slide
+    assert re.search(r"MERGE_ANNOTATIONS\(parts\)", text)
+    braces = text.count("{") - text.count("}")
+    assert braces == 0, "unbalanced braces in main.nf"
+
+
+# --- Argo ----------------------------------------------------------------------------------------
+
+
+def test_argo_file_is_a_valid_workflow_template():
+    from hera.workflows.models import WorkflowTemplate
+
+    doc = argo_document()
+    assert doc["apiVersion"] == "argoproj.io/v1alpha1" and doc["kind"] == "WorkflowTemplate"
+    model = WorkflowTemplate.model_validate(doc)
+    back = json.loads(model.model_dump_json(by_alias=True, exclude_none=True))
+    assert back == json.loads(json.dumps(doc)), "keys the WorkflowTemplate model does not know (misspelt or misplaced)"
+
+
+def test_hera_round_trip_catches_a_misspelt_key():
+    from hera.workflows.models import WorkflowTemplate
+
+    doc = argo_document()
+    doc["spec"]["templates"][-1]["contianer"] = doc["spec"]["templates"][-1].pop("container")
+    back = json.loads(WorkflowTemplate.model_validate(doc).model_dump_json(by_alias=True, exclude_none=True))
+    assert back != json.loads(json.dumps(doc))
+
+
+def test_argo_references_resolve():
+    doc = argo_document()
+    templates = argo_templates(doc)
+    assert doc["spec"]["entrypoint"] in templates
+    workflow_params = {p["name"] for p in doc["spec"]["arguments"]["parameters"]}
+    assert {"slides", "large-slides"} <= workflow_params
+    text = ARGO.read_text()
+    for used in set(re.findall(r"workflow\.parameters\.([\w-]+)", text)) | set(
+            re.findall(r"workflow\.parameters\['([\w-]+)'\]", text)):
+        assert used in workflow_params, f"workflow parameter {used} is used but not declared"
+    for name, template in templates.items():
+        declared = {p["name"] for p in template.get("inputs", {}).get("parameters", [])}
+        body = yaml.safe_dump(template)
+        for used in re.findall(r"inputs\.parameters\.([\w-]+)", body):
+            assert used in declared, f"template {name} uses input {used} it does not declare"
+        for task in template.get("dag", {}).get("tasks", []):
+            assert task["template"] in templates, f"{name}/{task['name']}: no template {task['template']}"
+            target = templates[task["template"]]
+            needed = {p["name"] for p in target.get("inputs", {}).get("parameters", []) if "value" not in p}
+            given = {p["name"] for p in task.get("arguments", {}).get("parameters", [])}
+            assert needed == given, f"{name}/{task['name']}: gives {given}, template needs {needed}"
+            names = {t["name"] for t in template["dag"]["tasks"]}
+            for dep in re.findall(r"[\w-]+", re.sub(r"\.(Succeeded|Skipped|Failed|Errored|Daemoned)", "",
+                                                       task.get("depends", ""))):
+                assert dep in names, f"{name}/{task['name']} depends on unknown task {dep}"
+
+
+def test_argo_gpu_for_train_and_infer_and_the_dag():
+    templates = argo_templates(argo_document())
+    for name in ["train", "infer"]:
+        resources = templates[name]["container"]["resources"]
+        assert resources["limits"]["nvidia.com/gpu"] == "1", name
+        assert templates[name]["container"]["image"].endswith("-gpu")
+    for name in ["tile", "postprocess", "merge-one", "merge-four", "to-qupath"]:
+        assert "nvidia.com/gpu" not in templates[name]["container"]["resources"].get("limits", {})
+    pipeline = {t["name"]: t for t in templates["pipeline"]["dag"]["tasks"]}
+    assert pipeline["slide"]["withParam"] == "{{workflow.parameters.slides}}"
+    assert pipeline["large-slide"]["template"] == "slide-sharded"
+    sharded = {t["name"]: t for t in templates["slide-sharded"]["dag"]["tasks"]}
+    shards = sharded["infer"]["withItems"]
+    merge_inputs = [a for a in templates["merge-four"]["container"]["args"] if a.endswith(".geojson")][:-1]
+    assert len(merge_inputs) == len(shards) == 4
+    assert {p["value"] for p in sharded["infer"]["arguments"]["parameters"] if p["name"] == "shards"} == {"4"}
+    assert "to-qupath" in {t["name"] for t in templates["slide-whole"]["dag"]["tasks"]}
+    assert templates["to-qupath"]["synchronization"]["mutexes"], "project updates must not race"
+
+
+def test_argo_runs_as_the_images_non_root_user():
+    spec = argo_document()["spec"]
+    user = dockerfile_targets((REPO / "docker" / "Dockerfile").read_text())["tile"]["user"]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert str(spec["securityContext"]["runAsUser"]) == user.split(":")[0]
+
+
+@pytest.mark.parametrize("args", [["--no-such-option"], ["--epochs", "0"], ["--device", "tpu"], []])
+def test_the_checker_rejects_what_the_tool_rejects(args, tmp_path):
+    """A green command-line check means something: the same checker fails a line the tool refuses."""
+    if not installed("train"):
+        pytest.skip("slidemill-train is not installed yet")
+    argv = [command_name("train"), str(tmp_path / "tiles"), "--out", str(tmp_path / "model"), *args]
+    if not args:
+        argv = [command_name("train"), str(tmp_path / "tiles")]  # --out missing
+    with pytest.raises(pytest.fail.Exception, match="rejects"):
+        check_command_line(argv, where="test")

@@ -1,0 +1,202 @@
+#!/usr/bin/env nextflow
+/*
+ * slidemill: slides + QuPath annotations -> trained model -> QuPath-ready annotations.
+ *
+ *   nextflow run workflows/nextflow/main.nf -profile docker \
+ *       --slides 'slides/*.svs' --annotations annotations/ --outdir results
+ *   nextflow run workflows/nextflow/main.nf -profile docker \
+ *       --slides 'slides/*.svs' --model results/model --outdir results      // infer only
+ *
+ * Every process calls only a slidemill command line (the container's entrypoint command); a `stub:`
+ * block creates the declared outputs, so `-stub-run` checks the wiring without running anything.
+ * Fan-out per slide; a slide larger than --large_slide_mb is inferred in --shards shards on
+ * separate GPU tasks, and merge-annotations stitches the shards' annotations back together.
+ */
+nextflow.enable.dsl = 2
+
+params.slides         = null       // glob of slides, e.g. 'slides/*.svs'
+params.annotations    = null       // folder of <slide name>.geojson QuPath exports (training mode)
+params.model          = null       // an existing slidemill-train output folder (infer-only mode)
+params.outdir         = 'results'
+params.mpp            = 0.5        // tile and model resolution, microns per pixel
+params.tile_size      = 512
+params.epochs         = 20
+params.batch_size     = 8
+params.arch           = 'unet'
+params.encoder        = 'efficientnet-b0'
+params.encoder_weights = 'none'    // 'imagenet' needs internet on the training node, or a local .pt
+params.shards         = 4          // shards of one large slide
+params.large_slide_mb = 2000       // slides larger than this (file size) are inferred in shards
+params.max_gap_um     = 2.0        // merge same-class shapes this close (stitches shard borders)
+params.min_area_um2   = 100.0
+
+process TILE {
+    tag "${id}"
+    label 'cpu'
+    publishDir "${params.outdir}/tiles", mode: 'copy'
+
+    input:
+    tuple val(id), path(slide), path(annotations)
+
+    output:
+    path "${id}.tiles", emit: tileset
+
+    script:
+    """
+    slidemill-tile ${slide} --out ${id}.tiles --annotations ${annotations} --mpp ${params.mpp} --tile-size ${params.tile_size} --workers ${task.cpus} --log-format json
+    """
+
+    stub:
+    """
+    mkdir -p ${id}.tiles && touch ${id}.tiles/tileset.json ${id}.tiles/report.json
+    """
+}
+
+process TRAIN {
+    label 'gpu'
+    publishDir "${params.outdir}", mode: 'copy'
+
+    input:
+    path tilesets, stageAs: 'tilesets/*'
+
+    output:
+    path 'model', emit: model
+
+    script:
+    """
+    slidemill-train ${tilesets} --out model --arch ${params.arch} --encoder ${params.encoder} --encoder-weights ${params.encoder_weights} --epochs ${params.epochs} --batch-size ${params.batch_size} --device auto --workers ${task.cpus} --log-format json
+    """
+
+    stub:
+    """
+    mkdir -p model && touch model/model.onnx model/model-card.json model/report.json
+    """
+}
+
+process INFER {
+    tag "${id} shard ${shard + 1}/${nshards}"
+    label 'gpu'
+    publishDir "${params.outdir}/predictions/${id}", mode: 'copy'
+
+    input:
+    tuple val(id), path(slide), val(shard), val(nshards)
+    path model
+
+    output:
+    tuple val(id), val(nshards), path("prediction-${shard}"), emit: prediction
+
+    script:
+    def shard_args = nshards > 1 ? "--shard ${shard}/${nshards}" : ''
+    """
+    slidemill-infer ${slide} ${model} --out prediction-${shard} ${shard_args} --device auto --workers ${task.cpus} --log-format json
+    """
+
+    stub:
+    """
+    mkdir -p prediction-${shard} && touch prediction-${shard}/prediction.json prediction-${shard}/report.json
+    """
+}
+
+process POSTPROCESS {
+    tag "${id} shard ${prediction.name}"
+    label 'cpu'
+
+    input:
+    tuple val(id), val(nshards), path(prediction)
+
+    output:
+    tuple val(id), val(nshards), path("${prediction.name}.geojson"), emit: annotations
+
+    script:
+    """
+    slidemill-postprocess ${prediction} --out ${prediction.name}.geojson --min-area-um2 ${params.min_area_um2} --log-format json
+    """
+
+    stub:
+    """
+    touch ${prediction.name}.geojson ${prediction.name}.report.json
+    """
+}
+
+process MERGE_ANNOTATIONS {
+    tag "${id}"
+    label 'cpu'
+    publishDir "${params.outdir}/annotations", mode: 'copy'
+
+    input:
+    tuple val(id), path(parts, stageAs: 'parts/*')
+
+    output:
+    path "${id}.geojson", emit: annotations
+    path "${id}.report.json", emit: report
+
+    script:
+    """
+    slidemill-merge-annotations ${parts} --out ${id}.geojson --max-gap-um ${params.max_gap_um} --log-format json
+    """
+
+    stub:
+    """
+    touch ${id}.geojson ${id}.report.json
+    """
+}
+
+process TO_QUPATH {
+    label 'cpu'
+    publishDir "${params.outdir}", mode: 'copy'
+
+    input:
+    path annotations, stageAs: 'annotations/*'
+    path slides, stageAs: 'slides/*'
+
+    output:
+    path 'qupath', emit: geojson
+    path 'qupath-project', emit: project
+
+    script:
+    def slide_args = slides.collect { "--slide ${it}" }.join(' ')
+    """
+    slidemill-to-qupath ${annotations} --out qupath ${slide_args} --project qupath-project --log-format json
+    """
+
+    stub:
+    """
+    mkdir -p qupath qupath-project && touch qupath/report.json qupath-project/project.qpproj
+    """
+}
+
+workflow {
+    if (!params.slides) {
+        error "give the slides: --slides 'slides/*.svs'"
+    }
+    if (!params.model && !params.annotations) {
+        error "give --annotations DIR (to train a model) or --model DIR (an existing one)"
+    }
+    slides = Channel.fromPath(params.slides, checkIfExists: true)
+        .map { f -> tuple(f.baseName, f) }
+
+    if (params.model) {
+        model = Channel.value(file(params.model, checkIfExists: true))
+    } else {
+        annotated = slides
+            .map { id, f -> tuple(id, f, file("${params.annotations}/${id}.geojson")) }
+            .filter { id, f, a -> a.exists() }
+        TILE(annotated)
+        model = TRAIN(TILE.out.tileset.collect()).model
+    }
+
+    // one task per slide, or --shards tasks for a slide larger than --large_slide_mb
+    jobs = slides.flatMap { id, f ->
+        def n = f.size() > params.large_slide_mb * 1024L * 1024L ? params.shards as int : 1
+        (0..<n).collect { i -> tuple(id, f, i, n) }
+    }
+    INFER(jobs, model)
+    POSTPROCESS(INFER.out.prediction)
+    // wait for every shard of a slide, then stitch
+    parts = POSTPROCESS.out.annotations
+        .map { id, n, geojson -> tuple(groupKey(id, n), geojson) }
+        .groupTuple()
+        .map { key, files -> tuple(key.toString(), files) }
+    MERGE_ANNOTATIONS(parts)
+    TO_QUPATH(MERGE_ANNOTATIONS.out.annotations.collect(), slides.map { id, f -> f }.collect())
+}
