@@ -47,7 +47,7 @@ def test_exact_level0_placement_with_holes(tmp_path):
     result = run(PostprocessConfig(prediction=folder, out=tmp_path / "a.geojson"))
     assert result.features_per_class == {"Tumor": 1, "Stroma": 1, "Immune cells": 0}
     aset = read_annotation_set(result.out)
-    tumor, stroma = aset.features
+    stroma, tumor = aset.features  # classes by name
     assert tumor.properties.classification.name == "Tumor"
     geom = shape(tumor.geometry.model_dump())
     # raster corner (i, j) -> level-0 (1000 + 4 i, 2000 + 4 j)

@@ -193,11 +193,13 @@ def build_annotation_set(
     provenance: Provenance | None = None,
 ) -> tuple[AnnotationSet, int]:
     """An `annotations` contract with one feature per polygon, measured at `mpp` (level-0 microns
-    per pixel), in a deterministic order. Returns the set and how many polygons vanished when snapped
-    to QuPath's 0.01 px grid (slivers)."""
+    per pixel), in a deterministic order (classes by name, then shapes top to bottom, left to
+    right). Returns the set and how many polygons vanished when snapped to QuPath's 0.01 px grid."""
     features: list[Feature] = []
     vanished = 0
-    for class_name, polys in polygons_by_class.items():
+    # classes by name (unclassified last), so every tool writes the same shapes in the same order
+    for class_name in sorted(polygons_by_class, key=lambda n: (n is None, n or "")):
+        polys = polygons_by_class[class_name]
         color = (colors or {}).get(class_name)
         for poly in sort_polygons(polys):
             feature = make_feature(shapely.normalize(poly), class_name, classes=classes, color=color, mpp=mpp)
