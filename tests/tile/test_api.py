@@ -1,0 +1,143 @@
+"""run() and iter_tiles(): the same tiles, exact positions, padding, workers, determinism."""
+
+import json
+
+import cv2
+import jsonschema
+import numpy as np
+import pytest
+
+from slidemill.shared.contracts import TileSet, load_contract
+from slidemill.shared.slide import open_slide
+from slidemill.tile import TileConfig, iter_tiles, plan_tiles, run
+
+TILE = 256
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory, synthetic, synthetic_geojson):
+    out = tmp_path_factory.mktemp("run") / "tiles-out"
+    config = TileConfig(slide=synthetic, out=out, annotations=[synthetic_geojson], mpp=0.37, tile_size_px=TILE,
+                        overlap_px=32, tissue_threshold=0.3, workers=1)
+    result = run(config, argv=["slidemill-tile", "test"])
+    return config, result, out
+
+
+def test_output_folder_and_manifest(written, repo):
+    config, result, out = written
+    assert sorted(p.name for p in out.iterdir()) == ["masks", "preview.png", "report.json", "tiles", "tileset.json",
+                                                      "tissue.png"]
+    tileset = load_contract(out / "tileset.json", TileSet)
+    schema = json.loads((repo / "schemas" / "tileset.schema.json").read_text())
+    jsonschema.validate(json.loads((out / "tileset.json").read_text()), schema)
+    assert len(tileset.tiles) == result.tiles_written > 0
+    assert tileset.params.tile_size_px == TILE and tileset.params.overlap_px == 32
+    assert tileset.params.tissue_threshold == 0.3 and tileset.params.mpp == 0.37
+    assert tileset.mapping.scale == pytest.approx(0.37 / 0.25)
+    assert tileset.slide.name == "synthetic.tiff" and tileset.slide.mpp == 0.25
+    assert [c.name for c in tileset.classes.classes] == ["Immune cells", "Stroma", "Tissue", "Tumor", "Ignore*"]
+    for record in tileset.tiles:
+        assert record.tissue_fraction >= 0.3
+        assert (out / record.image).is_file() and (out / record.mask).is_file()
+        assert record.image == f"tiles/r{record.row:05d}_c{record.col:05d}.png"
+        stride = TILE - 32
+        assert record.x == pytest.approx(record.col * stride * tileset.mapping.scale)
+        assert record.width == pytest.approx(TILE * tileset.mapping.scale)
+    # exactly the grid tiles with enough tissue were kept, and some were not
+    every = plan_tiles(config.model_copy(update={"all_tiles": True}))
+    enough = [(s.row, s.col) for s in every.specs if s.tissue_fraction >= 0.3]
+    assert [(r.row, r.col) for r in tileset.tiles] == enough
+    assert len(tileset.tiles) < tileset_grid(out) == len(every)
+    tissue = cv2.imread(str(out / "tissue.png"), cv2.IMREAD_GRAYSCALE)
+    assert set(np.unique(tissue)) <= {0, 255} and 0.3 < (tissue > 0).mean() < 0.95
+    preview = cv2.imread(str(out / "preview.png"))
+    assert preview is not None and preview.shape[2] == 3
+    report = json.loads((out / "report.json").read_text())
+    assert report["schema"] == "slidemill/report" and report["counts"]["tiles_written"] == len(tileset.tiles)
+    assert report["counts"]["annotations_used"] == 4 and report["counts"]["annotations_repaired"] == 0
+
+
+def tileset_grid(out):
+    report = json.loads((out / "report.json").read_text())
+    return report["counts"]["grid_tiles"]
+
+
+def test_iter_tiles_yields_exactly_what_was_written(written):
+    config, result, out = written
+    tileset = load_contract(out / "tileset.json", TileSet)
+    tiles = list(iter_tiles(config))
+    assert len(tiles) == len(tileset.tiles)
+    for tile, record in zip(tiles, tileset.tiles, strict=True):
+        assert (tile.row, tile.col, tile.x, tile.y) == (record.row, record.col, record.x, record.y)
+        assert tile.tissue_fraction == record.tissue_fraction
+        assert tile.class_fractions == record.class_fractions
+        image = cv2.cvtColor(cv2.imread(str(out / record.image), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB)
+        mask = cv2.imread(str(out / record.mask), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(tile.image, image)  # PNG is lossless
+        assert mask.dtype == np.uint8 and mask.ndim == 2
+        assert np.array_equal(tile.mask, mask)
+    assert not any(p.name.endswith(".partial") for p in out.parent.iterdir())
+
+
+def test_workers_give_identical_files(written, tmp_path):
+    config, result, out = written
+    other = run(config.model_copy(update={"out": tmp_path / "two", "workers": 2}))
+    assert other.tiles_written == result.tiles_written
+    assert (tmp_path / "two" / "tileset.json").read_bytes() == (out / "tileset.json").read_bytes()
+    for sub in ("tiles", "masks"):
+        names = sorted(p.name for p in (out / sub).iterdir())
+        assert names == sorted(p.name for p in (tmp_path / "two" / sub).iterdir())
+        for name in names:
+            assert (out / sub / name).read_bytes() == (tmp_path / "two" / sub / name).read_bytes(), name
+    # and iter_tiles over worker processes yields the same
+    first = next(iter_tiles(config, workers=2))
+    assert np.array_equal(first.image, cv2.cvtColor(cv2.imread(str(out / "tiles" / f"{first.spec.stem}.png")),
+                                                    cv2.COLOR_BGR2RGB))
+
+
+def test_tiles_map_back_to_the_slide_exactly(synthetic):
+    """At the slide's own resolution a tile is the level-0 pixels at (x, y); at half resolution it is
+    the stored level-1 pixels at (x / 2, y / 2); edge tiles are padded with white, never stretched."""
+    slide = open_slide(synthetic)
+    full = slide.read_level(0, 0, 0, slide.width, slide.height)
+    tiles = list(iter_tiles(synthetic, mpp=0.25, tile_size_px=TILE, overlap_px=0, all_tiles=True))
+    for tile in tiles:
+        x, y = int(tile.x), int(tile.y)
+        window = full[y:y + TILE, x:x + TILE]
+        h, w = window.shape[:2]
+        assert np.array_equal(tile.image[:h, :w], window)
+        assert (tile.pad_right_px, tile.pad_bottom_px) == (TILE - w, TILE - h)
+        assert np.all(tile.image[h:, :] == 255) and np.all(tile.image[:, w:] == 255)
+        assert tile.mask is None and tile.class_fractions == {}
+    half = next(t for t in iter_tiles(synthetic, mpp=0.5, tile_size_px=TILE, overlap_px=0, all_tiles=True)
+                if t.row == 1 and t.col == 1)
+    assert half.pad_bottom_px == 12  # the slide is 1000 px high: 512..1000 is 244 pixels at half size
+    assert np.array_equal(half.image[:244], slide.read_level(1, 256, 256, TILE, 244))
+    assert np.all(half.image[244:] == 255)
+
+
+def test_plan_random_access_and_magnification(synthetic):
+    plan = plan_tiles(synthetic, magnification=20, tile_size_px=TILE, overlap_px=0, all_tiles=True)
+    assert plan.scale == pytest.approx(2.0)  # 20x = 0.5 um/px on a 0.25 um/px slide
+    assert len(plan) == plan.grid_cols * plan.grid_rows == 3 * 2
+    tile = plan.tile(len(plan) - 1)
+    assert tile.image.shape == (TILE, TILE, 3)
+
+
+def test_annotated_only(synthetic, tmp_path):
+    from shapely.geometry import box
+
+    from slidemill.shared.testing import SyntheticShape, qupath_geojson
+
+    ann = tmp_path / "a.geojson"
+    ann.write_text(json.dumps(qupath_geojson([SyntheticShape("Tumor", box(300, 300, 340, 340), (0, 0, 0))])))
+    tiles = list(iter_tiles(synthetic, annotations=[ann], mpp=0.25, tile_size_px=TILE, overlap_px=0,
+                            all_tiles=True, annotated_only=True))
+    assert [(t.row, t.col) for t in tiles] == [(1, 1)]
+
+
+def test_run_is_deterministic(written, tmp_path):
+    config, _, out = written
+    run(config.model_copy(update={"out": tmp_path / "again"}))
+    assert (tmp_path / "again" / "tileset.json").read_bytes() == (out / "tileset.json").read_bytes()
+    assert (tmp_path / "again" / "preview.png").read_bytes() == (out / "preview.png").read_bytes()

@@ -1,0 +1,223 @@
+"""`run(config)` writes a tileset folder; `iter_tiles(...)` yields the very same tiles and masks
+without writing anything (notebooks, PyTorch datasets)."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from slidemill.shared.cli import Progress, package_version, worker_count
+from slidemill.shared.contracts import TileRecord, TileSet, TilingParams, save_contract
+from slidemill.shared.errors import InputError, OutputError
+from slidemill.shared.files import staged_dir
+from slidemill.shared.report import ReportBuilder
+
+from . import render
+from .config import TileConfig
+from .plan import Tile, TilePlan, make_plan
+
+log = logging.getLogger(__name__)
+
+TOOL = "slidemill-tile"
+BATCH = 4  # tiles per task sent to a worker
+PREVIEW_MAX_PX = 2048
+
+
+@dataclass
+class TileResult:
+    out: Path
+    tileset: TileSet
+    tiles_written: int
+    megapixels: float
+    seconds: float
+    warnings: list[str]
+
+
+def _config(slide_or_config: TileConfig | str | Path, options: dict[str, Any]) -> TileConfig:
+    if isinstance(slide_or_config, TileConfig):
+        return slide_or_config.model_copy(update=options) if options else slide_or_config
+    return TileConfig(slide=Path(slide_or_config), **options)
+
+
+def plan_tiles(slide: TileConfig | str | Path, **options) -> TilePlan:
+    """Validate the inputs and decide the tiles (no pixel of a tile read yet). `plan[i]`-style access
+    through `plan.tile(i)`, `len(plan)` tiles; `plan.classes` is the class table."""
+    return make_plan(_config(slide, options))
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _bounded_map(executor: ProcessPoolExecutor, fn: Callable, batches: Iterable[list], window: int,
+                 *args) -> Iterator[Any]:
+    """Results in order, with at most `window` batches in flight (memory bounded by tiles x workers)."""
+    pending: collections.deque = collections.deque()
+    for batch in batches:
+        pending.append(executor.submit(fn, *args, batch))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _executor(plan: TilePlan, workers: int) -> ProcessPoolExecutor:
+    import multiprocessing
+
+    # spawn: each worker opens the slide itself (no file handles or reader threads cross a fork)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=render.init_worker, initargs=(plan.renderer,))
+
+
+def iter_tiles(slide: TileConfig | str | Path, *, workers: int = 1, plan: TilePlan | None = None,
+               **options) -> Iterator[Tile]:
+    """Yield every tile `slidemill-tile` would write (same order, pixels and masks), writing nothing.
+
+    `slide` is a slide path (options as in `TileConfig`: `annotations=[...]`, `mpp=0.5`, ...) or a
+    `TileConfig`. With `workers > 1` tiles are read in worker processes, at most a few per worker
+    ahead of the consumer.
+    """
+    plan = plan or plan_tiles(slide, **options)
+    if workers <= 1 or len(plan) <= 1:
+        for i in range(len(plan)):
+            yield plan.tile(i)
+        return
+    with _executor(plan, workers) as pool:
+        for batch in _bounded_map(pool, render.worker_render, _chunks(plan.specs, BATCH), 2 * workers):
+            for spec, image, mask, fractions in batch:
+                yield Tile(spec=spec, image=image, mask=mask, class_fractions=fractions)
+
+
+# --- preview -----------------------------------------------------------------------------------
+
+
+def draw_preview(plan: TilePlan) -> np.ndarray:
+    """Thumbnail with the tissue outline (green), the kept tiles (blue) and the annotations (class colours)."""
+    img = plan.thumbnail.copy()
+    ts = plan.tissue.scale
+    factor = min(1.0, PREVIEW_MAX_PX / max(img.shape[:2]))
+    if factor < 1:
+        img = cv2.resize(img, (max(1, round(img.shape[1] * factor)), max(1, round(img.shape[0] * factor))),
+                         interpolation=cv2.INTER_AREA)
+    scale = ts / factor  # level-0 px per preview px
+    tissue = cv2.resize(plan.tissue.mask.astype(np.uint8), (img.shape[1], img.shape[0]),
+                        interpolation=cv2.INTER_NEAREST)
+    contours, _ = cv2.findContours(tissue, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(img, contours, -1, (0, 160, 0), 1)
+    if plan.classes is not None and plan.annotation_shapes:
+        overlay = img.copy()
+        palette = plan.classes.palette()
+        for shape in sorted(plan.annotation_shapes, key=lambda s: -s.geometry.area):
+            color = tuple(int(v) for v in palette.get(shape.label, (180, 180, 180)))
+            parts = getattr(shape.geometry, "geoms", [shape.geometry])
+            for part in parts:
+                ext = np.round(np.asarray(part.exterior.coords)[:, :2] / scale).astype(np.int32)
+                cv2.fillPoly(overlay, [ext], color)
+                for ring in part.interiors:
+                    hole = np.round(np.asarray(ring.coords)[:, :2] / scale).astype(np.int32)
+                    cv2.fillPoly(overlay, [hole], (255, 255, 255))
+                cv2.polylines(img, [ext], True, color, 1)
+        img = cv2.addWeighted(overlay, 0.35, img, 0.65, 0)
+    for spec in plan.specs:
+        x0, y0 = round(spec.x / scale), round(spec.y / scale)
+        x1, y1 = round((spec.x + spec.width) / scale), round((spec.y + spec.height) / scale)
+        cv2.rectangle(img, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), (40, 90, 220), 1)
+    return img
+
+
+# --- the command -------------------------------------------------------------------------------
+
+
+def _records(plan: TilePlan, fractions: dict[int, dict[str, float]]) -> list[TileRecord]:
+    masks = plan.classes is not None
+    return [TileRecord(index=s.index, col=s.col, row=s.row, x=s.x, y=s.y, width=s.width, height=s.height,
+                       pad_right_px=s.pad_right_px, pad_bottom_px=s.pad_bottom_px,
+                       tissue_fraction=s.tissue_fraction, class_fractions=fractions.get(s.index, {}),
+                       image=f"tiles/{s.stem}.png", mask=f"masks/{s.stem}.png" if masks else None)
+            for s in plan.specs]
+
+
+def run(config: TileConfig, *, argv: list[str] | None = None) -> TileResult:
+    """Cut the slide into tiles and masks under `config.out` (all or nothing), with a manifest,
+    tissue mask, preview and report."""
+    if config.out is None:
+        raise InputError("no output folder given", fix="Pass --out DIR")
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise OutputError("exists and is not a folder", path=out, fix="Remove it or choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not config.overwrite:
+        raise OutputError("already exists and is not empty", path=out,
+                          fix="Pass --overwrite to replace it, or choose another --out")
+    report = ReportBuilder(TOOL, package_version(TOOL), argv)
+    t0 = time.perf_counter()
+    with report.timed("plan"):
+        plan = make_plan(config)
+    for message in plan.warnings:
+        report.warn(message)
+    workers = min(worker_count(config.workers), max(1, len(plan)))
+    if not plan.specs:
+        report.warn("no tile passed the selection (tissue threshold / --annotated-only); the tileset is empty")
+    log.info("%s: %d of %d tiles to write (%d x %d px at %.4g um/px, %d worker(s))", plan.slide_ref.name,
+             len(plan), plan.grid_cols * plan.grid_rows, config.tile_size_px, config.tile_size_px,
+             config.target_mpp, workers)
+    fractions: dict[int, dict[str, float]] = {}
+    with staged_dir(out, overwrite=config.overwrite) as stage:
+        (stage / "tiles").mkdir()
+        if plan.classes is not None:
+            (stage / "masks").mkdir()
+        with report.timed("tiles"), Progress(len(plan), "tiles", "tiles") as progress:
+            if workers <= 1:
+                for spec in plan.specs:
+                    index, frac = plan.renderer.write(stage, spec, config.png_compression)
+                    fractions[index] = frac
+                    progress.advance()
+            else:
+                with _executor(plan, workers) as pool:
+                    for batch in _bounded_map(pool, render.worker_write, _chunks(plan.specs, BATCH), 4 * workers,
+                                              stage, config.png_compression):
+                        for index, frac in batch:
+                            fractions[index] = frac
+                        progress.advance(len(batch))
+        with report.timed("write"):
+            cv2.imwrite(str(stage / "tissue.png"), plan.tissue.mask.astype(np.uint8) * 255)
+            cv2.imwrite(str(stage / "preview.png"), cv2.cvtColor(draw_preview(plan), cv2.COLOR_RGB2BGR))
+            params = TilingParams(mpp=config.target_mpp, tile_size_px=config.tile_size_px,
+                                  overlap_px=config.overlap_px,
+                                  tissue_threshold=None if config.all_tiles else config.tissue_threshold,
+                                  annotated_only=config.annotated_only, background_class=config.background_class)
+            tileset = TileSet(slide=plan.slide_ref, params=params, mapping=plan.mapping, classes=plan.classes,
+                              tissue_mask="tissue.png", preview="preview.png", tiles=_records(plan, fractions))
+            save_contract(tileset, stage / "tileset.json", indent=1)
+        megapixels = len(plan) * config.tile_size_px ** 2 / 1e6
+        seconds = time.perf_counter() - t0
+        report.inputs = [str(config.slide), *(str(a) for a in config.annotations)]
+        if config.classes_file:
+            report.inputs.append(str(config.classes_file))
+        report.outputs = [str(out / n) for n in ("tileset.json", "tiles", "tissue.png", "preview.png")]
+        if plan.classes is not None:
+            report.outputs.insert(2, str(out / "masks"))
+        stats = plan.stats
+        report.counts.update({
+            "tiles_written": len(plan), "grid_tiles": plan.grid_cols * plan.grid_rows,
+            "grid_cols": plan.grid_cols, "grid_rows": plan.grid_rows, "megapixels": round(megapixels, 3),
+            "workers": workers, "tissue_fraction_of_slide": round(float(plan.tissue.mask.mean()), 4),
+            "annotation_files": stats.files, "annotations_read": stats.shapes, "annotations_used": stats.used,
+            "annotations_repaired": stats.repaired, "annotations_skipped": stats.skipped,
+            "annotations_unclassified_skipped": stats.unclassified, "annotations_outside_slide": stats.outside,
+        })
+        report.counts["megapixels_per_s"] = round(megapixels / max(report.timings_s.get("tiles", 0), 1e-9), 3)
+        report.environment["slide_reader"] = plan.slide_ref.reader
+        report.write(stage / "report.json")
+    log.info("wrote %d tiles (%.1f MP) to %s in %.1f s", len(plan), megapixels, out, seconds)
+    return TileResult(out=out, tileset=tileset, tiles_written=len(plan), megapixels=megapixels, seconds=seconds,
+                      warnings=list(report.warnings))

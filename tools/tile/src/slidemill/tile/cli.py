@@ -1,0 +1,104 @@
+"""`slidemill-tile SLIDE --out DIR`: typer only; the work is in api.run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from slidemill.shared.cli import (
+    DebugOption,
+    LogFormat,
+    LogFormatOption,
+    OverwriteOption,
+    SlideMppOption,
+    WorkersOption,
+    cli_run,
+    tool_app,
+    version_option,
+)
+from slidemill.shared.errors import InputError
+
+app = tool_app("slidemill-tile", "Cut a whole-slide image into tiles at a chosen resolution, keep the tissue, and "
+               "turn QuPath GeoJSON (or ASAP / ImageScope XML) annotations into per-tile class masks.")
+
+
+def _interrupt(signum, frame):  # a workflow engine's SIGTERM cleans up like Ctrl-C
+    raise KeyboardInterrupt
+
+
+@app.command()
+def main(
+    slide: Annotated[Path, typer.Argument(help="The slide: any format large-image reads, a DICOM folder, PNG/JPEG.",
+                                          show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="Output folder (written all at once at the end).",
+                                      show_default=False)],
+    annotations: Annotated[list[Path] | None, typer.Option(
+        "--annotations", help="Annotation file (QuPath GeoJSON any version, ASAP XML, ImageScope XML), "
+        "level-0 pixels. Repeat for several.")] = None,
+    classes: Annotated[Path | None, typer.Option(
+        "--classes", help='Class table JSON {"classes": [{"name", "label", "color", "ignore"}]}; default: the '
+        "annotation class names, sorted, labels 0..n-1, Ignore* = 255.")] = None,
+    mpp: Annotated[float | None, typer.Option("--mpp", help="Microns per pixel of the tiles [default: 0.5].",
+                                              min=0.0)] = None,
+    magnification: Annotated[float | None, typer.Option(
+        "--magnification", help="Magnification of the tiles (20 means 0.5 um/px), instead of --mpp.", min=0.0)] = None,
+    tile_size: Annotated[int, typer.Option("--tile-size", help="Tile width and height in pixels.", min=16,
+                                           max=8192)] = 512,
+    overlap: Annotated[int, typer.Option("--overlap", help="Overlap of neighbouring tiles in pixels.", min=0)] = 64,
+    tissue_threshold: Annotated[float, typer.Option(
+        "--tissue-threshold", help="Keep tiles with at least this fraction of tissue.", min=0.0, max=1.0)] = 0.5,
+    all_tiles: Annotated[bool, typer.Option("--all-tiles", help="Keep every tile, tissue or not.")] = False,
+    annotated_only: Annotated[bool, typer.Option("--annotated-only",
+                                                 help="Keep only tiles touching an annotation.")] = False,
+    background: Annotated[str | None, typer.Option(
+        "--background", help="Class of pixels no annotation covers; default: ignore (255, sparse annotation).")] = None,
+    unclassified_class: Annotated[str | None, typer.Option(
+        "--unclassified-class", help="Class of annotations without a class; default: they are skipped.")] = None,
+    png_compression: Annotated[int, typer.Option("--png-compression", help="PNG compression level 0-9.",
+                                                 min=0, max=9)] = 1,
+    workers: WorkersOption = 0,
+    slide_mpp: SlideMppOption = None,
+    overwrite: OverwriteOption = False,
+    log_format: LogFormatOption = LogFormat.text,
+    debug: DebugOption = False,
+    version: version_option("slidemill-tile") = False,
+) -> None:
+    """Tiles, masks, tissue mask, preview and a tileset manifest in DIR."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    # large-image's in-process tile cache; without this it looks for a memcached server and logs about it
+    os.environ.setdefault("LARGE_IMAGE_CACHE_BACKEND", "python")
+    with cli_run("slidemill-tile", log_format=log_format, debug=debug):
+        from pydantic import ValidationError
+
+        from slidemill.shared.contracts import describe_validation_error
+        from slidemill.shared.slide import open_slide  # noqa: F401 - fail fast on a broken install
+
+        from .config import TileConfig
+
+        if not slide.exists():
+            from slidemill.shared.errors import MissingInputError
+
+            raise MissingInputError("slide does not exist", path=slide,
+                                    fix="Check the path and that the folder is mounted")
+        try:
+            config = TileConfig(slide=slide, out=out, annotations=annotations or [], classes_file=classes, mpp=mpp,
+                                magnification=magnification, tile_size_px=tile_size, overlap_px=overlap,
+                                tissue_threshold=tissue_threshold, all_tiles=all_tiles, annotated_only=annotated_only,
+                                background_class=background, unclassified_class=unclassified_class, workers=workers,
+                                slide_mpp=slide_mpp, png_compression=png_compression, overwrite=overwrite)
+        except ValidationError as exc:
+            raise InputError(f"invalid options: {describe_validation_error(exc)}",
+                             fix="See slidemill-tile --help") from None
+        from .api import run
+
+        result = run(config, argv=sys.argv)
+        typer.echo(f"{result.out}: {result.tiles_written} tiles, {result.megapixels:.1f} MP in {result.seconds:.1f} s")
+
+
+if __name__ == "__main__":
+    app()

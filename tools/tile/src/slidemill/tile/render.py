@@ -1,0 +1,137 @@
+"""Reading one tile and drawing its mask: the one code path behind `run` (which writes) and
+`iter_tiles` (which yields). Picklable, so every worker process opens the slide itself."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from slidemill.shared.classes import IGNORE_LABEL
+from slidemill.shared.errors import OutputError
+
+from .rasterize import LabelledShape, Rasterizer
+
+
+@dataclass(frozen=True)
+class TileSpec:
+    """Where a tile lies: grid position, level-0 rectangle, padding and tissue fraction."""
+
+    index: int
+    row: int
+    col: int
+    x: float
+    y: float
+    width: float
+    height: float
+    pad_right_px: int
+    pad_bottom_px: int
+    tissue_fraction: float
+
+    @property
+    def stem(self) -> str:
+        return f"r{self.row:05d}_c{self.col:05d}"
+
+
+@dataclass
+class TileRenderer:
+    slide_path: Path
+    slide_mpp: float | None
+    scale: float
+    tile_size_px: int
+    stride_px: int
+    shapes: list[LabelledShape] | None  # None: no annotations, no masks
+    fill_label: int = IGNORE_LABEL
+    pad_value: int = 255
+    label_names: dict[int, str] = field(default_factory=dict)
+    _slide: object = field(default=None, repr=False, compare=False)
+    _raster: Rasterizer | None = field(default=None, repr=False, compare=False)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_slide"] = None
+        state["_raster"] = None
+        return state
+
+    def open(self):
+        if self._slide is None:
+            from slidemill.shared.slide import open_slide
+
+            self._slide = open_slide(self.slide_path, mpp=self.slide_mpp)
+        if self.shapes is not None and self._raster is None:
+            self._raster = Rasterizer(self.shapes, fill=self.fill_label)
+        return self._slide
+
+    def render(self, spec: TileSpec) -> tuple[np.ndarray, np.ndarray | None]:
+        """The RGB tile (H, W, 3) and its class mask (H, W) or None without annotations."""
+        slide = self.open()
+        t = self.tile_size_px
+        image = slide.read_region(spec.x, spec.y, t, t, self.scale, pad_value=self.pad_value)
+        mask = None
+        if self._raster is not None:
+            mask = self._raster.mask(spec.col * self.stride_px, spec.row * self.stride_px, t, t, self.scale)
+            if spec.pad_right_px:
+                mask[:, t - spec.pad_right_px:] = IGNORE_LABEL
+            if spec.pad_bottom_px:
+                mask[t - spec.pad_bottom_px:, :] = IGNORE_LABEL
+        return image, mask
+
+    def class_fractions(self, mask: np.ndarray | None) -> dict[str, float]:
+        if mask is None:
+            return {}
+        counts = np.bincount(mask.ravel(), minlength=256)
+        total = mask.size
+        out = {}
+        for label in np.flatnonzero(counts):
+            name = self.label_names.get(int(label), f"label {int(label)}")
+            out[name] = round(float(counts[label]) / total, 6)
+        return dict(sorted(out.items()))
+
+    def write(self, folder: Path, spec: TileSpec, png_compression: int) -> tuple[int, dict[str, float]]:
+        image, mask = self.render(spec)
+        params = [cv2.IMWRITE_PNG_COMPRESSION, png_compression]
+        target = folder / "tiles" / f"{spec.stem}.png"
+        if not cv2.imwrite(str(target), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params):
+            raise OutputError("cannot be written", path=target, fix="Check free space and permissions")
+        if mask is not None:
+            target = folder / "masks" / f"{spec.stem}.png"
+            if not cv2.imwrite(str(target), mask, params):
+                raise OutputError("cannot be written", path=target, fix="Check free space and permissions")
+        return spec.index, self.class_fractions(mask)
+
+
+def valid_extent_px(extent_level0: int, scale: float, start_px: int, tile_px: int) -> int:
+    """Tile pixels (from `start_px` of the grid) whose left/top corner lies inside the slide."""
+    total = math.ceil(extent_level0 / scale - 1e-9)
+    return max(0, min(tile_px, total - start_px))
+
+
+# --- worker processes --------------------------------------------------------------------------
+
+_WORKER: TileRenderer | None = None
+
+
+def init_worker(renderer: TileRenderer) -> None:
+    global _WORKER
+    import logging
+
+    logging.getLogger("large_image").setLevel(logging.ERROR)
+    _WORKER = renderer
+    renderer.open()
+
+
+def worker_write(folder: Path, png_compression: int, specs: list[TileSpec]) -> list[tuple[int, dict[str, float]]]:
+    assert _WORKER is not None
+    return [_WORKER.write(folder, spec, png_compression) for spec in specs]
+
+
+def worker_render(specs: list[TileSpec]) -> list[tuple[TileSpec, np.ndarray, np.ndarray | None, dict[str, float]]]:
+    assert _WORKER is not None
+    out = []
+    for spec in specs:
+        image, mask = _WORKER.render(spec)
+        out.append((spec, image, mask, _WORKER.class_fractions(mask)))
+    return out
