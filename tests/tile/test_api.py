@@ -79,10 +79,14 @@ def test_iter_tiles_yields_exactly_what_was_written(written):
     assert not any(p.name.endswith(".partial") for p in out.parent.iterdir())
 
 
-def test_workers_give_identical_files(written, tmp_path):
+def test_workers_give_identical_files(written, tmp_path, monkeypatch):
+    from slidemill.tile import api
+
+    monkeypatch.setattr(api, "MIN_TILES_PER_WORKER", 1)
     config, result, out = written
     other = run(config.model_copy(update={"out": tmp_path / "two", "workers": 2}))
     assert other.tiles_written == result.tiles_written
+    assert json.loads((tmp_path / "two" / "report.json").read_text())["counts"]["workers"] == 2
     assert (tmp_path / "two" / "tileset.json").read_bytes() == (out / "tileset.json").read_bytes()
     for sub in ("tiles", "masks"):
         names = sorted(p.name for p in (out / sub).iterdir())

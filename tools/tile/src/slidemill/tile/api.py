@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 
 TOOL = "slidemill-tile"
 BATCH = 4  # tiles per task sent to a worker
-PREVIEW_MAX_PX = 2048
+PREVIEW_MAX_PX = 1600
+# a worker process costs about a second to start (imports, opening the slide): small jobs stay in one
+MIN_TILES_PER_WORKER = 32
 
 
 @dataclass
@@ -103,17 +105,16 @@ def iter_tiles(slide: TileConfig | str | Path, *, workers: int = 1, plan: TilePl
 
 def draw_preview(plan: TilePlan) -> np.ndarray:
     """Thumbnail with the tissue outline (green), the kept tiles (blue) and the annotations (class colours)."""
-    img = plan.thumbnail.copy()
-    ts = plan.tissue.scale
-    factor = min(1.0, PREVIEW_MAX_PX / max(img.shape[:2]))
-    if factor < 1:
-        img = cv2.resize(img, (max(1, round(img.shape[1] * factor)), max(1, round(img.shape[0] * factor))),
-                         interpolation=cv2.INTER_AREA)
-    scale = ts / factor  # level-0 px per preview px
+    slide = plan.renderer.open()
+    side = min(PREVIEW_MAX_PX, max(slide.width, slide.height))
+    if side <= max(plan.thumbnail.shape[:2]):
+        img, scale = plan.thumbnail.copy(), plan.tissue.scale
+    else:
+        img, scale = slide.thumbnail(side)  # level-0 px per preview px
     tissue = cv2.resize(plan.tissue.mask.astype(np.uint8), (img.shape[1], img.shape[0]),
                         interpolation=cv2.INTER_NEAREST)
     contours, _ = cv2.findContours(tissue, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
-    cv2.drawContours(img, contours, -1, (0, 160, 0), 1)
+    cv2.drawContours(img, contours, -1, (0, 160, 0), 2)
     if plan.classes is not None and plan.annotation_shapes:
         overlay = img.copy()
         palette = plan.classes.palette()
@@ -164,7 +165,7 @@ def run(config: TileConfig, *, argv: list[str] | None = None) -> TileResult:
         plan = make_plan(config)
     for message in plan.warnings:
         report.warn(message)
-    workers = min(worker_count(config.workers), max(1, len(plan)))
+    workers = min(worker_count(config.workers), max(1, len(plan) // MIN_TILES_PER_WORKER))
     if not plan.specs:
         report.warn("no tile passed the selection (tissue threshold / --annotated-only); the tileset is empty")
     log.info("%s: %d of %d tiles to write (%d x %d px at %.4g um/px, %d worker(s))", plan.slide_ref.name,
