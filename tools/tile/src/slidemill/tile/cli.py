@@ -59,10 +59,10 @@ def main(
         "--background", help="Class of pixels no annotation covers; default: ignore (255, sparse annotation).")] = None,
     unclassified_class: Annotated[str | None, typer.Option(
         "--unclassified-class", help="Class of annotations without a class; default: they are skipped.")] = None,
-    png_compression: Annotated[int, typer.Option("--png-compression", help="PNG compression: 1 = fast (sub filter, Huffman only), 2-9 = "
-                                                 "zlib level (smaller, slower), 0 = none.",
-                                                 min=0, max=9)] = 1,
-    workers: WorkersOption = 0,
+    png_compression: Annotated[int, typer.Option(
+        "--png-compression", help="PNG compression: 1 = fast (sub filter, Huffman only), 2-9 = zlib level "
+        "(smaller, slower), 0 = none.", min=0, max=9)] = 1,
+    workers: WorkersOption = 0,  # an upper bound: small jobs (under 32 tiles a worker) use fewer
     slide_mpp: SlideMppOption = None,
     overwrite: OverwriteOption = False,
     log_format: LogFormatOption = LogFormat.text,
