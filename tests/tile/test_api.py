@@ -145,3 +145,28 @@ def test_run_is_deterministic(written, tmp_path):
     run(config.model_copy(update={"out": tmp_path / "again"}))
     assert (tmp_path / "again" / "tileset.json").read_bytes() == (out / "tileset.json").read_bytes()
     assert (tmp_path / "again" / "preview.png").read_bytes() == (out / "preview.png").read_bytes()
+
+
+def test_report_counts_repaired_and_skipped_annotations(synthetic, tmp_path):
+    def feature(coords, name, object_type="annotation"):
+        return {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [coords]},
+                "properties": {"objectType": object_type, "classification": {"name": name, "color": [200, 0, 0]}}}
+
+    bowtie = [[100, 100], [300, 300], [300, 100], [100, 300], [100, 100]]
+    square = [[400, 400], [500, 400], [500, 500], [400, 500], [400, 400]]
+    far = [[9000, 9000], [9100, 9000], [9100, 9100], [9000, 9000]]
+    ann = tmp_path / "a.geojson"
+    ann.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        feature(bowtie, "Tumor"), feature(square, "Stroma", "detection"), feature(far, "Tumor"),
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [5, 5]}, "properties": {}}]}))
+    result = run(TileConfig(slide=synthetic, out=tmp_path / "out", annotations=[ann], tile_size_px=256,
+                            overlap_px=0, all_tiles=True, mpp=0.25, workers=1))
+    counts = json.loads((tmp_path / "out" / "report.json").read_text())["counts"]
+    assert counts["annotations_repaired"] == 1 and counts["annotations_skipped"] == 1  # the point
+    assert counts["annotations_used"] == 1 and counts["annotations_outside_slide"] == 1
+    assert any("detection" in w for w in result.warnings) and any("repaired" in w for w in result.warnings)
+    tileset = load_contract(tmp_path / "out" / "tileset.json", TileSet)
+    assert [c.name for c in tileset.classes.classes] == ["Tumor", "Ignore*"]  # the detection's class is not used
+    # the repaired bow-tie keeps both triangles: 2 x (200 x 100 / 2) pixels over all tiles
+    tumour_px = sum(t.class_fractions.get("Tumor", 0) * 256**2 for t in tileset.tiles)
+    assert tumour_px == pytest.approx(20000, rel=0.01)
