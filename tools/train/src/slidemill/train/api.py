@@ -1,0 +1,327 @@
+"""`run(config)`: tilesets in, a model folder out (usable from a notebook as well as from the CLI).
+
+While training, checkpoints live in a work folder beside the output (`.MODEL_DIR.training/`), so
+a killed run can be continued with `--resume`; the model folder itself appears in one rename only
+when the ONNX export has been checked, and the work folder is removed then.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slidemill.shared.cli import package_version, worker_count
+from slidemill.shared.contracts import (
+    ClassMetrics,
+    DataSplit,
+    ModelCard,
+    ModelInput,
+    Normalization,
+    OnnxFile,
+    TrainingSummary,
+    save_contract,
+)
+from slidemill.shared.errors import InputError, OutputError
+from slidemill.shared.files import staged_dir
+from slidemill.shared.report import ReportBuilder
+
+from .augment import AUGMENTATIONS
+from .config import TrainConfig
+from .data import Split, TrainingData, auto_class_weights, class_fractions, load_tilesets, split_samples
+
+log = logging.getLogger(__name__)
+
+TOOL = "slidemill-train"
+ENCODER_DEPTH_STRIDE = 32
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    card: ModelCard
+    epochs_run: int
+    best_epoch: int | None
+    mean_iou: float | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def resolve_workers(requested: int, device_type: str) -> int:
+    """0 = automatic: one loader process per core on CUDA; none on the CPU, where the model needs every core
+    and a tile is read in a small fraction of a training step."""
+    if requested > 0:
+        return requested
+    return worker_count(0) if device_type == "cuda" else 0
+
+
+def work_dir_for(out: Path) -> Path:
+    """Where checkpoints live while a run is in progress (kept when it is killed, for --resume)."""
+    return out.parent / f".{out.name}.training"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class Prepared:
+    """Everything checked before any work: data, split, weights, and where a resume starts from."""
+
+    config: TrainConfig
+    data: TrainingData
+    split: Split
+    class_weights: np.ndarray | None
+    identity: dict[str, Any]
+    resume_from: Path | None
+    warnings: list[str]
+
+
+def prepare(config: TrainConfig) -> Prepared:
+    """Validate every input and option; nothing is written."""
+    from .model import check_names
+
+    warnings: list[str] = []
+    data = load_tilesets(config.tilesets)
+    warnings += data.warnings
+    check_names(config.arch, config.encoder)
+    if data.tile_size_px % ENCODER_DEPTH_STRIDE:
+        raise InputError(f"the tiles are {data.tile_size_px} px, but the encoder halves the image 5 times, so the "
+                         f"tile size must be a multiple of {ENCODER_DEPTH_STRIDE}", path=data.paths[0],
+                         fix="Tile again with --tile-size 256 or 512 (any multiple of 32)")
+    split = split_samples(data.samples, val_fraction=config.val_fraction, val_slides=config.val_slides,
+                          seed=config.seed)
+    if split.excluded:
+        warnings.append(f"{split.excluded} training tile(s) overlap validation tiles and are left out of training")
+    train_samples = [data.samples[i] for i in split.train]
+    fractions = class_fractions(train_samples, data.classes)
+    absent = [c.name for c in data.classes.trainable if fractions[c.label] == 0]
+    if absent and any(s.class_fractions for s in train_samples):
+        warnings.append(f"class(es) {absent} have no labelled pixels in the training tiles")
+    weights = auto_class_weights(fractions) if config.class_weights == "auto" else None
+    identity = {
+        "arch": config.arch, "encoder": config.encoder, "num_classes": data.classes.num_trainable,
+        "classes": [[c.name, c.label, c.ignore] for c in data.classes.classes],
+        "tile_size_px": data.tile_size_px, "mpp": data.mpp,
+        "split": {"strategy": split.strategy, "train": split.train, "val": split.val},
+    }
+    out, work = Path(config.out), work_dir_for(Path(config.out))
+    if out.exists() and not out.is_dir():
+        raise OutputError("exists and is not a folder", path=out, fix="Remove it or choose another --out")
+    resume_from = None
+    if config.resume:
+        for candidate in (work / "checkpoints" / "last.pt", out / "checkpoints" / "last.pt"):
+            if candidate.is_file():
+                resume_from = candidate
+                break
+        if resume_from is None:
+            raise InputError("--resume was given, but there is no checkpoint to continue from", path=out,
+                             fix=f"Expected {work / 'checkpoints' / 'last.pt'} (an interrupted run) or "
+                             f"{out / 'checkpoints' / 'last.pt'} (a finished one); run without --resume to start")
+        from .engine import check_compatible, load_checkpoint
+
+        check_compatible(load_checkpoint(resume_from), identity, resume_from)
+    else:
+        if out.is_dir() and any(out.iterdir()) and not config.overwrite:
+            raise OutputError("already exists and is not empty", path=out,
+                              fix="Pass --overwrite to replace it, --resume to continue training it, or choose "
+                              "another --out")
+        if (work / "checkpoints" / "last.pt").exists() and not config.overwrite:
+            raise OutputError(f"an interrupted run's checkpoints are in {work}", path=out,
+                              fix="Pass --resume to continue that run, or --overwrite to start afresh")
+    return Prepared(config, data, split, weights, identity, resume_from, warnings)
+
+
+def run(config: TrainConfig, *, argv: list[str] | None = None) -> TrainResult:
+    """Train, export to ONNX, check the export and write the model folder."""
+    report = ReportBuilder(TOOL, package_version(TOOL), argv)
+    with report.timed("validate"):
+        prepared = prepare(config)
+    for message in prepared.warnings:
+        report.warn(message)
+    return _train(prepared, report)
+
+
+def _train(prepared: Prepared, report: ReportBuilder) -> TrainResult:
+    import torch
+
+    from . import engine
+    from .loader import TileDataset, make_loader
+    from .model import IMAGENET_MEAN, IMAGENET_STD, build_model
+
+    config, data, split = prepared.config, prepared.data, prepared.split
+    out, work = Path(config.out), work_dir_for(Path(config.out))
+    device = engine.resolve_device(config.device)
+    if config.amp and device.type != "cuda":
+        report.warn("--amp is for CUDA; training on the CPU in float32")
+    engine.configure_determinism(device)
+    engine.seed_everything(config.seed)
+    num_classes = data.classes.num_trainable
+    class_names = [c.name for c in data.classes.trainable]
+
+    with report.timed("build_model"):
+        model = build_model(config.arch, config.encoder, num_classes, config.encoder_weights)
+    trainer = engine.Trainer(model, num_classes=num_classes, mean=IMAGENET_MEAN, std=IMAGENET_STD, device=device,
+                             lr=config.lr, weight_decay=config.weight_decay, epochs=config.epochs, amp=config.amp,
+                             class_weights=prepared.class_weights)
+    state = engine.FitState()
+    if config.overwrite and not config.resume and work.exists():
+        shutil.rmtree(work)
+    checkpoints = work / "checkpoints"
+    if prepared.resume_from is not None:
+        payload = engine.load_checkpoint(prepared.resume_from)
+        if prepared.resume_from.parent != checkpoints:  # a finished model folder: continue in a work folder
+            checkpoints.mkdir(parents=True, exist_ok=True)
+            for name in ("last.pt", "best.pt"):
+                if (prepared.resume_from.parent / name).exists():
+                    shutil.copy2(prepared.resume_from.parent / name, checkpoints / name)
+        state = trainer.restore(payload, epochs=config.epochs)
+        if state.stopped_early and state.epoch < config.epochs:
+            state.stopped_early = False
+            state.since_best = 0
+        log.info("resuming from %s after epoch %d", prepared.resume_from, state.epoch)
+        del payload
+
+    workers = resolve_workers(config.workers, device.type)
+    if device.type == "cpu" and workers:
+        # worker processes and the model's threads share the cores: leave the workers theirs
+        torch.set_num_threads(max(1, worker_count(0) - workers))
+    pin = device.type == "cuda"
+    augment = AUGMENTATIONS[config.augment]
+    train_set = TileDataset([data.samples[i] for i in split.train], data.tile_size_px, num_classes,
+                            augment=augment, seed=config.seed)
+    val_set = TileDataset([data.samples[i] for i in split.val], data.tile_size_px, num_classes,
+                          augment=None, seed=config.seed)
+    train_loader, train_sampler, train_generator = make_loader(
+        train_set, batch_size=config.batch_size, shuffle=True, seed=config.seed, workers=workers, pin_memory=pin)
+    val_loader, _, _ = make_loader(val_set, batch_size=config.batch_size, shuffle=False, seed=config.seed,
+                                   workers=min(workers, 1), pin_memory=pin)
+    log.info("training %s-%s on %s (%d classes; %d training and %d validation tiles, split by %s; %d worker(s))",
+             config.arch, config.encoder, device, num_classes, len(split.train), len(split.val), split.strategy,
+             workers)
+    t0 = time.perf_counter()
+    epochs_before = state.epoch
+    with report.timed("train"):
+        state = engine.fit(trainer, state, train_loader=train_loader, train_sampler=train_sampler,
+                           train_generator=train_generator, val_loader=val_loader, epochs=config.epochs,
+                           patience=config.early_stopping_patience, seed=config.seed, checkpoint_dir=checkpoints,
+                           identity=prepared.identity, class_names=class_names)
+    train_seconds = time.perf_counter() - t0
+    del train_loader, val_loader
+
+    best_path = checkpoints / "best.pt"
+    best = engine.load_checkpoint(best_path if best_path.exists() else checkpoints / "last.pt")
+    model = build_model(config.arch, config.encoder, num_classes, None)
+    model.load_state_dict(best["model"])
+    model = model.cpu().eval()
+    best_row = next(r for r in state.history if r["epoch"] == best["epoch"])
+
+    with staged_dir(out, overwrite=True) as stage:
+        (stage / "checkpoints").mkdir()
+        for name in ("last.pt", "best.pt"):
+            if (checkpoints / name).exists():
+                shutil.copy2(checkpoints / name, stage / "checkpoints" / name)
+        with report.timed("export"):
+            card, diff = _export(model, stage, prepared, best_row, state, val_set)
+        from .outputs import write_curves, write_metrics_csv
+
+        write_metrics_csv(stage / "metrics.csv", state.history, class_names)
+        write_curves(stage / "curves.png", state.history, class_names, best_epoch=state.best_epoch,
+                     title=f"{config.arch} / {config.encoder}: {len(split.train)} training, {len(split.val)} "
+                     f"validation tiles ({split.strategy} split)")
+        save_contract(card, stage / "model-card.json")
+        report.inputs = [str(p) for p in config.tilesets]
+        report.outputs = [str(out / n) for n in ("model.onnx", "model-card.json", "checkpoints/last.pt",
+                                                  "checkpoints/best.pt", "metrics.csv", "curves.png")]
+        report.count("tiles", len(data.samples))
+        report.count("train_tiles", len(split.train))
+        report.count("val_tiles", len(split.val))
+        report.count("excluded_tiles", split.excluded)
+        report.count("epochs", state.epoch)
+        report.count("epochs_this_run", state.epoch - epochs_before)
+        report.count("best_epoch", state.best_epoch or 0)
+        if card.mean_iou is not None:
+            report.count("val_mean_iou", round(card.mean_iou, 6))
+        report.count("onnx_max_abs_diff", diff)
+        rates = [r["train_tiles_per_s"] for r in state.history[epochs_before:]]
+        if rates:
+            report.count("train_tiles_per_s", round(float(np.mean(rates)), 3))
+            report.count("train_seconds", round(train_seconds, 3))
+        report.environment.update({"device": str(device), "torch": torch.__version__,
+                                   "amp": str(trainer.amp).lower(), "workers": str(workers),
+                                   "torch_threads": str(torch.get_num_threads())})
+        if device.type == "cuda":
+            report.environment["gpu"] = torch.cuda.get_device_name(device)
+        report.write(stage / "report.json")
+    shutil.rmtree(work, ignore_errors=True)
+    log.info("wrote %s (best epoch %s, mean validation IoU %s)", out, state.best_epoch,
+             "n/a" if card.mean_iou is None else f"{card.mean_iou:.4f}")
+    return TrainResult(out=out, card=card, epochs_run=state.epoch, best_epoch=state.best_epoch,
+                       mean_iou=card.mean_iou, history=state.history, warnings=list(report.warnings))
+
+
+def _export(model, stage: Path, prepared: Prepared, best_row: dict[str, Any], state,
+            val_set) -> tuple[ModelCard, float]:
+    from .model import IMAGENET_MEAN, IMAGENET_STD, export_onnx, onnx_max_abs_diff
+
+    config, data, split = prepared.config, prepared.data, prepared.split
+    onnx_path = stage / "model.onnx"
+    export_onnx(model, onnx_path, tile_size_px=data.tile_size_px, opset=config.onnx_opset)
+    # check on real validation tiles (a batch of up to 4, another batch size than the export's)
+    count = min(4, len(val_set))
+    images = np.stack([val_set.load(i, 0)[0] for i in range(count)]).astype(np.float32) / 255.0
+    images = (images - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
+    images = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    if count == 1:
+        images = np.concatenate([images, images])
+    diff = onnx_max_abs_diff(model, onnx_path, images)
+    log.info("ONNX export checked: max |torch - onnxruntime| logit difference %.3g on %d tiles", diff, len(images))
+    if not diff <= config.onnx_max_abs_diff:
+        raise RuntimeError(f"the ONNX export disagrees with torch: max logit difference {diff:.3g} is above "
+                           f"{config.onnx_max_abs_diff:g}; the model folder was not written")
+    import onnx
+
+    opset = next((o.version for o in onnx.load(str(onnx_path), load_external_data=False).opset_import
+                  if o.domain in ("", "ai.onnx")), config.onnx_opset)
+    names = [c.name for c in data.classes.trainable]
+    metrics = {n: ClassMetrics(dice=d, iou=i) for n, d, i in zip(names, best_row["dice"], best_row["iou"], strict=True)}
+    weights = config.encoder_weights
+    if weights is not None and Path(weights).exists():
+        weights = f"file:{Path(weights).name}"
+    parameters = {"epochs_requested": config.epochs, "batch_size": config.batch_size, "lr": config.lr,
+                  "weight_decay": config.weight_decay, "optimizer": "AdamW", "schedule": "cosine per epoch",
+                  "val_fraction": config.val_fraction, "val_slides": config.val_slides,
+                  "class_weights": config.class_weights, "augment": config.augment, "seed": config.seed,
+                  "amp": config.amp, "early_stopping_patience": config.early_stopping_patience,
+                  "stopped_early": state.stopped_early, "split_excluded_tiles": split.excluded}
+    if prepared.class_weights is not None:
+        parameters["class_weight_values"] = {n: round(float(w), 6)
+                                             for n, w in zip(names, prepared.class_weights, strict=True)}
+    card = ModelCard(
+        name=f"{config.arch}-{config.encoder}",
+        architecture=config.arch, encoder=config.encoder, encoder_weights=weights,
+        classes=data.classes,
+        input=ModelInput(mpp=data.mpp, tile_size_px=data.tile_size_px,
+                         normalization=Normalization(mean=IMAGENET_MEAN, std=IMAGENET_STD)),
+        onnx=OnnxFile(file="model.onnx", sha256=sha256_of(onnx_path), opset=opset, max_abs_diff=diff),
+        training=TrainingSummary(tilesets=[str(p) for p in config.tilesets], slides=data.slides,
+                                 tiles=len(data.samples), epochs=state.epoch, best_epoch=state.best_epoch,
+                                 loss="cross-entropy + dice (ignore pixels skipped)", parameters=parameters),
+        split=DataSplit(strategy=split.strategy, train_slides=split.train_slides, val_slides=split.val_slides,
+                        train_tiles=len(split.train), val_tiles=len(split.val), block_size_px=split.block_size_px,
+                        seed=config.seed),
+        metrics=metrics, mean_iou=best_row["mean_iou"],
+    )
+    json.dumps(card.model_dump(mode="json"))  # fail here, not in a reader, if anything is not JSON
+    return card, diff

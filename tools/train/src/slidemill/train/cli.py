@@ -1,0 +1,111 @@
+"""slidemill-train: the command line (typer only; the work is in api.run)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from slidemill.shared.cli import (
+    DebugOption,
+    Device,
+    DeviceOption,
+    LogFormat,
+    LogFormatOption,
+    OverwriteOption,
+    cli_run,
+    tool_app,
+    version_option,
+)
+
+from .config import DEFAULT_ARCH, DEFAULT_ENCODER
+
+app = tool_app(
+    "slidemill-train",
+    "Train a segmentation model on one or more tilesets and export it to ONNX with a model card.\n\n"
+    "Writes MODEL_DIR/model.onnx, model-card.json, checkpoints/{last,best}.pt, metrics.csv, curves.png and "
+    "report.json. Validation never leaks: whole slides are held out when there are two or more, spatially "
+    "separated blocks when there is one. A killed run continues with --resume.",
+)
+
+
+def _split_names(values: list[str] | None) -> list[str]:
+    names: list[str] = []
+    for value in values or []:
+        names += [v.strip() for v in value.split(",") if v.strip()]
+    return names
+
+
+@app.command()
+def main(
+    tilesets: Annotated[list[Path], typer.Argument(
+        help="Tileset folders written by slidemill-tile (tileset.json, tiles/, masks/).", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.", show_default=False)],
+    arch: Annotated[str, typer.Option(
+        "--arch", help="Architecture: unet, unetplusplus, fpn, deeplabv3plus (or any other "
+        "segmentation-models-pytorch architecture).")] = DEFAULT_ARCH,
+    encoder: Annotated[str, typer.Option("--encoder", help="segmentation-models-pytorch encoder.")] = DEFAULT_ENCODER,
+    encoder_weights: Annotated[str, typer.Option(
+        "--encoder-weights", help="none (random), imagenet (downloaded by the library; needs internet once) or "
+        "PATH of a local encoder state-dict file.")] = "none",
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Epochs (passes over the training tiles).")] = 50,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Tiles per optimisation step.")] = 8,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (AdamW, cosine decay).")] = 1e-3,
+    val_fraction: Annotated[float | None, typer.Option(
+        "--val-fraction", min=0.0, max=1.0, help="Fraction of tiles held out for validation [default: 0.2].",
+        show_default=False)] = None,
+    val_slides: Annotated[list[str] | None, typer.Option(
+        "--val-slides", help="Slide name(s) to validate on, instead of --val-fraction (repeat the option or "
+        "separate names by commas).", show_default=False)] = None,
+    class_weights: Annotated[str, typer.Option(
+        "--class-weights", help="none, or auto: cross-entropy weights from the training tiles' class "
+        "fractions.")] = "none",
+    augment: Annotated[str, typer.Option(
+        "--augment", help="standard (flips, 90-degree rotations, H&E stain jitter, blur) or none.")] = "standard",
+    device: DeviceOption = Device.auto,
+    amp: Annotated[bool, typer.Option("--amp", help="Mixed precision on CUDA (float16 autocast).")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue from the last checkpoint of an interrupted (or finished) run into --out.")] = False,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of every random choice.")] = 0,
+    workers: Annotated[int, typer.Option(
+        "--workers", min=0, help="Data-loading worker processes; 0 = automatic: one per CPU core on CUDA, none on "
+        "the CPU (the model needs the cores; tiles are read between steps).")] = 0,
+    early_stopping_patience: Annotated[int, typer.Option(
+        "--early-stopping-patience", min=0, help="Stop after this many epochs without a better mean validation "
+        "IoU; 0 never stops early.")] = 0,
+    overwrite: OverwriteOption = False,
+    log_format: LogFormatOption = LogFormat.text,
+    debug: DebugOption = False,
+    version: version_option("slidemill-train") = False,
+) -> None:
+    with cli_run("slidemill-train", log_format=log_format, debug=debug):
+        from pydantic import ValidationError
+
+        from slidemill.shared.contracts import describe_validation_error
+        from slidemill.shared.errors import InputError
+
+        from .api import run
+        from .config import TrainConfig
+
+        names = _split_names(val_slides)
+        if names and val_fraction is not None:
+            raise InputError("--val-fraction and --val-slides were both given",
+                             fix="Give one: a fraction of tiles, or the slides to validate on")
+        values = {"tilesets": tilesets, "out": out, "arch": arch, "encoder": encoder,
+                  "encoder_weights": encoder_weights, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                  "val_slides": names, "class_weights": class_weights, "augment": augment,
+                  "device": device.value, "amp": amp, "resume": resume, "seed": seed, "workers": workers,
+                  "early_stopping_patience": early_stopping_patience, "overwrite": overwrite}
+        if val_fraction is not None:
+            values["val_fraction"] = val_fraction
+        try:
+            config = TrainConfig(**values)
+        except ValidationError as exc:
+            raise InputError(f"invalid option: {describe_validation_error(exc)}",
+                             fix="See slidemill-train --help") from None
+        result = run(config, argv=sys.argv)
+        iou = "n/a" if result.mean_iou is None else f"{result.mean_iou:.4f}"
+        typer.echo(f"{result.out}: {result.card.architecture}/{result.card.encoder}, {result.epochs_run} epoch(s), "
+                   f"best epoch {result.best_epoch}, mean validation IoU {iou}")

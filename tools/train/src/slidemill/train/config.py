@@ -1,0 +1,65 @@
+"""The validated settings of one training run (the CLI builds this; notebooks can too)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DEFAULT_ARCH = "unet"
+DEFAULT_ENCODER = "efficientnet-b0"
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tilesets: list[Path] = Field(min_length=1, description="tileset folders (or their tileset.json files)")
+    out: Path = Field(description="model folder to write (model.onnx, model-card.json, checkpoints, ...)")
+    arch: str = Field(DEFAULT_ARCH, description="segmentation-models-pytorch architecture (unet, unetplusplus, "
+                      "fpn, deeplabv3plus, ...)")
+    encoder: str = Field(DEFAULT_ENCODER, description="segmentation-models-pytorch encoder name")
+    encoder_weights: str | None = Field(
+        None, description="None (random init), 'imagenet' (downloaded by the library, needs internet) or a "
+        "local state-dict file of the encoder")
+    epochs: int = Field(50, ge=1, le=100_000, description="number of epochs (passes over the training tiles)")
+    batch_size: int = Field(8, ge=1, le=4096, description="tiles per optimisation step")
+    lr: float = Field(1e-3, gt=0, le=10, description="peak learning rate of AdamW (cosine decay per epoch)")
+    weight_decay: float = Field(1e-4, ge=0, le=1, description="AdamW weight decay")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="fraction of tiles held out for validation")
+    val_slides: list[str] = Field(default_factory=list,
+                                  description="slide names to validate on (instead of --val-fraction)")
+    class_weights: Literal["none", "auto"] = Field(
+        "none", description="auto: cross-entropy weights from the training tiles' class fractions")
+    augment: Literal["standard", "none"] = Field(
+        "standard", description="standard: flips, 90-degree rotations, H&E stain/colour jitter, blur")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto uses CUDA when present")
+    amp: bool = Field(False, description="mixed precision (float16 autocast + gradient scaling) on CUDA")
+    resume: bool = Field(False, description="continue from the last checkpoint of an interrupted (or finished) run")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of every random generator (split, order, "
+                      "augmentation, initialisation)")
+    workers: int = Field(0, ge=0, le=256, description="data-loading worker processes; 0 = automatic "
+                         "(one per core on CUDA, none on the CPU)")
+    early_stopping_patience: int = Field(
+        0, ge=0, description="stop after this many epochs without a better mean validation IoU; 0 = never")
+    overwrite: bool = Field(False, description="replace an existing model folder")
+    onnx_opset: int = Field(17, ge=11, le=23, description="ONNX opset of the exported model")
+    onnx_max_abs_diff: float = Field(1e-3, gt=0, description="largest allowed |torch - onnxruntime| logit "
+                                     "difference at export; the run fails above it")
+
+    @field_validator("encoder_weights")
+    @classmethod
+    def _weights(cls, value: str | None) -> str | None:
+        if value is None or value.strip().lower() in {"", "none", "null"}:
+            return None
+        return value
+
+    @field_validator("arch")
+    @classmethod
+    def _arch(cls, value: str) -> str:
+        return value.strip().lower()
+
+    @model_validator(mode="after")
+    def _unique(self) -> TrainConfig:
+        self.val_slides = list(dict.fromkeys(self.val_slides))
+        return self

@@ -1,0 +1,296 @@
+"""Tilesets in: validation of the inputs, the leakage-free split and the class weights (no torch here)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from slidemill.shared.classes import ClassTable
+from slidemill.shared.contracts import TileSet, load_contract
+from slidemill.shared.errors import InputError, MissingInputError
+from slidemill.shared.files import resolve_in
+
+log = logging.getLogger(__name__)
+
+MPP_RELATIVE_TOLERANCE = 0.01
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One training tile: its files and where it lies on its slide (level-0 rectangle)."""
+
+    image: Path
+    mask: Path
+    slide: str
+    x: float
+    y: float
+    width: float
+    height: float
+    class_fractions: tuple[tuple[str, float], ...] = ()
+
+    def overlaps(self, other: Sample) -> bool:
+        return (self.slide == other.slide and self.x < other.x + other.width and other.x < self.x + self.width
+                and self.y < other.y + other.height and other.y < self.y + self.height)
+
+
+@dataclass
+class TrainingData:
+    """Every validated tileset, merged: the one class table, resolution, tile size and all samples."""
+
+    paths: list[Path]
+    tilesets: list[TileSet]
+    classes: ClassTable
+    mpp: float
+    tile_size_px: int
+    samples: list[Sample]
+    skipped_without_mask: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def slides(self) -> list[str]:
+        return sorted({s.slide for s in self.samples})
+
+
+def manifest_path(path: Path) -> Path:
+    """A tileset is given as its folder or its tileset.json."""
+    path = Path(path)
+    if path.is_dir():
+        return path / "tileset.json"
+    if not path.exists():
+        raise MissingInputError("tileset does not exist", path=path,
+                                fix="Give a tileset folder written by slidemill-tile (it holds tileset.json)")
+    return path
+
+
+def _class_key(classes: ClassTable) -> dict[str, tuple[int, bool]]:
+    return {c.name: (c.label, c.ignore) for c in classes.classes}
+
+
+def _describe_class_difference(a: ClassTable, b: ClassTable) -> str:
+    ka, kb = _class_key(a), _class_key(b)
+    only_a, only_b = sorted(set(ka) - set(kb)), sorted(set(kb) - set(ka))
+    parts = []
+    if only_a:
+        parts.append(f"classes only in the first: {only_a}")
+    if only_b:
+        parts.append(f"classes only in this one: {only_b}")
+    for name in sorted(set(ka) & set(kb)):
+        if ka[name] != kb[name]:
+            parts.append(f"class {name!r} has label {ka[name][0]} in the first but {kb[name][0]} here")
+    return "; ".join(parts)
+
+
+def load_tilesets(paths: list[Path], *, check_files: bool = True) -> TrainingData:
+    """Read and check every tileset before any work: contract, class table, resolution, tile size, files."""
+    manifests = [manifest_path(p) for p in paths]
+    tilesets = [load_contract(m, TileSet) for m in manifests]
+    first, first_path = tilesets[0], manifests[0]
+    warnings: list[str] = []
+    for ts, path in zip(tilesets, manifests, strict=True):
+        if ts.classes is None:
+            raise InputError("has no class table: it was tiled without annotations, so there is nothing to learn",
+                             path=path, fix="Tile the slide with its annotations (slidemill-tile --annotations ...)")
+        if not ts.tiles:
+            raise InputError("is empty: it lists no tiles", path=path,
+                             fix="Check the tiling (tissue threshold, annotated-only) and tile the slide again")
+        if not any(t.mask for t in ts.tiles):
+            raise InputError("has no mask files: no tile carries labels to learn from", path=path,
+                             fix="Tile the slide with its annotations")
+    for ts, path in zip(tilesets[1:], manifests[1:], strict=True):
+        difference = _describe_class_difference(first.classes, ts.classes)
+        if difference:
+            raise InputError(f"has a different class table from {first_path} ({difference})", path=path,
+                             fix="Tile every slide with the same class list, or train on them separately")
+        colours = {c.name: tuple(c.color) for c in first.classes.classes}
+        changed = sorted(c.name for c in ts.classes.classes if tuple(c.color) != colours[c.name])
+        if changed:
+            warnings.append(f"{path}: colours of {changed} differ from {first_path}; the first tileset's are used")
+        rel = abs(ts.params.mpp - first.params.mpp) / first.params.mpp
+        if rel > MPP_RELATIVE_TOLERANCE:
+            raise InputError(f"was tiled at {ts.params.mpp:g} microns per pixel but {first_path} at "
+                             f"{first.params.mpp:g}", path=path,
+                             fix="Tile every slide at the same --mpp so the model sees one resolution")
+        if ts.params.tile_size_px != first.params.tile_size_px:
+            raise InputError(f"has tiles of {ts.params.tile_size_px} px but {first_path} of "
+                             f"{first.params.tile_size_px} px", path=path,
+                             fix="Tile every slide with the same --tile-size")
+    samples: list[Sample] = []
+    skipped = 0
+    missing: list[Path] = []
+    for ts, path in zip(tilesets, manifests, strict=True):
+        base = path.parent
+        for tile in ts.tiles:
+            if not tile.mask:
+                skipped += 1
+                continue
+            image, mask = resolve_in(base, tile.image), resolve_in(base, tile.mask)
+            if check_files:
+                for f in (image, mask):
+                    if not f.is_file():
+                        missing.append(f)
+            samples.append(Sample(image=image, mask=mask, slide=ts.slide.name, x=tile.x, y=tile.y,
+                                  width=tile.width, height=tile.height,
+                                  class_fractions=tuple(sorted(tile.class_fractions.items()))))
+        if missing:
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            raise MissingInputError(f"lists tile files that do not exist ({missing[0]}{more})", path=path,
+                                    fix="Copy the whole tileset folder (tiles/ and masks/ too) or tile the slide again")
+    if skipped:
+        warnings.append(f"{skipped} tile(s) have no mask and are not used")
+    return TrainingData(paths=list(paths), tilesets=tilesets, classes=first.classes, mpp=first.params.mpp,
+                        tile_size_px=first.params.tile_size_px, samples=samples, skipped_without_mask=skipped,
+                        warnings=warnings)
+
+
+# --- the split ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Split:
+    strategy: str
+    train: list[int]
+    val: list[int]
+    train_slides: list[str]
+    val_slides: list[str]
+    block_size_px: float | None = None
+    excluded: int = 0
+
+    def as_dict(self) -> dict:
+        return {"strategy": self.strategy, "train_slides": self.train_slides, "val_slides": self.val_slides,
+                "train_tiles": len(self.train), "val_tiles": len(self.val), "block_size_px": self.block_size_px,
+                "excluded_tiles": self.excluded}
+
+
+def split_samples(samples: list[Sample], *, val_fraction: float, val_slides: list[str], seed: int,
+                  target_blocks: int = 25) -> Split:
+    """Hold out validation tiles that share no pixel with a training tile.
+
+    Two or more slides: whole slides are held out (those named, or a seeded choice covering about
+    `val_fraction` of the tiles). One slide: the tiles' extent is cut into square blocks of level-0
+    pixels; a seeded choice of blocks is held out, and training tiles overlapping any validation tile
+    (the band along a block edge, when tiles overlap) are dropped.
+    """
+    slides = sorted({s.slide for s in samples})
+    by_slide = {name: [i for i, s in enumerate(samples) if s.slide == name] for name in slides}
+    if val_slides:
+        unknown = [n for n in val_slides if n not in by_slide]
+        if unknown:
+            raise InputError(f"--val-slides names slides that are not in the tilesets: {unknown}",
+                             fix=f"Choose among {slides}")
+        if len(set(val_slides)) >= len(slides):
+            raise InputError("--val-slides names every slide, so none is left to train on",
+                             fix="Leave at least one slide for training")
+        chosen = sorted(set(val_slides))
+    elif len(slides) >= 2:
+        order = [slides[i] for i in np.random.default_rng([seed, 1]).permutation(len(slides))]
+        chosen, held = [], 0
+        for name in order:
+            if len(chosen) == len(slides) - 1 or held >= val_fraction * len(samples):
+                break
+            chosen.append(name)
+            held += len(by_slide[name])
+        chosen.sort()
+    else:
+        return _block_split(samples, val_fraction=val_fraction, seed=seed, target_blocks=target_blocks)
+    val = sorted(i for n in chosen for i in by_slide[n])
+    val_set = set(val)
+    train = [i for i in range(len(samples)) if i not in val_set]
+    return Split("slides", train, val, [n for n in slides if n not in chosen], chosen)
+
+
+def _block_split(samples: list[Sample], *, val_fraction: float, seed: int, target_blocks: int) -> Split:
+    if len(samples) < 2:
+        raise InputError(f"only {len(samples)} labelled tile(s): too few to hold any out for validation",
+                         fix="Tile more of the slide (smaller tiles, a lower tissue threshold) or add slides")
+    x0 = min(s.x for s in samples)
+    y0 = min(s.y for s in samples)
+    x1 = max(s.x + s.width for s in samples)
+    y1 = max(s.y + s.height for s in samples)
+    tile_extent = max(max(s.width, s.height) for s in samples)
+    area_per_block = (x1 - x0) * (y1 - y0) / target_blocks
+    block = max(tile_extent, math.sqrt(area_per_block))
+    block = tile_extent * max(1, round(block / tile_extent))
+
+    def block_of(s: Sample) -> tuple[int, int]:
+        cx, cy = s.x + s.width / 2, s.y + s.height / 2
+        return int((cx - x0) // block), int((cy - y0) // block)
+
+    blocks: dict[tuple[int, int], list[int]] = {}
+    for i, s in enumerate(samples):
+        blocks.setdefault(block_of(s), []).append(i)
+    keys = sorted(blocks)
+    if len(keys) < 2:
+        block = tile_extent
+        blocks = {}
+        for i, s in enumerate(samples):
+            blocks.setdefault(block_of(s), []).append(i)
+        keys = sorted(blocks)
+    if len(keys) < 2:
+        raise InputError("all labelled tiles of the one slide lie in one place, so no spatially separate "
+                         "validation block exists", fix="Tile more of the slide, or add a second slide")
+    order = [keys[i] for i in np.random.default_rng([seed, 2]).permutation(len(keys))]
+    val: list[int] = []
+    for key in order:
+        if len(val) >= val_fraction * len(samples):
+            break
+        if len(val) + len(blocks[key]) >= len(samples):
+            continue
+        val.extend(blocks[key])
+    if not val:
+        val.extend(blocks[min(keys, key=lambda k: len(blocks[k]))])
+    val.sort()
+    val_set = set(val)
+    # a grid of tile-sized cells, so the overlap test stays fast with 100,000+ tiles
+    cells: dict[tuple[int, int], list[Sample]] = {}
+
+    def covered(s: Sample) -> list[tuple[int, int]]:
+        cx0, cy0 = int((s.x - x0) // tile_extent), int((s.y - y0) // tile_extent)
+        cx1, cy1 = int((s.x + s.width - x0) // tile_extent), int((s.y + s.height - y0) // tile_extent)
+        return [(cx, cy) for cx in range(cx0, cx1 + 1) for cy in range(cy0, cy1 + 1)]
+
+    for i in val:
+        for cell in covered(samples[i]):
+            cells.setdefault(cell, []).append(samples[i])
+    train, excluded = [], 0
+    for i, s in enumerate(samples):
+        if i in val_set:
+            continue
+        if any(s.overlaps(v) for cell in covered(s) for v in cells.get(cell, ())):
+            excluded += 1
+            continue
+        train.append(i)
+    if not train:
+        raise InputError("no training tile is left once the validation blocks and the tiles overlapping them "
+                         "are taken out", fix="Lower --val-fraction, tile more of the slide, or add a slide")
+    slide = samples[0].slide
+    return Split("blocks", train, val, [slide], [slide], block_size_px=float(block), excluded=excluded)
+
+
+# --- class weights -----------------------------------------------------------------------------
+
+
+def class_fractions(samples: list[Sample], classes: ClassTable) -> np.ndarray:
+    """Mean fraction of labelled (non-ignore) pixels per trainable class, from the manifests."""
+    totals = np.zeros(classes.num_trainable, np.float64)
+    for s in samples:
+        fr = dict(s.class_fractions)
+        for entry in classes.trainable:
+            totals[entry.label] += fr.get(entry.name, 0.0)
+    total = totals.sum()
+    return totals / total if total > 0 else totals
+
+
+def auto_class_weights(fractions: np.ndarray, *, max_ratio: float = 50.0) -> np.ndarray:
+    """Median-frequency balancing: weight = median(fraction) / fraction, absent classes weight 1,
+    clipped to [1/max_ratio, max_ratio] and scaled to mean 1."""
+    present = fractions > 0
+    weights = np.ones_like(fractions)
+    if present.any():
+        median = float(np.median(fractions[present]))
+        weights[present] = median / fractions[present]
+    weights = np.clip(weights, 1 / max_ratio, max_ratio)
+    return weights / weights.mean()

@@ -1,0 +1,113 @@
+"""Tiles to batches: a Dataset over (tile, epoch) keys and a seeded epoch sampler.
+
+The sampler (in the main process) draws each epoch's order from (seed, epoch) and hands every
+worker the epoch together with the tile, so augmentation does not depend on worker count, worker
+scheduling or where a run was resumed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from slidemill.shared.classes import IGNORE_LABEL
+from slidemill.shared.errors import InputError
+
+from .data import Sample
+
+Augment = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
+
+
+def read_tile(sample: Sample, tile_size_px: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The tile's RGB pixels (H x W x 3 uint8) and labels (H x W uint8), checked."""
+    image = cv2.imread(str(sample.image), cv2.IMREAD_COLOR)
+    if image is None:
+        raise InputError("cannot be read as an image", path=sample.image, fix="Tile the slide again")
+    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    mask = cv2.imread(str(sample.mask), cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        raise InputError("cannot be read as a mask image", path=sample.mask, fix="Tile the slide again")
+    if mask.ndim != 2 or mask.dtype != np.uint8:
+        raise InputError(f"is not a single-channel 8-bit mask (shape {mask.shape}, {mask.dtype})", path=sample.mask)
+    expected = (tile_size_px, tile_size_px)
+    if image.shape[:2] != expected or mask.shape != expected:
+        raise InputError(f"image {image.shape[1]}x{image.shape[0]} / mask {mask.shape[1]}x{mask.shape[0]} px, "
+                         f"but the tileset says {tile_size_px}x{tile_size_px}", path=sample.image)
+    invalid = np.ones(256, bool)
+    invalid[:num_classes] = False
+    invalid[IGNORE_LABEL] = False
+    if invalid[mask].any():
+        bad = sorted(set(np.unique(mask).tolist()) - set(range(num_classes)) - {IGNORE_LABEL})
+        raise InputError(f"has label values {bad} that are not in the class table (0..{num_classes - 1}, 255)",
+                         path=sample.mask, fix="Tile the slide again with the same class list")
+    return image, mask
+
+
+class TileDataset(Dataset):
+    def __init__(self, samples: Sequence[Sample], tile_size_px: int, num_classes: int, *,
+                 augment: Augment | None, seed: int):
+        self.samples = list(samples)
+        self.tile_size_px, self.num_classes = tile_size_px, num_classes
+        self.augment, self.seed = augment, seed
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        image, mask = read_tile(self.samples[index], self.tile_size_px, self.num_classes)
+        if self.augment is not None:
+            rng = np.random.default_rng([self.seed, epoch, index])
+            image, mask = self.augment(image, mask, rng)
+        return image, mask
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, epoch = key
+        image, mask = self.load(index, epoch)
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), torch.from_numpy(mask)
+
+
+class EpochSampler(Sampler):
+    """Yields (tile index, epoch); the order is a permutation drawn from (seed, epoch), or 0..n-1."""
+
+    def __init__(self, size: int, *, seed: int, shuffle: bool):
+        self.size, self.seed, self.shuffle, self.epoch = size, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, 3, self.epoch]).permutation(self.size)
+        else:
+            order = np.arange(self.size)
+        return iter([(int(i), self.epoch) for i in order])
+
+
+def _worker_init(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+def make_loader(dataset: TileDataset, *, batch_size: int, shuffle: bool, seed: int, workers: int,
+                pin_memory: bool) -> tuple[DataLoader, EpochSampler, torch.Generator]:
+    sampler = EpochSampler(len(dataset), seed=seed, shuffle=shuffle)
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    # a last batch of one tile breaks batch norm in training; drop the remainder when there is more than one batch
+    drop_last = shuffle and len(dataset) > batch_size
+    loader = DataLoader(dataset, batch_size=min(batch_size, len(dataset)), sampler=sampler, drop_last=drop_last,
+                        num_workers=workers, pin_memory=pin_memory, worker_init_fn=_worker_init,
+                        generator=generator, persistent_workers=workers > 0,
+                        prefetch_factor=4 if workers > 0 else None)
+    return loader, sampler, generator
