@@ -125,9 +125,10 @@ def test_qupath_02_exports_and_invalid_geometries_are_repaired_or_skipped(tmp_pa
     jsonschema.validate(json.loads(result.out.read_text()), schema)
 
 
-def test_many_tiles_merge_like_a_plain_union(tmp_path):
+@pytest.mark.parametrize("size", [64, 70])  # tiles that share edges (a coverage), and overlapping tiles
+def test_many_tiles_merge_like_a_plain_union(tmp_path, size):
     rng = np.random.default_rng(0)
-    tiles = [box(x * 64, y * 64, x * 64 + 64, y * 64 + 64) for y in range(30) for x in range(30)
+    tiles = [box(x * 64, y * 64, x * 64 + size, y * 64 + size) for y in range(30) for x in range(30)
              if rng.random() < 0.6]
     path = write_set(tmp_path / "tiles.geojson", {"Tumor": tiles})
     result = run(MergeConfig(inputs=[path], out=tmp_path / "m.geojson"))

@@ -148,6 +148,10 @@ def test_cli_runs_and_is_deterministic(tmp_path, synthetic):
                 "--overwrite")
     assert again.returncode == 0, again.stderr
     assert out.read_bytes() == first  # same inputs, same bytes, whatever the chunk size
+    parallel = cli(folder, "--out", out, "--smooth-px", "1", "--classes", "Tumor,Stroma", "--chunk-px", "200",
+                   "--workers", "2", "--overwrite")
+    assert parallel.returncode == 0, parallel.stderr
+    assert out.read_bytes() == first  # and whatever the number of worker processes
 
 
 def refused(result, out, *words):

@@ -10,7 +10,7 @@ import numpy as np
 import shapely
 from shapely.geometry import Polygon
 
-from slidemill.shared.cli import Progress, package_version
+from slidemill.shared.cli import Progress, package_version, worker_count
 from slidemill.shared.contracts import Prediction, Provenance, save_contract
 from slidemill.shared.errors import InputError
 from slidemill.shared.files import prepare_output_file
@@ -25,7 +25,7 @@ from slidemill.shared.shapes import (
 
 from .config import PostprocessConfig
 from .raster import load_prediction, open_labels
-from .vectorise import MaskOps, chunk_windows, vectorise_raster
+from .vectorise import MaskOps, chunk_windows, vectorise_file
 
 log = logging.getLogger(__name__)
 
@@ -92,15 +92,17 @@ def run(config: PostprocessConfig, *, argv: list[str] | None = None) -> Postproc
                          fix="Use a .geojson name")
     ops = mask_ops(config, prediction.mpp)
     px_area = prediction.mpp ** 2  # µm² per raster pixel
-    with open_labels(folder, prediction) as raster:
-        report.inputs = [str(config.prediction)]
-        log.info("vectorising %s (%d x %d raster px, %d classes, chunks of %d px, halo %d px)",
-                 prediction.slide.name, raster.width, raster.height, len(classes), config.chunk_px, ops.halo_px)
-        windows = chunk_windows(raster.height, raster.width, config.chunk_px)
-        with report.timed("vectorise"), Progress(len(windows), "vectorising", "chunks") as progress:
-            by_label, stats = vectorise_raster(raster.read, raster.height, raster.width,
-                                               [v for _, v in classes], ops, chunk_px=config.chunk_px,
-                                               on_chunk=progress.advance)
+    with open_labels(folder, prediction) as raster:  # checked (exists, readable, right size) before any work
+        raster_path = raster.path
+    report.inputs = [str(config.prediction)]
+    spec = prediction.labels
+    workers = worker_count(config.workers)
+    log.info("vectorising %s (%d x %d raster px, %d classes, chunks of %d px, halo %d px, %d worker(s))",
+             prediction.slide.name, spec.width, spec.height, len(classes), config.chunk_px, ops.halo_px, workers)
+    windows = chunk_windows(spec.height, spec.width, config.chunk_px)
+    with report.timed("vectorise"), Progress(len(windows), "vectorising", "chunks") as progress:
+        by_label, stats = vectorise_file(raster_path, spec, [v for _, v in classes], ops, chunk_px=config.chunk_px,
+                                         workers=workers, on_chunk=progress.advance)
     polygons_by_class: dict[str, list[Polygon]] = {}
     holes_filled = dropped = 0
     with report.timed("clean"):

@@ -13,6 +13,7 @@ from slidemill.shared.cli import (
     LogFormat,
     LogFormatOption,
     OverwriteOption,
+    WorkersOption,
     cli_run,
     tool_app,
     version_option,
@@ -52,6 +53,7 @@ def main(
     classes: Annotated[list[str] | None, typer.Option("--classes", help="Only these classes (repeat the "
                                                       "option, or separate names with commas).")] = None,
     chunk_px: Annotated[int, typer.Option(min=64, help="Raster chunk side in pixels (bounds memory).")] = 2048,
+    workers: WorkersOption = 1,
     overwrite: OverwriteOption = False,
     version: version_option("slidemill-postprocess") = False,
     log_format: LogFormatOption = LogFormat.text,
@@ -72,7 +74,7 @@ def main(
                 prediction=prediction, out=out, smooth_um=smooth_um, smooth_px=smooth_px, open_um=open_um,
                 open_px=open_px, close_um=close_um, close_px=close_px, min_area_um2=min_area_um2,
                 fill_holes_um2=fill_holes_um2, simplify_um=simplify_um, classes=split_names(classes),
-                chunk_px=chunk_px, overwrite=overwrite)
+                chunk_px=chunk_px, workers=workers, overwrite=overwrite)
         except ValidationError as exc:
             raise InputError(f"invalid options: {describe_validation_error(exc)}",
                              fix="See slidemill-postprocess --help") from None

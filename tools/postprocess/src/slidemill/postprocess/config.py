@@ -29,6 +29,7 @@ class PostprocessConfig(BaseModel):
     classes: list[str] | None = Field(None, description="class names to vectorise; all trainable classes if unset")
     chunk_px: int = Field(2048, ge=64, le=65_536,
                           description="side of the square raster chunk processed at a time (bounds memory)")
+    workers: int = Field(1, ge=0, le=256, description="processes vectorising chunks at once; 0 = one per CPU core")
     overwrite: bool = Field(False, description="replace an existing output file")
 
     @model_validator(mode="after")

@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
 import shapely
 from shapely.geometry import Polygon
 
-from slidemill.shared.shapes import dissolve, polygon_parts
+from slidemill.shared.contracts import RasterFile
+from slidemill.shared.shapes import dissolve, drop_collinear, polygon_parts
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +103,9 @@ def vectorise_mask(mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> list[P
     h, w = mask.shape
     if h == 0 or w == 0:
         return []
-    up = np.zeros((2 * h + 2, 2 * w + 2), np.uint8)
-    up[1:-1, 1:-1] = np.repeat(np.repeat((mask != 0).astype(np.uint8), 2, axis=0), 2, axis=1)
+    binary = mask.view(np.uint8) if mask.dtype == bool else (mask != 0).view(np.uint8)
+    up = cv2.resize(binary, (2 * w, 2 * h), interpolation=cv2.INTER_NEAREST)
+    up = cv2.copyMakeBorder(up, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)  # findContours ignores the border
     contours, hierarchy = cv2.findContours(up, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE, offset=(-1, -1))
     if not contours:
         return []
@@ -129,21 +132,16 @@ def vectorise_mask(mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> list[P
     valid = shapely.is_valid(arr)
     out: list[Polygon] = []
     for poly, ok in zip(arr, valid, strict=True):
-        if ok:
+        if ok:  # traced outlines have no collinear vertices: kept as they are
             out.append(poly)
         else:
-            out.extend(polygon_parts(shapely.make_valid(poly, method="structure")))
+            out.extend(drop_collinear(p) for p in polygon_parts(shapely.make_valid(poly, method="structure")))
     arr = np.empty(len(out), dtype=object)
     arr[:] = out
-    arr = drop_collinear_all(arr)
     if offset != (0, 0):
         shift = np.asarray(offset, dtype=float)
         arr = shapely.transform(arr, lambda c: c + shift)
     return list(arr)
-
-
-def drop_collinear_all(arr: np.ndarray) -> np.ndarray:
-    return shapely.simplify(arr, 0.0, preserve_topology=True) if len(arr) else arr
 
 
 @dataclass
@@ -159,6 +157,68 @@ def chunk_windows(height: int, width: int, chunk_px: int) -> list[tuple[int, int
             for y0 in range(0, height, chunk_px) for x0 in range(0, width, chunk_px)]
 
 
+ChunkPieces = dict[int, tuple[list[Polygon], list[Polygon]]]  # label -> (final, at a seam)
+
+
+def process_chunk(
+    read: Callable[[int, int, int, int], np.ndarray],
+    core: tuple[int, int, int, int],
+    height: int,
+    width: int,
+    labels: Sequence[int],
+    ops: MaskOps,
+) -> ChunkPieces:
+    """The polygons of one chunk core (y0, y1, x0, x1), read with its halo and cleaned; each is
+    marked final, or at a seam when it reaches an edge shared with a neighbouring chunk."""
+    y0, y1, x0, x1 = core
+    halo = ops.halo_px
+    wy0, wy1, wx0, wx1 = y0 - halo, y1 + halo, x0 - halo, x1 + halo
+    ry0, ry1, rx0, rx1 = max(wy0, 0), min(wy1, height), max(wx0, 0), min(wx1, width)
+    data = read(ry0, ry1, rx0, rx1)
+    if halo and (ry0, ry1, rx0, rx1) != (wy0, wy1, wx0, wx1):
+        window = np.full((wy1 - wy0, wx1 - wx0), NOT_PREDICTED, np.uint8)
+        window[ry0 - wy0:ry1 - wy0, rx0 - wx0:rx1 - wx0] = data
+    else:
+        window = data
+    oy, ox = y0 - (ry0 if window is data else wy0), x0 - (rx0 if window is data else wx0)
+    present = set(np.flatnonzero(np.bincount(window.ravel(), minlength=256)).tolist())
+    out: ChunkPieces = {}
+    for value in labels:
+        if value not in present:
+            continue
+        mask = window == value
+        if not ops.identity:
+            mask = clean_mask(mask, ops)
+        final, seam = out.setdefault(value, ([], []))
+        for poly in vectorise_mask(mask[oy:oy + (y1 - y0), ox:ox + (x1 - x0)], offset=(x0, y0)):
+            minx, miny, maxx, maxy = poly.bounds
+            at_seam = ((x0 > 0 and minx <= x0) or (y0 > 0 and miny <= y0)
+                       or (x1 < width and maxx >= x1) or (y1 < height and maxy >= y1))
+            (seam if at_seam else final).append(poly)
+    return out
+
+
+def stitch(chunks: Iterable[ChunkPieces], labels: Sequence[int],
+           on_chunk: Callable[[], None] | None = None) -> tuple[dict[int, list[Polygon]], VectoriseStats]:
+    """Collect the chunks' pieces; union the pieces at seams with their neighbours across chunks."""
+    final: dict[int, list[Polygon]] = {v: [] for v in labels}
+    pending: dict[int, list[Polygon]] = {v: [] for v in labels}
+    stats = VectoriseStats()
+    for pieces in chunks:
+        for value, (done, seam) in pieces.items():
+            final[value].extend(done)
+            pending[value].extend(seam)
+        stats.chunks += 1
+        if on_chunk is not None:
+            on_chunk()
+    for value in labels:
+        stats.pieces_final += len(final[value])
+        stats.pieces_stitched += len(pending[value])
+        if pending[value]:
+            final[value].extend(dissolve(pending[value]))
+    return final, stats
+
+
 def vectorise_raster(
     read: Callable[[int, int, int, int], np.ndarray],
     height: int,
@@ -171,40 +231,69 @@ def vectorise_raster(
 ) -> tuple[dict[int, list[Polygon]], VectoriseStats]:
     """Polygons per label (raster-corner coordinates) of a `height` x `width` raster read through
     `read(y0, y1, x0, x1)`, chunk by chunk. Equal to processing the whole raster as one chunk."""
-    halo = ops.halo_px
     wanted = [int(v) for v in labels]
-    final: dict[int, list[Polygon]] = {v: [] for v in wanted}
-    pending: dict[int, list[Polygon]] = {v: [] for v in wanted}
-    stats = VectoriseStats()
-    for y0, y1, x0, x1 in chunk_windows(height, width, chunk_px):
-        wy0, wy1, wx0, wx1 = y0 - halo, y1 + halo, x0 - halo, x1 + halo
-        ry0, ry1, rx0, rx1 = max(wy0, 0), min(wy1, height), max(wx0, 0), min(wx1, width)
-        data = read(ry0, ry1, rx0, rx1)
-        if halo and (ry0, ry1, rx0, rx1) != (wy0, wy1, wx0, wx1):
-            window = np.full((wy1 - wy0, wx1 - wx0), NOT_PREDICTED, np.uint8)
-            window[ry0 - wy0:ry1 - wy0, rx0 - wx0:rx1 - wx0] = data
-        else:
-            window = data
-        oy, ox = y0 - (ry0 if window is data else wy0), x0 - (rx0 if window is data else wx0)
-        present = set(np.unique(window).tolist())
-        for value in wanted:
-            if value not in present:
-                continue
-            mask = window == value
-            if not ops.identity:
-                mask = clean_mask(mask, ops)
-            core = mask[oy:oy + (y1 - y0), ox:ox + (x1 - x0)]
-            for poly in vectorise_mask(core, offset=(x0, y0)):
-                minx, miny, maxx, maxy = poly.bounds
-                at_seam = ((x0 > 0 and minx <= x0) or (y0 > 0 and miny <= y0)
-                           or (x1 < width and maxx >= x1) or (y1 < height and maxy >= y1))
-                (pending if at_seam else final)[value].append(poly)
-        stats.chunks += 1
-        if on_chunk is not None:
-            on_chunk()
-    for value in wanted:
-        stats.pieces_final += len(final[value])
-        stats.pieces_stitched += len(pending[value])
-        if pending[value]:
-            final[value].extend(dissolve(pending[value]))
-    return final, stats
+    chunks = (process_chunk(read, core, height, width, wanted, ops)
+              for core in chunk_windows(height, width, chunk_px))
+    return stitch(chunks, wanted, on_chunk)
+
+
+# --- several processes: each opens the raster itself and handles whole chunks ------------------
+
+_WORKER: dict = {}
+
+
+def _worker_init(path: str, spec_json: str, height: int, width: int, labels: list[int], ops: MaskOps) -> None:
+    from slidemill.shared.contracts import RasterFile
+
+    from .raster import LabelRaster
+
+    _WORKER.update(raster=LabelRaster(Path(path), RasterFile.model_validate_json(spec_json)), height=height,
+                   width=width, labels=labels, ops=ops)
+
+
+def _worker_chunk(core: tuple[int, int, int, int]) -> ChunkPieces:
+    w = _WORKER
+    return process_chunk(w["raster"].read, core, w["height"], w["width"], w["labels"], w["ops"])
+
+
+def vectorise_file(
+    path: Path,
+    spec: RasterFile,
+    labels: Sequence[int],
+    ops: MaskOps,
+    *,
+    chunk_px: int = 2048,
+    workers: int = 1,
+    on_chunk: Callable[[], None] | None = None,
+) -> tuple[dict[int, list[Polygon]], VectoriseStats]:
+    """`vectorise_raster` of a label TIFF, its chunks spread over `workers` processes (at most two
+    chunks in flight per worker, so memory stays bounded by the chunk size times the workers)."""
+    from .raster import LabelRaster
+
+    wanted = [int(v) for v in labels]
+    cores = chunk_windows(spec.height, spec.width, chunk_px)
+    if workers <= 1 or len(cores) < 2:
+        with LabelRaster(path, spec) as raster:
+            return vectorise_raster(raster.read, spec.height, spec.width, wanted, ops, chunk_px=chunk_px,
+                                    on_chunk=on_chunk)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding open files and threads
+    init = (str(path), spec.model_dump_json(), spec.height, spec.width, wanted, ops)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init,
+                             initargs=init) as pool:
+        return stitch(_bounded_map(pool, _worker_chunk, cores, 2 * workers), wanted, on_chunk)
+
+
+def _bounded_map(pool, fn, items, in_flight: int) -> Iterator:
+    """pool.map that keeps at most `in_flight` tasks submitted, yielding results in order."""
+    from collections import deque
+
+    queue: deque = deque()
+    for item in items:
+        queue.append(pool.submit(fn, item))
+        if len(queue) >= in_flight:
+            yield queue.popleft().result()
+    while queue:
+        yield queue.popleft().result()
