@@ -1,0 +1,204 @@
+"""`run(config)`: annotations into QuPath GeoJSON per slide and, optionally, a QuPath project.
+
+Usable from a notebook:
+
+    from slidemill.to_qupath import ToQuPathConfig, run
+    result = run(ToQuPathConfig(annotations=["a.geojson"], out_dir="qupath", project_dir="project"))
+    print(result.import_command)
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from slidemill.shared.cli import Progress, package_version
+from slidemill.shared.contracts import Provenance
+from slidemill.shared.errors import InputError, MissingInputError, OutputError
+from slidemill.shared.files import atomic_write, require_file, staged_dir
+from slidemill.shared.report import ReportBuilder
+
+from .config import ToQuPathConfig
+from .inputs import SlideGroup, find_slide, group_by_slide, read_input
+from .project import (
+    GEOJSON_DIR,
+    SCRIPT_FILE,
+    Project,
+    add_images,
+    class_colour_conflicts,
+    import_command,
+    merged_classes,
+    open_project,
+    save_project,
+)
+from .writer import WriteStats, class_colors, feature_lines, write_feature_collection
+
+log = logging.getLogger(__name__)
+
+TOOL = "slidemill-to-qupath"
+
+
+@dataclass
+class SlideOutput:
+    image_name: str | None
+    path: Path
+    features: int
+    dropped: int
+    slide: Path | None = None
+    entry_id: int | None = None
+
+
+@dataclass
+class ToQuPathResult:
+    out_dir: Path
+    slides: list[SlideOutput] = field(default_factory=list)
+    project: Path | None = None
+    import_command: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _check_inputs(config: ToQuPathConfig) -> None:
+    for path in config.annotations:
+        require_file(path, "annotations file")
+    for slide in config.slides:
+        if not slide.exists():
+            raise MissingInputError("slide does not exist", path=slide,
+                                    fix="Check the --slide path and that its folder is mounted")
+    out = config.out_dir
+    if out.exists() and not out.is_dir():
+        raise OutputError("exists and is not a folder", path=out, fix="Choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not config.overwrite:
+        raise OutputError("already exists and is not empty", path=out,
+                          fix="Pass --overwrite to replace it, or choose another --out")
+    if config.project_dir is not None and config.project_dir.resolve() == out.resolve():
+        raise InputError("is both --out and --project", path=out, fix="Give them different folders")
+
+
+def _header(group: SlideGroup, config: ToQuPathConfig) -> dict:
+    slide_ref = next((i.slide_ref for i in group.inputs if i.slide_ref is not None), None)
+    provenance = Provenance(
+        tool=TOOL, version=package_version(TOOL), inputs=[str(i.path) for i in group.inputs],
+        parameters={k: v for k, v in {"object_type": config.object_type, "lock": config.lock,
+                                       "qupath_version": config.qupath_version}.items() if v is not None},
+    )
+    return {
+        "schema": "slidemill/annotations", "schema_version": "1.0",
+        "slide": slide_ref.model_dump(exclude_none=True) if slide_ref is not None else None,
+        "mpp": group.mpp,
+        "provenance": provenance.model_dump(exclude_none=True),
+    }
+
+
+def _resolve_slides(groups: list[SlideGroup], project: Project | None, config: ToQuPathConfig) -> None:
+    """Every slide must be found for a project: given, beside its annotations, or already in the project."""
+    known = {e.get("imageName") for e in project.images} if project is not None else set()
+    for group in groups:
+        slide = find_slide(group, [Path.cwd()])
+        if project is None or slide is not None or group.image_name in known:
+            continue
+        first = group.inputs[0].path
+        if group.image_name is None:
+            raise InputError(
+                "does not name its slide (it is not a slidemill annotations file) and no --slide matches it",
+                path=first, fix="Pass the slide with --slide /path/to/slide (its name without extension "
+                "should begin the annotation file's name, or give a single --slide)")
+        raise MissingInputError(
+            f"is about slide {group.image_name}, which was not given and is not beside the annotations, "
+            "in the current folder or in the project", path=first,
+            fix=f"Pass --slide /path/to/{group.image_name}")
+
+
+def run(config: ToQuPathConfig, *, argv: list[str] | None = None) -> ToQuPathResult:
+    """Validate everything (inputs, slides, the existing project), then write; see the module docstring."""
+    report = ReportBuilder(TOOL, package_version(TOOL), argv)
+    _check_inputs(config)
+    project = (open_project(config.project_dir, qupath_version=config.qupath_version)
+               if config.project_dir is not None else None)
+    with report.timed("read"):
+        inputs = [read_input(path) for path in config.annotations]
+    for input_file in inputs:
+        report.inputs.append(str(input_file.path))
+        for reason in input_file.skipped_reasons[:5]:
+            report.warn(f"{input_file.path}: skipped {reason}")
+        if input_file.skipped > 5:
+            report.warn(f"{input_file.path}: skipped {input_file.skipped - 5} more features")
+    report.inputs.extend(str(s) for s in config.slides)
+    groups = group_by_slide(inputs, list(config.slides))
+    _resolve_slides(groups, project, config)
+    given = {s.name for s in config.slides}
+    for name in sorted(given - {g.image_name for g in groups}):
+        report.warn(f"--slide {name} matches no annotation file; it gets no objects")
+
+    colors = class_colors(r for g in groups for r in g.records)
+    result = ToQuPathResult(out_dir=config.out_dir)
+    entries: dict[str, dict] = {}
+    if project is not None:
+        slides = [(g.image_name, g.slide_path) for g in groups]
+        slides += [(s.name, s.resolve()) for s in config.slides if s.name not in {g.image_name for g in groups}]
+        entries = add_images(project, slides)
+        for warning in class_colour_conflicts(project, colors):
+            report.warn(warning)
+
+    suffix = ".geojson.gz" if config.gzip else ".geojson"
+    total = sum(len(g.records) for g in groups)
+    stats = WriteStats()
+    with staged_dir(config.out_dir, overwrite=config.overwrite) as staging:
+        with report.timed("write"), Progress(total, "writing QuPath GeoJSON", "features") as progress:
+            for group in groups:
+                before = (stats.written, stats.dropped)
+                features = feature_lines(
+                    group.records, colors=colors, mpp=group.mpp, object_type=config.object_type,
+                    lock=config.lock, stats=stats)
+                path = write_feature_collection(staging / f"{group.stem}{suffix}", features,
+                                                header=_header(group, config), compress=config.gzip)
+                written, dropped = stats.written - before[0], stats.dropped - before[1]
+                progress.advance(written + dropped)
+                entry = entries.get(group.image_name) if group.image_name else None
+                result.slides.append(SlideOutput(
+                    image_name=group.image_name, path=config.out_dir / path.name, features=written,
+                    dropped=dropped, slide=group.slide_path, entry_id=entry["entryID"] if entry else None))
+                report.outputs.append(str(config.out_dir / path.name))
+                if dropped:
+                    report.warn(f"{group.stem}: {dropped} features vanished on the 0.01 px grid and were left out")
+        if project is not None:
+            with report.timed("project"):
+                for group in groups:
+                    target = project.folder / GEOJSON_DIR / f"{group.stem}.geojson"
+                    _copy_plain(staging / f"{group.stem}{suffix}", target)
+                    report.outputs.append(str(target))
+                written_files = save_project(project, merged_classes(project, colors))
+                report.outputs.extend(str(p) for p in written_files)
+            result.project = project.qpproj
+            result.import_command = import_command(project.qpproj, project.folder / SCRIPT_FILE)
+        report.count("input_files", len(inputs))
+        report.count("slides", len(groups))
+        report.count("features_in", total)
+        report.count("features_written", stats.written)
+        report.count("features_dropped", stats.dropped)
+        report.count("features_skipped_on_read", sum(i.skipped for i in inputs))
+        report.count("features_repaired_on_read", sum(i.repaired for i in inputs))
+        report.count("features_resnapped", stats.resnapped)
+        report.count("duplicate_ids_renamed", stats.renamed_ids)
+        report.count("classes", len(colors))
+        if project is not None:
+            report.count("project_entries_new", len(project.new_entries))
+            report.count("project_entries_reused", len(project.reused_entries))
+        report.outputs.append(str(config.out_dir / "report.json"))
+        report.write(staging / "report.json")
+    result.warnings = list(report.warnings)
+    log.info("wrote %d features for %d slide(s) to %s", stats.written, len(groups), config.out_dir)
+    return result
+
+
+def _copy_plain(source: Path, target: Path) -> None:
+    """The project's copy is always plain .geojson: QuPath's PathIO.readObjects reads no .gz."""
+    with atomic_write(target, "wb") as out:
+        if source.name.endswith(".gz"):
+            with gzip.open(source, "rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+        else:
+            with open(source, "rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)

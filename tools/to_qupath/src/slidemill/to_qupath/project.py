@@ -1,0 +1,329 @@
+"""QuPath projects (`project.qpproj`, `classifiers/classes.json`), created or updated without clobbering.
+
+An existing project is read and checked completely before anything is written; a folder that is
+not a QuPath project or a project file that does not parse is refused (exit 2) and left untouched.
+Images already in the project keep their entry, entry ID and data folder; a slide already there is
+reused; `lastID` stays the largest ID ever given; the previous `project.qpproj` is kept as
+`project.qpproj.backup` (the name QuPath itself uses). A rerun with the same inputs changes nothing:
+new entries get a `randomizedName` derived from the project and the image, and the project file is
+only rewritten (with a new `modifyTimestamp`) when its content changes.
+`data/<entryID>/data.qpdata` is Java-serialized and never written: objects go in with the import
+script (`scripts/import-slidemill.groovy`), run headless by QuPath.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import shlex
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from slidemill.shared.classes import QUPATH_COLORS, argb_int_to_rgb, rgb_to_argb_int
+from slidemill.shared.errors import InputError
+from slidemill.shared.files import write_bytes_atomic, write_text_atomic
+
+from .config import QUPATH_RELEASES
+
+log = logging.getLogger(__name__)
+
+PROJECT_FILE = "project.qpproj"
+BACKUP_FILE = "project.qpproj.backup"
+CLASSES_FILE = "classifiers/classes.json"
+SCRIPT_FILE = "scripts/import-slidemill.groovy"
+GEOJSON_DIR = "geojson"
+
+OPENSLIDE = "qupath.lib.images.servers.openslide.OpenslideServerBuilder"
+BIOFORMATS = "qupath.lib.images.servers.bioformats.BioFormatsServerBuilder"
+_OPENSLIDE_EXTENSIONS = {".svs", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif"}
+_BIOFORMATS_EXTENSIONS = {".czi", ".vsi", ".lif", ".nd2", ".ome.tif", ".ome.tiff", ".ome.zarr", ".qptiff"}
+# QuPath's own class list of a new project (PathClassFactory order)
+DEFAULT_CLASSES = ["Tumor", "Stroma", "Immune cells", "Necrosis", "Other", "Region*", "Ignore*",
+                   "Positive", "Negative"]
+# characters java.io.File.toURI() leaves as they are in a path (RFC 2396 pchar and '/')
+_URI_SAFE = "/-_.!~*'()$&+,;=:@"
+
+IMPORT_SCRIPT = """\
+// Written by slidemill-to-qupath. Adds the objects of geojson/<image name without extension>.geojson
+// to each image of this project. Run it headless for every image, and save the results, with
+//   QuPath script --project=<this project's project.qpproj> --save <this script>
+// Running it again replaces the objects it added before (their ids are fixed), never duplicates them.
+import qupath.lib.io.PathIO
+
+def name = GeneralTools.getNameWithoutExtension(getProjectEntry().getImageName())
+def f = new File(buildFilePath(PROJECT_BASE_DIR, 'geojson', name + '.geojson'))
+if (!f.exists()) { println "no objects for ${name}"; return }
+def objects = PathIO.readObjects(f.toPath())
+def ids = objects.collect { it.getID() } as Set
+def previous = getAllObjects(false).findAll { it.getID() in ids }
+if (previous) removeObjects(previous, true)
+addObjects(objects)
+resolveHierarchy()
+println "${name}: ${objects.size()} objects from ${f.getName()}"
+"""
+
+
+def java_file_uri(path: Path) -> str:
+    """`file:/abs/path` as Java's `File.toURI()` writes it (spaces as %20)."""
+    text = path.resolve().as_posix()
+    return "file:" + quote(text, safe=_URI_SAFE)
+
+
+def provider_for(slide: Path) -> str | None:
+    """The image server QuPath should use; None lets QuPath pick one (generic TIFF, PNG, DICOM)."""
+    lower = slide.name.lower()
+    if any(lower.endswith(ext) for ext in _BIOFORMATS_EXTENSIONS):
+        return BIOFORMATS
+    if slide.suffix.lower() in _OPENSLIDE_EXTENSIONS:
+        return OPENSLIDE
+    return None
+
+
+def image_file(slide: Path) -> Path:
+    """A slide folder (a DICOM series) is opened through its first .dcm file."""
+    if slide.is_dir():
+        files = sorted(p for p in slide.iterdir() if p.is_file() and p.suffix.lower() in {".dcm", ".dicom"})
+        if files:
+            return files[0]
+    return slide
+
+
+def _stable_uuid4(*parts: str) -> str:
+    """A UUID with version-4 layout, but derived from `parts` so reruns give the same one."""
+    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()[:16]
+    return str(uuid.UUID(bytes=digest, version=4))
+
+
+def import_command(qpproj: Path, script: Path) -> str:
+    return (f"QuPath script --project={shlex.quote(str(qpproj.resolve()))} "
+            f"--save {shlex.quote(str(script.resolve()))}")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class Project:
+    """A QuPath project as read from disk (or a new one), with the edits planned for it."""
+
+    folder: Path
+    data: dict[str, Any]
+    original_bytes: bytes | None = None
+    classes: dict[str, Any] | None = None
+    original_classes_bytes: bytes | None = None
+    new_entries: list[str] = field(default_factory=list)
+    reused_entries: list[str] = field(default_factory=list)
+
+    @property
+    def qpproj(self) -> Path:
+        return self.folder / PROJECT_FILE
+
+    @property
+    def is_new(self) -> bool:
+        return self.original_bytes is None
+
+    @property
+    def images(self) -> list[dict[str, Any]]:
+        return self.data["images"]
+
+
+def _refuse(what: str, path: Path, fix: str) -> InputError:
+    return InputError(what, path=path, fix=fix + ". The project was left as it was")
+
+
+def open_project(path: Path, *, qupath_version: str = "0.5") -> Project:
+    """Read and check a QuPath project folder (or its project.qpproj); a new one if the folder is
+    missing or empty. Raises InputError (nothing written) for anything that is not a QuPath project."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".qpproj":
+        path = path.parent
+    elif path.exists() and not path.is_dir():
+        raise _refuse("is a file, not a QuPath project folder", path,
+                      "Give the project's folder (the one holding project.qpproj) or a new folder")
+    folder = path.resolve()
+    qpproj = folder / PROJECT_FILE
+    if not qpproj.exists():
+        if folder.is_dir() and any(folder.iterdir()):
+            raise _refuse("is not a QuPath project (it has files but no project.qpproj)", folder,
+                          "Give an existing QuPath project folder, or an empty or new folder for a new project")
+        now = _now_ms()
+        data = {"version": QUPATH_RELEASES[qupath_version], "createTimestamp": now, "modifyTimestamp": now,
+                "uri": java_file_uri(qpproj), "lastID": 0, "images": []}
+        return Project(folder=folder, data=data)
+    fix = "Open the project in QuPath once (it repairs and re-saves the file), or restore project.qpproj.backup"
+    try:
+        original = qpproj.read_bytes()
+        data = json.loads(original)
+    except OSError as exc:
+        raise _refuse(f"cannot be read ({exc.strerror})", qpproj, "Check its permissions") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _refuse(f"is not valid JSON, so it is not a readable QuPath project file ({exc})", qpproj, fix) from None
+    _check_project(data, qpproj, fix)
+    project = Project(folder=folder, data=data, original_bytes=original)
+    _read_classes(project)
+    return project
+
+
+def _check_project(data: Any, qpproj: Path, fix: str) -> None:
+    if not isinstance(data, dict):
+        raise _refuse("is JSON but not a QuPath project (not an object)", qpproj, fix)
+    images = data.get("images", [])
+    if not isinstance(images, list):
+        raise _refuse("is not a QuPath project file ('images' is not a list)", qpproj, fix)
+    for index, entry in enumerate(images):
+        if not isinstance(entry, dict):
+            raise _refuse(f"is not a QuPath project file (image {index} is not an object)", qpproj, fix)
+        entry_id = entry.get("entryID")
+        if not isinstance(entry_id, int) or isinstance(entry_id, bool) or entry_id < 1:
+            raise _refuse(f"is not a QuPath project file (image {index} has no entryID)", qpproj, fix)
+    ids = [e["entryID"] for e in images]
+    if len(set(ids)) != len(ids):
+        raise _refuse("has two images with the same entryID", qpproj, fix)
+    last = data.get("lastID", 0)
+    if not isinstance(last, int) or isinstance(last, bool):
+        raise _refuse("is not a QuPath project file ('lastID' is not an integer)", qpproj, fix)
+    for key in ("createTimestamp", "modifyTimestamp"):
+        if key in data and (not isinstance(data[key], int) or isinstance(data[key], bool)):
+            raise _refuse(f"is not a QuPath project file ('{key}' is not a number)", qpproj, fix)
+    if "version" in data and not isinstance(data["version"], str):
+        raise _refuse("is not a QuPath project file ('version' is not a string)", qpproj, fix)
+
+
+def _read_classes(project: Project) -> None:
+    path = project.folder / CLASSES_FILE
+    if not path.exists():
+        return
+    fix = "Fix or delete classifiers/classes.json (QuPath rewrites it from its class list)"
+    try:
+        original = path.read_bytes()
+        data = json.loads(original)
+    except OSError as exc:
+        raise _refuse(f"cannot be read ({exc.strerror})", path, "Check its permissions") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _refuse(f"is not valid JSON ({exc})", path, fix) from None
+    classes = data.get("pathClasses") if isinstance(data, dict) else None
+    if not isinstance(classes, list) or not all(isinstance(c, dict) and isinstance(c.get("name"), str)
+                                                for c in classes):
+        raise _refuse("is not a QuPath class list (no 'pathClasses' list of {name, color})", path, fix)
+    project.classes = data
+    project.original_classes_bytes = original
+
+
+def add_images(project: Project, slides: list[tuple[str, Path | None]]) -> dict[str, dict[str, Any]]:
+    """Entries for `slides` ((image name, slide file or None)): an image already in the project (same
+    file, else same image name) is reused as it is; others are appended with the next entry ID."""
+    images = project.images
+    last_id = max([project.data.get("lastID", 0)] + [e["entryID"] for e in images])
+    result: dict[str, dict[str, Any]] = {}
+    for image_name, slide in slides:
+        uri = java_file_uri(image_file(slide)) if slide is not None else None
+        entry = None
+        if uri is not None:
+            entry = next((e for e in images if _entry_uri(e) == uri), None)
+        if entry is None:
+            entry = next((e for e in images if e.get("imageName") == image_name), None)
+        if entry is not None:
+            # a missing map breaks QuPath 0.4/0.5 later; adding empty ones changes nothing else
+            entry.setdefault("metadata", {})
+            if isinstance(entry.get("serverBuilder"), dict):
+                entry["serverBuilder"].setdefault("args", [])
+            project.reused_entries.append(image_name)
+            result[image_name] = entry
+            continue
+        if slide is None:
+            raise InputError(f"slide {image_name} is not in the project and its file was not given",
+                             path=project.folder, fix=f"Pass --slide /path/to/{image_name}")
+        last_id += 1
+        builder: dict[str, Any] = {"builderType": "uri"}
+        provider = provider_for(slide)
+        if provider:
+            builder["providerClassName"] = provider
+        builder["uri"] = uri
+        builder["args"] = []
+        entry = {"serverBuilder": builder, "entryID": last_id,
+                 "randomizedName": _stable_uuid4(project.data.get("uri", ""), uri, str(last_id)),
+                 "imageName": image_name, "metadata": {}}
+        images.append(entry)
+        project.new_entries.append(image_name)
+        result[image_name] = entry
+    project.data["lastID"] = max(last_id, project.data.get("lastID", 0))
+    return result
+
+
+def _entry_uri(entry: dict[str, Any]) -> str | None:
+    builder = entry.get("serverBuilder")
+    while isinstance(builder, dict):
+        if isinstance(builder.get("uri"), str):
+            return builder["uri"]
+        builder = builder.get("builder")  # wrapped servers (rotated, channel-transformed, ...)
+    return None
+
+
+def merged_classes(project: Project, colors: dict[str, tuple[int, int, int]]) -> dict[str, Any]:
+    """The project's class list plus the classes of `colors` it lacks. A new project starts from
+    QuPath's own list; classes already listed keep their colour."""
+    if project.classes is not None:
+        data = copy.deepcopy(project.classes)
+    else:
+        data = {"pathClasses": [{"name": n, "color": rgb_to_argb_int(colors.get(n, QUPATH_COLORS[n]))}
+                                for n in DEFAULT_CLASSES]}
+    present = {c["name"] for c in data["pathClasses"]}
+    for name, rgb in colors.items():
+        if name not in present:
+            data["pathClasses"].append({"name": name, "color": rgb_to_argb_int(rgb)})
+            present.add(name)
+    return data
+
+
+def class_colour_conflicts(project: Project, colors: dict[str, tuple[int, int, int]]) -> list[str]:
+    """Classes the project already lists with another colour (QuPath shows the project's colour)."""
+    out = []
+    for entry in (project.classes or {}).get("pathClasses", []):
+        name, value = entry.get("name"), entry.get("color")
+        if name in colors and isinstance(value, int) and argb_int_to_rgb(value) != tuple(colors[name]):
+            out.append(f"class {name!r} is {list(colors[name])} in the annotations but "
+                       f"{list(argb_int_to_rgb(value))} in the project; QuPath will show the project's colour")
+    return out
+
+
+def _json_text(data: Any) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=True) + "\n"
+
+
+def save_project(project: Project, classes: dict[str, Any]) -> list[Path]:
+    """Write what changed: classes.json, the import script, and project.qpproj last (after backing up
+    the previous one). Returns the files written."""
+    written: list[Path] = []
+    folder = project.folder
+    classes_text = _json_text(classes).encode()
+    if classes_text != project.original_classes_bytes:
+        write_bytes_atomic(folder / CLASSES_FILE, classes_text)
+        written.append(folder / CLASSES_FILE)
+    script = folder / SCRIPT_FILE
+    if not script.exists() or script.read_text(encoding="utf-8", errors="replace") != IMPORT_SCRIPT:
+        write_text_atomic(script, IMPORT_SCRIPT)
+        written.append(script)
+    if project.is_new:
+        write_text_atomic(project.qpproj, _json_text(project.data))
+        written.append(project.qpproj)
+        return written
+    previous = json.loads(project.original_bytes)
+    if previous == project.data:
+        log.info("%s: unchanged", project.qpproj)
+        return written
+    project.data.setdefault("createTimestamp", project.data.get("modifyTimestamp", _now_ms()))
+    project.data["modifyTimestamp"] = _now_ms()
+    project.data.setdefault("version", QUPATH_RELEASES["0.5"])
+    project.data.setdefault("uri", java_file_uri(project.qpproj))
+    write_bytes_atomic(folder / BACKUP_FILE, project.original_bytes)
+    written.append(folder / BACKUP_FILE)
+    write_text_atomic(project.qpproj, _json_text(project.data))
+    written.append(project.qpproj)
+    return written
