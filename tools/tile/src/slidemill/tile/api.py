@@ -198,7 +198,8 @@ def run(config: TileConfig, *, argv: list[str] | None = None) -> TileResult:
                                   annotated_only=config.annotated_only, background_class=config.background_class)
             tileset = TileSet(slide=plan.slide_ref, params=params, mapping=plan.mapping, classes=plan.classes,
                               tissue_mask="tissue.png", preview="preview.png", tiles=_records(plan, fractions))
-            save_contract(tileset, stage / "tileset.json", indent=1)
+            # readable when small; one line when large (100,000 tiles stay a quick read)
+            save_contract(tileset, stage / "tileset.json", indent=1 if len(plan) <= 5000 else None)
         megapixels = len(plan) * config.tile_size_px ** 2 / 1e6
         seconds = time.perf_counter() - t0
         report.inputs = [str(config.slide), *(str(a) for a in config.annotations)]
