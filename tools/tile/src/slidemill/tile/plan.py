@@ -225,8 +225,8 @@ def make_plan(config: TileConfig) -> TilePlan:
     t, stride = config.tile_size_px, config.stride_px
     cols = grid_starts(math.ceil(slide.width / scale - 1e-9), t, stride)
     rows = grid_starts(math.ceil(slide.height / scale - 1e-9), t, stride)
-    if config.annotated_only and labelled:
-        tree = shapely.STRtree([s.geometry for s in labelled])
+    if config.annotated_only:  # an Ignore* region alone does not make a tile worth keeping
+        tree = shapely.STRtree([s.geometry for s in labelled if s.label != IGNORE_LABEL])
     specs: list[TileSpec] = []
     for r, row_px in enumerate(rows):
         pad_bottom = t - valid_extent_px(slide.height, scale, row_px, t)
