@@ -114,3 +114,12 @@ def test_several_files_for_one_slide_are_written_together(tmp_path):
     features = json.loads((tmp_path / "out" / "slide-a.geojson").read_text())["features"]
     assert len(features) == 5
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["report.json", "slide-a.geojson"]
+
+
+def test_two_slides_with_the_same_name_are_refused(tmp_path):
+    for folder in ("x", "y"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "s.svs").write_bytes(b"")
+    result = invoke(ours(tmp_path / "a.geojson", "s.svs"), "--out", tmp_path / "out",
+                    "--slide", tmp_path / "x" / "s.svs", "--slide", tmp_path / "y" / "s.svs")
+    assert result.exit_code == 2 and "same name" in result.output

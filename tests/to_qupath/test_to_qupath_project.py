@@ -239,3 +239,35 @@ def test_names_and_uris_as_java_and_qupath_write_them(tmp_path):
     assert provider_for(Path("a.svs")) == OPENSLIDE and provider_for(Path("a.MRXS")) == OPENSLIDE
     assert provider_for(Path("a.ome.tif")) == BIOFORMATS and provider_for(Path("a.czi")) == BIOFORMATS
     assert provider_for(Path("a.tiff")) is None and provider_for(Path("a.png")) is None
+
+
+def test_a_new_project_stopped_part_way_can_be_finished(tmp_path, slide_files):
+    project = tmp_path / "project"
+    (project / "geojson").mkdir(parents=True)
+    (project / "geojson" / "slide-a.geojson").write_text("{}")  # what a stopped first run leaves
+    (project / "scripts").mkdir()
+    (project / "scripts" / "import-slidemill.groovy").write_text("// half")
+    convert(tmp_path, [ours(tmp_path / "a.geojson", "slide-a.svs")], project, slides=[slide_files["slide-a.svs"]])
+    assert [e["imageName"] for e in qpproj(project)["images"]] == ["slide-a.svs"]
+    assert file_problems(project / "geojson" / "slide-a.geojson") == []
+    assert (project / "scripts" / "import-slidemill.groovy").read_text() == IMPORT_SCRIPT
+
+
+def test_slide_in_the_project_under_another_path_is_reused_with_a_warning(tmp_path, slide_files):
+    project = _existing_project(tmp_path / "project", slide_files["old.ndpi"])
+    moved = tmp_path / "elsewhere" / "slide-a.svs"
+    moved.parent.mkdir()
+    moved.write_bytes(b"")
+    result = convert(tmp_path, [ours(tmp_path / "a.geojson", "slide-a.svs")], project, slides=[moved])
+    assert [e["entryID"] for e in qpproj(project)["images"]] == [3, 7]
+    assert qpproj(project)["images"][1]["serverBuilder"]["uri"] == "file:/data/slide-a.svs"
+    assert any("reused as it is" in w for w in result.warnings)
+
+
+def test_empty_annotations_still_give_a_valid_file_and_an_entry(tmp_path, slide_files):
+    source = ours(tmp_path / "a.geojson", "slide-a.svs", shapes=[])
+    result = convert(tmp_path, [source], tmp_path / "project", slides=[slide_files["slide-a.svs"]])
+    assert result.slides[0].features == 0
+    data = json.loads(result.slides[0].path.read_text())
+    assert data["type"] == "FeatureCollection" and data["features"] == []
+    assert [e["imageName"] for e in qpproj(tmp_path / "project")["images"]] == ["slide-a.svs"]

@@ -171,6 +171,12 @@ def test_more_than_two_decimals_are_rounded(tmp_path):
         assert round(x, 2) == x and round(y, 2) == y
 
 
+def test_z_coordinates_are_dropped(tmp_path):
+    ring = [[0, 0, 5], [10, 0, 5], [10, 10, 5], [0, 10, 5], [0, 0, 5]]
+    written = _convert_one(tmp_path, polygon_feature([ring], {"classification": "Tumor", "measurements": "x"}))
+    assert all(len(p) == 2 for p in written["geometry"]["coordinates"][0])
+
+
 def test_the_checker_catches_every_rule():
     good = {"type": "Feature", "id": str(uuid.uuid4()),
             "geometry": {"type": "Polygon", "coordinates": square()},

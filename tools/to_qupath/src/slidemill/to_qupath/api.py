@@ -63,10 +63,15 @@ class ToQuPathResult:
 def _check_inputs(config: ToQuPathConfig) -> None:
     for path in config.annotations:
         require_file(path, "annotations file")
+    names: dict[str, Path] = {}
     for slide in config.slides:
         if not slide.exists():
             raise MissingInputError("slide does not exist", path=slide,
                                     fix="Check the --slide path and that its folder is mounted")
+        if slide.name in names and names[slide.name].resolve() != slide.resolve():
+            raise InputError(f"has the same name as the slide {names[slide.name]}", path=slide,
+                             fix="QuPath and slidemill tell slides apart by name: convert them in separate runs")
+        names[slide.name] = slide
     out = config.out_dir
     if out.exists() and not out.is_dir():
         raise OutputError("exists and is not a folder", path=out, fix="Choose another --out")
@@ -139,8 +144,11 @@ def run(config: ToQuPathConfig, *, argv: list[str] | None = None) -> ToQuPathRes
         slides = [(g.image_name, g.slide_path) for g in groups]
         slides += [(s.name, s.resolve()) for s in config.slides if s.name not in {g.image_name for g in groups}]
         entries = add_images(project, slides)
-        for warning in class_colour_conflicts(project, colors):
+        for warning in project.warnings + class_colour_conflicts(project, colors):
             report.warn(warning)
+        version = project.data.get("version")
+        if not project.is_new and isinstance(version, str) and not version.startswith(config.qupath_version + "."):
+            log.info("%s was written by QuPath %s; it keeps that version", project.qpproj, version)
 
     suffix = ".geojson.gz" if config.gzip else ".geojson"
     total = sum(len(g.records) for g in groups)
@@ -150,12 +158,11 @@ def run(config: ToQuPathConfig, *, argv: list[str] | None = None) -> ToQuPathRes
             for group in groups:
                 before = (stats.written, stats.dropped)
                 features = feature_lines(
-                    group.records, colors=colors, mpp=group.mpp, object_type=config.object_type,
+                    _counted(group.records, progress), colors=colors, mpp=group.mpp, object_type=config.object_type,
                     lock=config.lock, stats=stats)
                 path = write_feature_collection(staging / f"{group.stem}{suffix}", features,
                                                 header=_header(group, config), compress=config.gzip)
                 written, dropped = stats.written - before[0], stats.dropped - before[1]
-                progress.advance(written + dropped)
                 entry = entries.get(group.image_name) if group.image_name else None
                 result.slides.append(SlideOutput(
                     image_name=group.image_name, path=config.out_dir / path.name, features=written,
@@ -191,6 +198,13 @@ def run(config: ToQuPathConfig, *, argv: list[str] | None = None) -> ToQuPathRes
     result.warnings = list(report.warnings)
     log.info("wrote %d features for %d slide(s) to %s", stats.written, len(groups), config.out_dir)
     return result
+
+
+def _counted(records: list, progress: Progress, every: int = 1000):
+    """The records, advancing `progress` every `every` of them."""
+    for start in range(0, len(records), every):
+        yield from records[start:start + every]
+        progress.advance(len(records[start:start + every]))
 
 
 def _copy_plain(source: Path, target: Path) -> None:

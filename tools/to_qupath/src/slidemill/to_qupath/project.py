@@ -120,6 +120,7 @@ class Project:
     original_classes_bytes: bytes | None = None
     new_entries: list[str] = field(default_factory=list)
     reused_entries: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def qpproj(self) -> Path:
@@ -150,13 +151,16 @@ def open_project(path: Path, *, qupath_version: str = "0.5") -> Project:
     folder = path.resolve()
     qpproj = folder / PROJECT_FILE
     if not qpproj.exists():
-        if folder.is_dir() and any(folder.iterdir()):
+        if folder.is_dir() and not _only_our_files(folder):
             raise _refuse("is not a QuPath project (it has files but no project.qpproj)", folder,
                           "Give an existing QuPath project folder, or an empty or new folder for a new project")
         now = _now_ms()
         data = {"version": QUPATH_RELEASES[qupath_version], "createTimestamp": now, "modifyTimestamp": now,
                 "uri": java_file_uri(qpproj), "lastID": 0, "images": []}
-        return Project(folder=folder, data=data)
+        project = Project(folder=folder, data=data)
+        if folder.is_dir():
+            _read_classes(project)  # left by an earlier run that was stopped before project.qpproj
+        return project
     fix = "Open the project in QuPath once (it repairs and re-saves the file), or restore project.qpproj.backup"
     try:
         original = qpproj.read_bytes()
@@ -169,6 +173,22 @@ def open_project(path: Path, *, qupath_version: str = "0.5") -> Project:
     project = Project(folder=folder, data=data, original_bytes=original)
     _read_classes(project)
     return project
+
+
+def _only_our_files(folder: Path) -> bool:
+    """True when every file under `folder` is one this tool writes before project.qpproj (a new project
+    whose first run was stopped part-way), so the folder may still become a new project."""
+    for path in folder.rglob("*"):
+        if path.is_dir():
+            continue
+        relative = path.relative_to(folder).as_posix()
+        ours = (relative in (CLASSES_FILE, SCRIPT_FILE)
+                or (relative.startswith(GEOJSON_DIR + "/") and relative.count("/") == 1
+                    and relative.endswith(".geojson"))
+                or (path.name.startswith(".") and path.name.endswith(".tmp")))
+        if not ours:
+            return False
+    return True
 
 
 def _check_project(data: Any, qpproj: Path, fix: str) -> None:
@@ -230,6 +250,10 @@ def add_images(project: Project, slides: list[tuple[str, Path | None]]) -> dict[
         if entry is None:
             entry = next((e for e in images if e.get("imageName") == image_name), None)
         if entry is not None:
+            if uri is not None and _entry_uri(entry) not in (uri, None):
+                project.warnings.append(
+                    f"{image_name} is already in the project as entry {entry.get('entryID')} pointing at "
+                    f"{_entry_uri(entry)}; that entry is reused as it is (not pointed at {uri})")
             # a missing map breaks QuPath 0.4/0.5 later; adding empty ones changes nothing else
             entry.setdefault("metadata", {})
             if isinstance(entry.get("serverBuilder"), dict):

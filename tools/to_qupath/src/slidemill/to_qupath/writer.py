@@ -88,13 +88,13 @@ def snap(geom: Polygon | MultiPolygon) -> tuple[Polygon | MultiPolygon | None, b
 
 def _snap_batch(geoms: list[Polygon | MultiPolygon], stats: WriteStats) -> list[Polygon | MultiPolygon | None]:
     """`snap` for many geometries at once (vectorised fast path, per-geometry slow path)."""
-    array = np.asarray(geoms, dtype=object) if geoms else np.empty(0, dtype=object)
+    array = shapely.force_2d(np.asarray(geoms, dtype=object) if geoms else np.empty(0, dtype=object))
     fast = shapely.set_precision(array, _GRID, mode="pointwise")
     kinds = shapely.get_type_id(fast)
     good = shapely.is_valid(fast) & ~shapely.is_empty(fast) & np.isin(kinds, _POLYGONAL_IDS)
     out: list[Polygon | MultiPolygon | None] = list(fast)
     for i in np.flatnonzero(~good):
-        out[i], _ = snap(geoms[i])
+        out[i], _ = snap(array[i])
         stats.resnapped += 1
     return out
 
