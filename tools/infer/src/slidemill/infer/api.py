@@ -71,11 +71,19 @@ def _region(config: InferConfig, slide: Slide, report: ReportBuilder) -> Region:
 
 
 def _normaliser(card):
+    """Per-channel gain and offset: (rgb / 255 - mean) / std = rgb * gain + offset."""
     std = np.asarray(card.input.normalization.std, np.float32)
     mean = np.asarray(card.input.normalization.mean, np.float32)
-    gain = (1.0 / (255.0 * std)).reshape(1, 1, 3)
-    offset = (-mean / std).reshape(1, 1, 3)
-    return gain, offset
+    return (1.0 / (255.0 * std)).astype(np.float32), (-mean / std).astype(np.float32)
+
+
+def normalise(img: np.ndarray, gain: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """H x W x 3 uint8 RGB to the model's 3 x H x W float32 input, plane by plane (no strided copies)."""
+    out = np.empty((3,) + img.shape[:2], np.float32)
+    for c, plane in enumerate(cv2.split(img)):
+        np.multiply(plane, gain[c], out=out[c], dtype=np.float32)
+        out[c] += offset[c]
+    return out
 
 
 def run(config: InferConfig, argv: list[str] | None = None) -> InferResult:
@@ -107,7 +115,7 @@ def run(config: InferConfig, argv: list[str] | None = None) -> InferResult:
 
     with report.timed("tissue"):
         if config.tissue_only:
-            thumb, thumb_scale = slide.thumbnail(TISSUE_THUMBNAIL_PX)
+            thumb, thumb_scale = tissue_thumbnail(slide, TISSUE_THUMBNAIL_PX)
             mask = tissue_mask(thumb)
             run_cells = cell_tissue(mask, thumb_scale, grid, full_mapping)
             if not run_cells.any():
@@ -141,11 +149,7 @@ def run(config: InferConfig, argv: list[str] | None = None) -> InferResult:
     def read_tile(ci: int, cj: int) -> np.ndarray:
         tx, ty = grid.tile_xy(ci, cj)
         x, y = full_mapping.to_level0(tx, ty)
-        img = slide.read_region(x, y, tile, tile, scale, pad_value=pad)
-        arr = img.astype(np.float32)
-        arr *= gain
-        arr += offset
-        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+        return normalise(slide.read_region(x, y, tile, tile, scale, pad_value=pad), gain, offset)
 
     out = Path(config.out)
     with staged_dir(out, overwrite=config.overwrite) as stage:
@@ -205,6 +209,16 @@ def run(config: InferConfig, argv: list[str] | None = None) -> InferResult:
     log.info("wrote %s: %d tiles in %d batches, %.1f%% of %d x %d pixels predicted", out, stats.tiles,
              stats.batches, 100.0 * predicted / max(1, width * (y1 - y0)), width, y1 - y0)
     return InferResult(out=out, prediction=prediction, report=final_report)
+
+
+def tissue_thumbnail(slide: Slide, max_px: int) -> tuple[np.ndarray, float]:
+    """The whole slide at a power-of-two downsample with at most `max_px` pixels a side (a stored
+    pyramid level read as it is when there is one), in strips; and its level-0 pixels per pixel."""
+    scale = float(2 ** max(0, math.ceil(math.log2(max(slide.width, slide.height) / max_px))))
+    w, h = max(1, math.ceil(slide.width / scale)), max(1, math.ceil(slide.height / scale))
+    rows = max(1, int(4096 / scale))
+    strips = [slide.read_region(0, y * scale, w, min(rows, h - y), scale) for y in range(0, h, rows)]
+    return np.concatenate(strips, axis=0), scale
 
 
 def _cells_in_band(run_cells: np.ndarray, grid, b0: int, b1: int) -> int:

@@ -34,9 +34,31 @@ def blend_window(tile: int) -> np.ndarray:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
+    """Softmax over axis 1 of N x C x H x W, channel by channel (faster than strided reductions)."""
+    top = logits[:, 0].copy()
+    for c in range(1, logits.shape[1]):
+        np.maximum(top, logits[:, c], out=top)
+    z = logits - top[:, None]
     np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
+    total = z[:, 0].copy()
+    for c in range(1, z.shape[1]):
+        total += z[:, c]
+    z /= total[:, None]
+    return z
+
+
+def weighted_softmax(logits: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """softmax(logits) * window in one pass: the window is folded into the normalising divisor."""
+    top = logits[:, 0].copy()
+    for c in range(1, logits.shape[1]):
+        np.maximum(top, logits[:, c], out=top)
+    z = logits - top[:, None]
+    np.exp(z, out=z)
+    total = z[:, 0].copy()
+    for c in range(1, z.shape[1]):
+        total += z[:, c]
+    np.divide(window, total, out=total)
+    z *= total[:, None]
     return z
 
 
@@ -116,17 +138,18 @@ class Blender:
     def __call__(self, msg: tuple) -> None:
         t0 = time.perf_counter()
         metas, passes, items = msg
-        probs = None
-        if passes:
-            probs = softmax(passes[0])
+        weighted = None
+        if len(passes) == 1:
+            weighted = weighted_softmax(passes[0], self.window)
+        elif passes:  # test-time augmentation: the mean of the passes' probabilities
+            weighted = softmax(passes[0])
             for extra in passes[1:]:
-                probs += softmax(extra)
-            if len(passes) > 1:
-                probs /= len(passes)
+                weighted += softmax(extra)
+            weighted *= self.window / len(passes)
         for item in items:
             if item[0] == "tile":
                 chunk, ci, cj = metas[item[1]]
-                self.blend(chunk, ci, cj, probs[item[1]])
+                self.blend(chunk, ci, cj, weighted[item[1]])
             else:
                 self.finalize(item[1], item[2])
         self.stats.add_time("blend", time.perf_counter() - t0)
@@ -140,10 +163,10 @@ class Blender:
             self.acc[key] = (np.zeros((self.job.classes, bh, cw), np.float32), np.zeros((bh, cw), np.float32))
         return self.acc[key]
 
-    def blend(self, chunk: Chunk, ci: int, cj: int, probs: np.ndarray) -> None:
+    def blend(self, chunk: Chunk, ci: int, cj: int, weighted: np.ndarray) -> None:
+        """Add one tile's window-weighted probabilities (C x T x T) and its window."""
         g = self.job.grid
         tx, ty = g.tile_xy(ci, cj)
-        weighted = probs * self.window
         xa, xb = max(tx, chunk.x0), min(tx + g.tile, chunk.x1)
         for bi in range(max(self.job.b0, ty // g.block), min(self.job.b1, math.ceil((ty + g.tile) / g.block))):
             by0 = bi * g.block
