@@ -271,3 +271,20 @@ def test_empty_annotations_still_give_a_valid_file_and_an_entry(tmp_path, slide_
     data = json.loads(result.slides[0].path.read_text())
     assert data["type"] == "FeatureCollection" and data["features"] == []
     assert [e["imageName"] for e in qpproj(tmp_path / "project")["images"]] == ["slide-a.svs"]
+
+
+def test_slides_found_in_a_given_folder(tmp_path, slide_files):
+    folder = slide_files["slide-a.svs"].parent
+    inputs = [ours(tmp_path / "a.geojson", "slide-a.svs"), ours(tmp_path / "b.geojson", "slide-b.tiff")]
+    result = convert(tmp_path, inputs, tmp_path / "project", slides=[folder])
+    assert [s.slide for s in result.slides] == [slide_files["slide-a.svs"].resolve(),
+                                                slide_files["slide-b.tiff"].resolve()]
+    uris = [e["serverBuilder"]["uri"] for e in qpproj(tmp_path / "project")["images"]]
+    assert uris == [java_file_uri(slide_files["slide-a.svs"]), java_file_uri(slide_files["slide-b.tiff"])]
+
+
+def test_built_in_class_with_another_colour_is_reported(tmp_path):
+    source = plain(tmp_path / "a.geojson", [polygon_feature(square(), {"classification": {
+        "name": "Tumor", "color": [1, 2, 3]}})])
+    result = run(ToQuPathConfig(annotations=[source], out_dir=tmp_path / "out"))
+    assert any("QuPath's built-in Tumor is [200, 0, 0]" in w for w in result.warnings)

@@ -15,6 +15,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from slidemill.shared.classes import QUPATH_COLORS
 from slidemill.shared.cli import Progress, package_version
 from slidemill.shared.contracts import Provenance
 from slidemill.shared.errors import InputError, MissingInputError, OutputError
@@ -68,6 +69,8 @@ def _check_inputs(config: ToQuPathConfig) -> None:
         if not slide.exists():
             raise MissingInputError("slide does not exist", path=slide,
                                     fix="Check the --slide path and that its folder is mounted")
+        if _is_search_folder(slide):
+            continue
         if slide.name in names and names[slide.name].resolve() != slide.resolve():
             raise InputError(f"has the same name as the slide {names[slide.name]}", path=slide,
                              fix="QuPath and slidemill tell slides apart by name: convert them in separate runs")
@@ -97,11 +100,17 @@ def _header(group: SlideGroup, config: ToQuPathConfig) -> dict:
     }
 
 
-def _resolve_slides(groups: list[SlideGroup], project: Project | None, config: ToQuPathConfig) -> None:
-    """Every slide must be found for a project: given, beside its annotations, or already in the project."""
+def _is_search_folder(path: Path) -> bool:
+    """A --slide folder is a folder of slides to search, unless it is one slide (a DICOM series)."""
+    return path.is_dir() and not any(p.suffix.lower() in {".dcm", ".dicom"} for p in path.iterdir())
+
+
+def _resolve_slides(groups: list[SlideGroup], project: Project | None, search: list[Path]) -> None:
+    """Every slide must be found for a project: given, in a given folder, beside its annotations, or
+    already in the project."""
     known = {e.get("imageName") for e in project.images} if project is not None else set()
     for group in groups:
-        slide = find_slide(group, [Path.cwd()])
+        slide = find_slide(group, search + [Path.cwd()])
         if project is None or slide is not None or group.image_name in known:
             continue
         first = group.inputs[0].path
@@ -131,9 +140,11 @@ def run(config: ToQuPathConfig, *, argv: list[str] | None = None) -> ToQuPathRes
         if input_file.skipped > 5:
             report.warn(f"{input_file.path}: skipped {input_file.skipped - 5} more features")
     report.inputs.extend(str(s) for s in config.slides)
-    groups = group_by_slide(inputs, list(config.slides))
-    _resolve_slides(groups, project, config)
-    given = {s.name for s in config.slides}
+    slide_files = [s for s in config.slides if not _is_search_folder(s)]
+    search = [s for s in config.slides if _is_search_folder(s)]
+    groups = group_by_slide(inputs, slide_files)
+    _resolve_slides(groups, project, search)
+    given = {s.name for s in slide_files}
     for name in sorted(given - {g.image_name for g in groups}):
         report.warn(f"--slide {name} matches no annotation file; it gets no objects")
 
@@ -142,13 +153,17 @@ def run(config: ToQuPathConfig, *, argv: list[str] | None = None) -> ToQuPathRes
     entries: dict[str, dict] = {}
     if project is not None:
         slides = [(g.image_name, g.slide_path) for g in groups]
-        slides += [(s.name, s.resolve()) for s in config.slides if s.name not in {g.image_name for g in groups}]
+        slides += [(s.name, s.resolve()) for s in slide_files if s.name not in {g.image_name for g in groups}]
         entries = add_images(project, slides)
         for warning in project.warnings + class_colour_conflicts(project, colors):
             report.warn(warning)
         version = project.data.get("version")
         if not project.is_new and isinstance(version, str) and not version.startswith(config.qupath_version + "."):
             log.info("%s was written by QuPath %s; it keeps that version", project.qpproj, version)
+    for name, rgb in colors.items():
+        if name in QUPATH_COLORS and tuple(rgb) != QUPATH_COLORS[name]:
+            report.warn(f"class {name!r} is {list(rgb)} in the annotations, but QuPath's built-in {name} is "
+                        f"{list(QUPATH_COLORS[name])}; a QuPath that knows the class shows its own colour")
 
     suffix = ".geojson.gz" if config.gzip else ".geojson"
     total = sum(len(g.records) for g in groups)

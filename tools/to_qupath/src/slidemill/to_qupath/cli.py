@@ -43,8 +43,8 @@ def main(
     out: Annotated[Path, typer.Option("--out", help="Output folder: <slide name without extension>.geojson per "
                                       "slide and report.json.", show_default=False)],
     slide: Annotated[list[Path] | None, typer.Option(
-        "--slide", help="A slide file (repeat for several). Needed with --project for slides that are not beside "
-        "their annotations or already in the project.")] = None,
+        "--slide", help="A slide file, or a folder of slides to search by name (repeat for several). Needed "
+        "with --project for slides that are not beside their annotations or already in the project.")] = None,
     project: Annotated[Path | None, typer.Option(
         "--project", help="QuPath project folder to create or update (never clobbered; the previous "
         "project.qpproj is kept as project.qpproj.backup).")] = None,

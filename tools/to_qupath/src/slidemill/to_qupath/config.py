@@ -18,8 +18,9 @@ class ToQuPathConfig(BaseModel):
         "version (plain or gzipped), ASAP or ImageScope XML")
     out_dir: Path = Field(description="folder for <slide name without extension>.geojson[.gz] and report.json")
     slides: list[Path] = Field(
-        default_factory=list, description="slide files; matched to the annotations by file name (slidemill "
-        "files name their slide) or, for plain QuPath/XML files, by the annotation file's name")
+        default_factory=list, description="slide files (or folders of slides to search); matched to the "
+        "annotations by file name (slidemill files name their slide) or, for plain QuPath/XML files, by the "
+        "annotation file's name")
     project_dir: Path | None = Field(
         None, description="QuPath project folder to create or update (or its project.qpproj)")
     object_type: Literal["annotation", "detection"] | None = Field(
