@@ -1,0 +1,234 @@
+"""End to end: the whole pipeline on a synthetic slide with known shapes, each step a subprocess run
+with its container's entrypoint command line, every file between two steps validated against its JSON
+Schema in schemas/, and the final QuPath GeoJSON compared with the known shapes (IoU >= 0.9 per class).
+
+The slide is inferred in two shards, stitched by merge-annotations, as a large slide would be. Then
+workflows/run-local.sh runs the same model over a folder where one slide is corrupt. Skipped, with the
+reason, until every tool is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+from pipeline_support import BIN, PIPELINE, REPO, dockerfile_targets, require_tools
+from shapely.geometry import MultiPolygon, Point, box, shape
+from shapely.ops import unary_union
+
+from slidemill.shared.testing import TISSUE_RGB, SyntheticShape, qupath_geojson, write_synthetic_slide
+
+W = H = 1024  # level-0 pixels, 0.5 um/px
+MPP = 1.0  # tiles and model: 2 level-0 pixels per pixel
+SHARDS = 2
+CLASSES = ["Tissue", "Tumor", "Stroma", "Immune cells"]
+TRAIN_ARGS = ["--arch", "linknet", "--encoder", "timm-mobilenetv3_small_minimal_100", "--encoder-weights", "none",
+              "--epochs", "15", "--batch-size", "4", "--lr", "0.01", "--augment", "none", "--seed", "0"]
+
+
+def known_shapes() -> list[SyntheticShape]:
+    """A tissue block holding a tumour ring (a hole in it), a stroma band and two immune nests."""
+    tissue = box(0.06 * W, 0.08 * H, 0.94 * W, 0.92 * H)
+    centre = Point(0.33 * W, 0.4 * H)
+    tumour = centre.buffer(0.2 * W, 64).difference(centre.buffer(0.07 * W, 64))
+    stroma = box(0.62 * W, 0.15 * H, 0.84 * W, 0.85 * H)
+    immune = MultiPolygon([Point(0.22 * W, 0.78 * H).buffer(0.07 * W, 32),
+                           Point(0.45 * W, 0.8 * H).buffer(0.06 * W, 32)])
+    return [SyntheticShape("Tissue", tissue, TISSUE_RGB), SyntheticShape("Tumor", tumour, (120, 40, 150)),
+            SyntheticShape("Stroma", stroma, (240, 120, 170)), SyntheticShape("Immune cells", immune, (60, 30, 110))]
+
+
+def truth_by_class() -> dict:
+    shapes = {s.class_name: s.geometry for s in known_shapes()}
+    others = unary_union([g for name, g in shapes.items() if name != "Tissue"])
+    return {**shapes, "Tissue": shapes["Tissue"].difference(others)}
+
+
+def entrypoint(tool: str) -> list[str]:
+    """The container's ENTRYPOINT of the tool's image (docker/Dockerfile)."""
+    targets = dockerfile_targets((REPO / "docker" / "Dockerfile").read_text())
+    return targets[tool.replace("_", "-")]["entrypoint"]
+
+
+SCHEMAS = {kind: json.loads((REPO / "schemas" / f"{kind}.schema.json").read_text())
+           for kind in ["tileset", "model", "prediction", "annotations", "report"]}
+
+
+def validate(path: Path, kind: str, checked: list) -> dict:
+    assert path.is_file(), f"{path} was not written"
+    data = json.loads(path.read_text())
+    try:
+        jsonschema.validate(data, SCHEMAS[kind], cls=jsonschema.Draft202012Validator)
+    except jsonschema.ValidationError as exc:
+        pytest.fail(f"{path} does not validate against schemas/{kind}.schema.json: {exc.message} at "
+                    f"{'/'.join(map(str, exc.absolute_path))}")
+    checked.append((path, kind))
+    return data
+
+
+class Pipeline:
+    def __init__(self, root: Path):
+        self.root = root
+        self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        self.timings: dict[str, float] = {}
+        self.checked: list[tuple[Path, str]] = []
+
+    def step(self, tool: str, *args, name: str | None = None) -> subprocess.CompletedProcess:
+        argv = [*entrypoint(tool), *map(str, args)]
+        t0 = time.perf_counter()
+        result = subprocess.run(argv, capture_output=True, text=True, env=self.env, cwd=self.root, timeout=300)
+        self.timings[name or tool] = round(time.perf_counter() - t0, 1)
+        if result.returncode != 0:
+            pytest.fail(f"{argv[0]} failed with exit {result.returncode}: `{' '.join(argv)}`\n"
+                        f"stderr (end): {result.stderr[-3000:]}")
+        return result
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory) -> Pipeline:
+    require_tools(PIPELINE)
+    root = tmp_path_factory.mktemp("e2e")
+    p = Pipeline(root)
+    shapes = known_shapes()
+    slide = write_synthetic_slide(root / "slide.tiff", W, H, mpp=0.5, shapes=shapes)
+    (root / "slide.geojson").write_text(json.dumps(qupath_geojson(shapes)))
+    p.slide = slide
+
+    p.step("tile", slide, "--out", "tiles", "--annotations", "slide.geojson", "--mpp", MPP, "--tile-size", 64,
+           "--overlap", 0, "--workers", 2)
+    tileset = validate(root / "tiles" / "tileset.json", "tileset", p.checked)
+    validate(root / "tiles" / "report.json", "report", p.checked)
+    assert {c["name"] for c in tileset["classes"]["classes"]} >= set(CLASSES)
+
+    p.step("train", "tiles", "--out", "model", *TRAIN_ARGS, "--workers", 0)
+    validate(root / "model" / "model-card.json", "model", p.checked)
+    validate(root / "model" / "report.json", "report", p.checked)
+
+    parts = []
+    for i in range(SHARDS):
+        p.step("infer", slide, "model", "--out", f"prediction-{i}", "--shard", f"{i}/{SHARDS}", "--workers", 2,
+               name=f"infer {i}/{SHARDS}")
+        validate(root / f"prediction-{i}" / "prediction.json", "prediction", p.checked)
+        validate(root / f"prediction-{i}" / "report.json", "report", p.checked)
+        p.step("postprocess", f"prediction-{i}", "--out", f"shard-{i}.geojson", name=f"postprocess {i}/{SHARDS}")
+        validate(root / f"shard-{i}.geojson", "annotations", p.checked)
+        validate(root / f"shard-{i}.report.json", "report", p.checked)
+        parts.append(f"shard-{i}.geojson")
+
+    p.step("merge_annotations", *parts, "--out", "merged.geojson", "--max-gap-um", 2)
+    validate(root / "merged.geojson", "annotations", p.checked)
+    validate(root / "merged.report.json", "report", p.checked)
+
+    p.step("to_qupath", "merged.geojson", "--out", "qupath", "--slide", slide, "--project", "project")
+    validate(root / "qupath" / "report.json", "report", p.checked)
+    print("pipeline step timings (s):", p.timings)
+    return p
+
+
+def test_every_file_between_steps_validates_against_its_schema(pipeline):
+    kinds = [kind for _, kind in pipeline.checked]
+    assert kinds.count("report") == 4 + 2 * SHARDS  # every step's report
+    assert {"tileset", "model", "prediction", "annotations"} <= set(kinds)
+    for path, kind in pipeline.checked:
+        if kind == "report":
+            report = json.loads(path.read_text())
+            assert report["status"] == "ok", path
+
+
+def test_shards_cover_the_slide_once(pipeline):
+    regions, shard_ids = [], []
+    for i in range(SHARDS):
+        prediction = json.loads((pipeline.root / f"prediction-{i}" / "prediction.json").read_text())
+        shard_ids.append((prediction["shard"]["index"], prediction["shard"]["count"]))
+        r = prediction["region"]
+        regions.append(box(r["x"], r["y"], r["x"] + r["width"], r["y"] + r["height"]))
+    assert shard_ids == [(i, SHARDS) for i in range(SHARDS)]
+    assert unary_union(regions).covers(box(0.06 * W, 0.08 * H, 0.94 * W, 0.92 * H)), "the shards miss tissue"
+
+
+def qupath_features(pipeline) -> list[dict]:
+    path = pipeline.root / "qupath" / "slide.geojson"
+    assert path.is_file(), f"to-qupath wrote no {path.name}: {sorted(p.name for p in path.parent.iterdir())}"
+    data = json.loads(path.read_text())
+    return data["features"] if isinstance(data, dict) else data
+
+
+def test_final_qupath_geojson_matches_the_known_shapes(pipeline):
+    predicted: dict[str, list] = {}
+    for feature in qupath_features(pipeline):
+        name = feature["properties"]["classification"]["name"]
+        predicted.setdefault(name, []).append(shape(feature["geometry"]))
+    truth = truth_by_class()
+    ious = {}
+    for name in CLASSES:
+        got = unary_union(predicted.get(name, []))
+        ious[name] = got.intersection(truth[name]).area / got.union(truth[name]).area
+    print("IoU per class:", {k: round(v, 4) for k, v in ious.items()})
+    assert all(v >= 0.9 for v in ious.values()), ious
+    assert set(predicted) <= set(CLASSES), f"classes nobody drew: {set(predicted) - set(CLASSES)}"
+
+
+def test_shard_seam_is_stitched_and_holes_survive(pipeline):
+    tumours = [shape(f["geometry"]) for f in qupath_features(pipeline)
+               if f["properties"]["classification"]["name"] == "Tumor"]
+    big = [g for g in tumours if g.area > 0.05 * W * H]
+    assert len(big) == 1, f"the tumour ring came out in {len(big)} large pieces (a seam between shards?)"
+    ring = big[0] if big[0].geom_type == "Polygon" else max(big[0].geoms, key=lambda g: g.area)
+    assert len(ring.interiors) >= 1, "the tumour's hole was lost"
+
+
+def test_qupath_output_follows_qupaths_rules(pipeline):
+    for feature in qupath_features(pipeline):
+        props = feature["properties"]
+        assert props["objectType"] == "annotation"
+        colour = props["classification"]["color"]
+        assert isinstance(colour, list) and len(colour) == 3
+        assert feature["geometry"]["type"] in {"Polygon", "MultiPolygon"}
+        assert shape(feature["geometry"]).is_valid
+    project = json.loads((pipeline.root / "project" / "project.qpproj").read_text())
+    assert [image["imageName"] for image in project["images"]] == ["slide.tiff"]
+    assert (pipeline.root / "project" / "geojson" / "slide.geojson").is_file()
+
+
+def test_run_local_goes_on_past_a_corrupt_slide(pipeline, tmp_path):
+    """A folder with a good slide and two damaged ones: the good one completes, each damaged one is
+    reported with its step and message, nothing of them looks complete, and the exit code is the tool's."""
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    shutil.copy(pipeline.slide, slides / "good.tiff")
+    (slides / "garbage.svs").write_bytes(os.urandom(4096))
+    data = pipeline.slide.read_bytes()
+    (slides / "truncated.tiff").write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    argv = ["bash", str(REPO / "workflows" / "run-local.sh"), "--slides", str(slides), "--out", str(out),
+            "--model", str(pipeline.root / "model"), "--bin", str(BIN), "--workers", "2"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stdout + result.stderr
+
+    rows = [line.split("\t") for line in (out / "summary.tsv").read_text().splitlines()[1:]]
+    status = {row[0]: row for row in rows}
+    assert status["good"][1] == "ok", rows
+    for bad in ["garbage", "truncated"]:
+        name, state, step, code, message = status[bad]
+        assert (state, step, code) == ("failed", "infer", "2"), status[bad]
+        assert f"{bad}." in message, message  # the tool's paragraph names the file
+        assert not (out / "slides" / bad).exists(), "a failed slide must not look complete"
+        assert not (out / "slides" / f"{bad}.partial").exists()
+        failed = (out / "slides" / f"{bad}.failed" / "FAILED.txt").read_text()
+        assert "step: infer" in failed and "exit_code: 2" in failed
+        assert f"FAILED {bad} (infer, exit 2)" in result.stdout
+    assert (out / "slides" / "good" / "COMPLETE").is_file()
+    assert (out / "slides" / "good" / "good.geojson").is_file()
+    project = json.loads((out / "qupath-project" / "project.qpproj").read_text())
+    assert [image["imageName"] for image in project["images"]] == ["good.tiff"]
+
+    # a rerun resumes: the finished slide is skipped, the damaged ones fail again
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2
+    assert "good: already complete" in again.stdout
