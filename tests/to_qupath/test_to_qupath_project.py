@@ -288,3 +288,12 @@ def test_built_in_class_with_another_colour_is_reported(tmp_path):
         "name": "Tumor", "color": [1, 2, 3]}})])
     result = run(ToQuPathConfig(annotations=[source], out_dir=tmp_path / "out"))
     assert any("QuPath's built-in Tumor is [200, 0, 0]" in w for w in result.warnings)
+
+
+def test_unknown_slide_leaves_an_existing_project_as_it_was(tmp_path, slide_files):
+    project = _existing_project(tmp_path / "project", slide_files["old.ndpi"])
+    before = snapshot(project)
+    inputs = [ours(tmp_path / "old.geojson", "old.ndpi"), ours(tmp_path / "new.geojson", "never-seen.svs")]
+    with pytest.raises(InputError, match=r"never-seen\.svs"):
+        convert(tmp_path, inputs, project)
+    assert snapshot(project) == before

@@ -144,6 +144,11 @@ def run(config: ToQuPathConfig, *, argv: list[str] | None = None) -> ToQuPathRes
     search = [s for s in config.slides if _is_search_folder(s)]
     groups = group_by_slide(inputs, slide_files)
     _resolve_slides(groups, project, search)
+    for group in groups:
+        mpps = sorted({i.mpp for i in group.inputs if i.mpp})
+        if len(mpps) > 1:
+            report.warn(f"{group.stem}: the inputs give different microns per pixel {mpps}; measurements use "
+                        f"{group.mpp}")
     given = {s.name for s in slide_files}
     for name in sorted(given - {g.image_name for g in groups}):
         report.warn(f"--slide {name} matches no annotation file; it gets no objects")
@@ -187,11 +192,15 @@ def run(config: ToQuPathConfig, *, argv: list[str] | None = None) -> ToQuPathRes
                     report.warn(f"{group.stem}: {dropped} features vanished on the 0.01 px grid and were left out")
         if project is not None:
             with report.timed("project"):
-                for group in groups:
-                    target = project.folder / GEOJSON_DIR / f"{group.stem}.geojson"
-                    _copy_plain(staging / f"{group.stem}{suffix}", target)
-                    report.outputs.append(str(target))
-                written_files = save_project(project, merged_classes(project, colors))
+                try:
+                    for group in groups:
+                        target = project.folder / GEOJSON_DIR / f"{group.stem}.geojson"
+                        _copy_plain(staging / f"{group.stem}{suffix}", target)
+                        report.outputs.append(str(target))
+                    written_files = save_project(project, merged_classes(project, colors))
+                except PermissionError as exc:
+                    raise OutputError(f"cannot be written ({exc.strerror})", path=exc.filename or project.folder,
+                                      fix="Check the project folder's permissions") from None
                 report.outputs.extend(str(p) for p in written_files)
             result.project = project.qpproj
             result.import_command = import_command(project.qpproj, project.folder / SCRIPT_FILE)
