@@ -60,8 +60,8 @@ def main(
     unclassified_class: Annotated[str | None, typer.Option(
         "--unclassified-class", help="Class of annotations without a class; default: they are skipped.")] = None,
     png_compression: Annotated[int, typer.Option(
-        "--png-compression", help="PNG compression: 1 = fast (sub filter, Huffman only), 2-9 = zlib level "
-        "(smaller, slower), 0 = none.", min=0, max=9)] = 1,
+        "--png-compression", help="PNG deflate level: 1 = fastest, up to 12 = smallest, 0 = none.",
+        min=0, max=12)] = 1,
     workers: WorkersOption = 0,  # an upper bound: small jobs (under 32 tiles a worker) use fewer
     slide_mpp: SlideMppOption = None,
     overwrite: OverwriteOption = False,

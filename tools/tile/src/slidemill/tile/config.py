@@ -39,7 +39,7 @@ class TileConfig(BaseModel):
     workers: int = Field(0, ge=0, le=512, description="worker processes; 0 = one per CPU core")
     slide_mpp: float | None = Field(None, gt=0, le=1000, description="level-0 microns per pixel, overriding the file")
     tissue_mpp: float = Field(4.0, gt=0, le=1000, description="microns per pixel of the tissue detection")
-    png_compression: int = Field(1, ge=0, le=9, description="PNG (zlib) compression level of tiles and masks")
+    png_compression: int = Field(1, ge=0, le=12, description="PNG deflate level of tiles and masks (1 = fastest)")
     overwrite: bool = Field(False, description="replace an existing output folder")
 
     @model_validator(mode="after")

@@ -7,12 +7,12 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from slidemill.shared.classes import IGNORE_LABEL
 from slidemill.shared.errors import OutputError
 
+from .pngenc import write_png
 from .rasterize import LabelledShape, Rasterizer
 
 
@@ -92,25 +92,16 @@ class TileRenderer:
 
     def write(self, folder: Path, spec: TileSpec, png_compression: int) -> tuple[int, dict[str, float]]:
         image, mask = self.render(spec)
-        target = folder / "tiles" / f"{spec.stem}.png"
-        if not cv2.imwrite(str(target), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), png_params(png_compression)):
-            raise OutputError("cannot be written", path=target, fix="Check free space and permissions")
-        if mask is not None:
-            target = folder / "masks" / f"{spec.stem}.png"
-            if not cv2.imwrite(str(target), mask, [cv2.IMWRITE_PNG_COMPRESSION, max(1, png_compression)]):
-                raise OutputError("cannot be written", path=target, fix="Check free space and permissions")
+        for sub, pixels in (("tiles", image), ("masks", mask)):
+            if pixels is None:
+                continue
+            target = folder / sub / f"{spec.stem}.png"
+            try:
+                write_png(target, pixels, png_compression)
+            except OSError as exc:
+                raise OutputError(f"cannot be written ({exc.strerror})", path=target,
+                                  fix="Check free space and permissions") from None
         return spec.index, self.class_fractions(mask)
-
-
-def png_params(level: int) -> list[int]:
-    """cv2 PNG settings of an RGB tile. Level 1 (the default) is the fast lossless setting: the "sub"
-    filter and Huffman-only coding, about 3x faster than zlib level 1 with adaptive filters on real
-    H&E for files about 8 % larger. Levels 2-9 are zlib levels with adaptive filters (smaller, slower);
-    0 stores the pixels uncompressed."""
-    if level == 1:
-        return [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB,
-                cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY]
-    return [cv2.IMWRITE_PNG_COMPRESSION, level]
 
 
 def valid_extent_px(extent_level0: int, scale: float, start_px: int, tile_px: int) -> int:
