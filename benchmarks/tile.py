@@ -122,6 +122,9 @@ def main() -> None:
         print(f"slidemill-tile ({workers} worker(s), {n_tiles} tiles of {t} px, PNG): {megapixels:.0f} MP in "
               f"{ours_s:.1f} s = {ours:.1f} MP/s ({megapixels / ours_cpu:.1f} MP per CPU-second, "
               "start-up, tissue detection and manifest included)")
+        rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        print(f"slidemill-tile peak memory of its largest process: {rss_mb:.0f} MB "
+              f"(the slide is {args.size * args.size * 3 / 1e6:.0f} MB of pixels)")
 
         plain_s, plain_cpu, count = run_plain_loop(slide, work / "plain-out", t, args.size)
         plain_mp = count * t * t / 1e6
