@@ -96,6 +96,11 @@ def test_not_annotations_at_all_is_exit_2(tmp_path):
     text.write_text("hello")
     result = invoke(text, "--out", tmp_path / "out")
     assert result.exit_code == 2 and "notes.txt" in result.output
+    broken = tmp_path / "cut.geojson.gz"
+    broken.write_bytes(b"\x1f\x8b\x08\x00garbage")
+    result = invoke(broken, "--out", tmp_path / "out")
+    assert result.exit_code == 2 and "cut.geojson.gz: cannot be read" in result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_two_slides_with_the_same_output_name_are_refused(tmp_path):

@@ -338,3 +338,11 @@ def test_writing_is_streamed_not_built_in_memory(tmp_path):
     assert peak < size / 5, (peak, size)  # bounded by one batch of lines, not by the file
     assert len(features_of(path)) == n
     assert not list(tmp_path.glob(".*.tmp"))  # the temporary file was renamed into place
+
+
+def test_odd_names_and_object_types_are_made_qupath_safe(tmp_path):
+    feature = polygon_feature(square(), {"classification": {"name": 7, "color": [1, 2, 3]}, "name": 42,
+                                         "objectType": "region"})
+    written = _convert_one(tmp_path, feature)
+    assert written["properties"]["objectType"] == "annotation"
+    assert written["properties"]["classification"]["name"] == "7" and written["properties"]["name"] == "42"

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from slidemill.shared.files import require_file
 
 log = logging.getLogger(__name__)
 
+OBJECT_TYPES = {"annotation", "detection", "cell", "tile"}
 _MULTIPART_EXTENSIONS = (".ome.tif", ".ome.tiff", ".tar.gz")
 _ANNOTATION_SUFFIXES = (".gz", ".geojson", ".json", ".xml")
 
@@ -140,7 +142,7 @@ def read_input(path: Path) -> InputFile:
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise InputError(f"cannot be read ({exc})", path=path) from None
     head = raw[:64].lstrip(b"\xef\xbb\xbf \t\r\n")
     if head[:1] not in (b"{", b"["):
@@ -172,11 +174,19 @@ def _from_shapes(path: Path, kind: str, read) -> InputFile:
     result = InputFile(path=path, kind=kind, records=[], repaired=read.repaired, skipped=read.skipped,
                        skipped_reasons=list(read.skipped_reasons))
     for s in read.shapes:
+        object_type = s.object_type if s.object_type in OBJECT_TYPES else "annotation"
         result.records.append(Record(
-            geometry=s.geometry, class_name=s.class_name, color=s.color, object_type=s.object_type,
-            name=s.name, measurements=_finite_numbers(s.measurements), locked=s.locked,
+            geometry=s.geometry, class_name=_text(s.class_name), color=s.color, object_type=object_type,
+            name=_text(s.name), measurements=_finite_numbers(s.measurements), locked=s.locked,
         ))
     return result
+
+
+def _text(value: Any) -> str | None:
+    """A name as QuPath wants it: a non-empty string, or nothing."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return value if isinstance(value, str) else str(value)
 
 
 @dataclass
