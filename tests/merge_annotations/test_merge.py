@@ -174,3 +174,18 @@ def load_contract_sample():
     from slidemill.shared.testing import sample_report
 
     return sample_report()
+
+
+def test_gzipped_input_and_disagreeing_resolutions(tmp_path):
+    import gzip
+
+    a = write_set(tmp_path / "a.geojson", {"Tumor": [box(0, 0, 10, 10)]})
+    zipped = tmp_path / "a.geojson.gz"
+    zipped.write_bytes(gzip.compress(a.read_bytes()))
+    result = run(MergeConfig(inputs=[zipped], out=tmp_path / "z.geojson"))
+    assert result.features == 1
+    other = write_set(tmp_path / "b.geojson", {"Tumor": [box(0, 0, 10, 10)]}, mpp=0.25)
+    out = tmp_path / "m.geojson"
+    refused(cli(a, other, "--out", out), out, "microns per pixel")
+    forced = cli(a, other, "--out", out, "--slide-mpp", "0.5")  # the user says which is right
+    assert forced.returncode == 0, forced.stderr

@@ -64,10 +64,11 @@ def clean_mask(mask: np.ndarray, ops: MaskOps) -> np.ndarray:
     """Smooth (Gaussian, kept where the blurred mask is above one half), open, then close a 0/1 mask."""
     out = mask.astype(np.uint8)
     if ops.smooth_sigma_px > 0:
+        # OpenCV blurs 8-bit images with bit-exact fixed-point arithmetic: fast, and the same value
+        # for a pixel whichever chunk it is computed in
         k = 2 * ops.smooth_radius_px + 1
-        blurred = cv2.GaussianBlur(out.astype(np.float32), (k, k), ops.smooth_sigma_px,
-                                   borderType=cv2.BORDER_CONSTANT)
-        out = (blurred > 0.5).astype(np.uint8)
+        blurred = cv2.GaussianBlur(out * np.uint8(255), (k, k), ops.smooth_sigma_px, borderType=cv2.BORDER_CONSTANT)
+        out = (blurred > 127).view(np.uint8)
     if ops.open_radius_px > 0:
         out = cv2.morphologyEx(out, cv2.MORPH_OPEN, _disk(ops.open_radius_px), borderType=cv2.BORDER_CONSTANT,
                                borderValue=0)
@@ -100,10 +101,14 @@ def vectorise_mask(mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> list[P
     the original pixel corners exactly. Shapes that only touch diagonally come out as one pinched
     ring, which is split into valid polygons.
     """
-    h, w = mask.shape
-    if h == 0 or w == 0:
+    if mask.size == 0:
         return []
     binary = mask.view(np.uint8) if mask.dtype == bool else (mask != 0).view(np.uint8)
+    bx, by, w, h = cv2.boundingRect(binary)  # only the part holding pixels is traced
+    if w == 0 or h == 0:
+        return []
+    binary = binary[by:by + h, bx:bx + w]
+    offset = (offset[0] + bx, offset[1] + by)
     up = cv2.resize(binary, (2 * w, 2 * h), interpolation=cv2.INTER_NEAREST)
     up = cv2.copyMakeBorder(up, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)  # findContours ignores the border
     contours, hierarchy = cv2.findContours(up, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE, offset=(-1, -1))
