@@ -235,7 +235,7 @@ def test_names_and_uris_as_java_and_qupath_write_them(tmp_path):
     assert qupath_name_without_extension("odd.name with space") == "odd.name with space"
     assert qupath_name_without_extension("TCGA-EJ-5519.2bd1b2b4-b1b1.svs") == "TCGA-EJ-5519.2bd1b2b4-b1b1"
     assert java_file_uri(Path("/data/my slides/a#1.svs")) == "file:/data/my%20slides/a%231.svs"
-    assert java_file_uri(Path("/data/ü.svs")) == "file:/data/%C3%BC.svs"
+    assert java_file_uri(Path("/data/ü.svs")) == "file:/data/ü.svs"  # Java keeps non-ASCII letters
     assert provider_for(Path("a.svs")) == OPENSLIDE and provider_for(Path("a.MRXS")) == OPENSLIDE
     assert provider_for(Path("a.ome.tif")) == BIOFORMATS and provider_for(Path("a.czi")) == BIOFORMATS
     assert provider_for(Path("a.tiff")) is None and provider_for(Path("a.png")) is None

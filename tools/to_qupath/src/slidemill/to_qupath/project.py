@@ -70,9 +70,11 @@ println "${name}: ${objects.size()} objects from ${f.getName()}"
 
 
 def java_file_uri(path: Path) -> str:
-    """`file:/abs/path` as Java's `File.toURI()` writes it (spaces as %20)."""
+    """`file:/abs/path` as Java's `File.toURI().toString()` writes it: spaces and other characters a URI
+    path may not hold percent-encoded (%20), non-ASCII letters kept as they are."""
     text = path.resolve().as_posix()
-    return "file:" + quote(text, safe=_URI_SAFE)
+    return "file:" + "".join(c if ord(c) > 127 and c.isprintable() and not c.isspace() else quote(c, safe=_URI_SAFE)
+                             for c in text)
 
 
 def provider_for(slide: Path) -> str | None:
