@@ -191,3 +191,20 @@ def test_bad_inputs_exit_2_and_write_nothing(tmp_path):
     out.write_text("keep me")
     result = cli(good, "--out", out)
     assert result.returncode == 2 and "--overwrite" in result.stderr and out.read_text() == "keep me"
+
+
+def test_reads_a_pyramidal_label_tiff_as_infer_writes_it(tmp_path):
+    """Level 0 as the first page, reduced levels as its SubIFDs, 512 px zlib tiles."""
+    import tifffile
+
+    labels = np.full((700, 600), 255, np.uint8)
+    labels[100:300, 50:500] = 2
+    folder = write_prediction(tmp_path / "p", labels, mpp=1.0)
+    with tifffile.TiffWriter(folder / "labels.tiff") as tif:
+        tif.write(labels, tile=(512, 512), compression="zlib", photometric="minisblack", subifds=1, metadata=None)
+        tif.write(labels[::2, ::2], tile=(512, 512), compression="zlib", photometric="minisblack", subfiletype=1,
+                  metadata=None)
+    result = run(PostprocessConfig(prediction=folder, out=tmp_path / "a.geojson", chunk_px=256))
+    assert result.features_per_class == {"Tumor": 0, "Stroma": 0, "Immune cells": 1}
+    (geom,) = [shape(f["geometry"]) for f in features_of(result.out)]
+    assert geom.equals(box(50, 100, 500, 300))

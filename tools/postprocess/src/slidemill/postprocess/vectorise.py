@@ -109,9 +109,10 @@ def vectorise_mask(mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> list[P
         return []
     binary = binary[by:by + h, bx:bx + w]
     offset = (offset[0] + bx, offset[1] + by)
-    up = cv2.resize(binary, (2 * w, 2 * h), interpolation=cv2.INTER_NEAREST)
-    up = cv2.copyMakeBorder(up, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)  # findContours ignores the border
-    contours, hierarchy = cv2.findContours(up, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE, offset=(-1, -1))
+    # a blank border (findContours ignores the outermost pixels), added before upsampling as it is cheaper
+    padded = cv2.copyMakeBorder(binary, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    up = cv2.resize(padded, (2 * w + 4, 2 * h + 4), interpolation=cv2.INTER_NEAREST)
+    contours, hierarchy = cv2.findContours(up, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE, offset=(-2, -2))
     if not contours:
         return []
     hierarchy = hierarchy[0]
