@@ -128,3 +128,13 @@ def test_two_slides_with_the_same_name_are_refused(tmp_path):
     result = invoke(ours(tmp_path / "a.geojson", "s.svs"), "--out", tmp_path / "out",
                     "--slide", tmp_path / "x" / "s.svs", "--slide", tmp_path / "y" / "s.svs")
     assert result.exit_code == 2 and "same name" in result.output
+
+
+def test_folder_that_is_not_a_project_is_exit_2_and_untouched(tmp_path):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "table.csv").write_text("a,b\n")
+    result = invoke(ours(tmp_path / "a.geojson"), "--out", tmp_path / "out", "--project", folder)
+    assert result.exit_code == 2
+    assert "results: is not a QuPath project" in result.output and "Traceback" not in result.output
+    assert snapshot(folder) == {"table.csv": b"a,b\n"} and not (tmp_path / "out").exists()
