@@ -25,5 +25,13 @@ test: install lint
 schemas: install
 	$(BIN)/python -m slidemill.shared.schemas schemas
 
+# The whole pipeline on the bundled sample slide (a few minutes on 2 CPU cores); results in demo-output/.
+demo: install
+	BIN=$(BIN) bash demo/run-demo.sh demo-output
+
+# Every tool's image, CPU and GPU flavours (needs Docker with BuildKit); see docker/build.sh --help.
+docker:
+	bash docker/build.sh
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

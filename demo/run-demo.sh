@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# `make demo`: the whole slidemill pipeline on the bundled sample slide, with the shell workflow.
+#   demo/run-demo.sh [OUT]      (default OUT: demo-output; replaced on every run)
+# tile -> train (a short CPU schedule of a small model) -> infer -> postprocess -> merge-annotations
+# -> to-qupath, then the previews and every step's report gathered in OUT.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-demo-output}
+BIN=${BIN:-.venv/bin}
+SLIDE=demo/CMU-1-Small-Region.svs
+
+[ -x "$BIN/slidemill-tile" ] || { echo "demo: $BIN/slidemill-tile is missing; run 'make demo' (it installs first)" >&2; exit 2; }
+rm -rf "$OUT"
+started=$(date +%s)
+echo "slidemill demo: $SLIDE (Aperio H&E, 2220 x 2967 px at 0.499 um/px) with the hand-drawn sparse annotation"
+echo "  demo/CMU-1-Small-Region.geojson (Epithelium, Stroma, Other = keratin, Ignore* = frayed edge and ink)"
+echo
+
+# Tiles of 64 px at 2 um/px (128 um), only where annotated; a light model (LinkNet on MobileNetV3-small,
+# random init) trained for 25 epochs: a short schedule that fits a few CPU minutes.
+status=0
+workflows/run-local.sh --slides demo --out "$OUT" --bin "$BIN" \
+    --mpp 2.0 --tile-size 64 --epochs 25 --workers 2 --device cpu \
+    --tile-args "--overlap 0 --annotated-only" \
+    --train-args "--arch linknet --encoder timm-mobilenetv3_small_minimal_100 --lr 0.01 --batch-size 4 --seed 0" \
+    --postprocess-args "--min-area-um2 500 --smooth-um 4" \
+    --merge-args "--max-gap-um 4" || status=$?
+
+name=CMU-1-Small-Region
+result="$OUT/slides/$name"
+mkdir -p "$OUT/previews" "$OUT/reports"
+copy() { [ -f "$1" ] && cp "$1" "$2" || true; }
+copy "$result/tiles/preview.png" "$OUT/previews/1-tiles-and-annotations.png"
+copy "$OUT/model/curves.png" "$OUT/previews/2-training-curves.png"
+copy "$result/prediction/preview.png" "$OUT/previews/3-prediction.png"
+copy "$result/tiles/report.json" "$OUT/reports/1-tile.report.json"
+copy "$OUT/model/report.json" "$OUT/reports/2-train.report.json"
+copy "$result/prediction/report.json" "$OUT/reports/3-infer.report.json"
+copy "$result/annotations.report.json" "$OUT/reports/4-postprocess.report.json"
+copy "$result/$name.report.json" "$OUT/reports/5-merge-annotations.report.json"
+copy "$result/qupath/report.json" "$OUT/reports/6-to-qupath.report.json"
+
+echo
+if [ "$status" != 0 ]; then
+    echo "slidemill demo FAILED (exit $status): see $OUT/summary.tsv and the logs in $OUT/slides/*/logs" >&2
+    exit "$status"
+fi
+"$BIN/python" - "$OUT" "$name" <<'PY'
+import json, sys
+from pathlib import Path
+out, name = Path(sys.argv[1]), sys.argv[2]
+card = json.loads((out / "model" / "model-card.json").read_text())
+metrics = ", ".join(f"{k} {v['iou']:.2f}" for k, v in card.get("metrics", {}).items() if v.get("iou") is not None)
+print(f"model: {card['architecture']}/{card['encoder']} at {card['input']['mpp']} um/px, "
+      f"validation IoU per class: {metrics or 'n/a'}")
+merged = json.loads((out / "slides" / name / f"{name}.geojson").read_text())
+counts = {}
+for f in merged["features"]:
+    c = f["properties"]["classification"]["name"]
+    counts[c] = counts.get(c, 0) + 1
+print("predicted shapes: " + ", ".join(f"{n} {c}" for c, n in sorted(counts.items())))
+PY
+echo "finished in $(( $(date +%s) - started )) s. Where to look, all in $OUT/:"
+echo "  previews/      tiles and annotations, training curves, prediction overlay (PNG)"
+echo "  reports/       every step's report.json (also beside each output in slides/$name/)"
+echo "  qupath-project/project.qpproj   open it in QuPath; to load the shapes headless run:"
+grep -h -o "QuPath script .*" "$result/logs/to-qupath.log" | tail -n 1 | sed 's/^/                 /' || true
+echo "  slides/$name/   tiles, prediction rasters, annotations (GeoJSON), logs"
+echo "  model/          model.onnx, model-card.json, checkpoints, metrics.csv"
