@@ -170,3 +170,16 @@ def test_report_counts_repaired_and_skipped_annotations(synthetic, tmp_path):
     # the repaired bow-tie keeps both triangles: 2 x (200 x 100 / 2) pixels over all tiles
     tumour_px = sum(t.class_fractions.get("Tumor", 0) * 256**2 for t in tileset.tiles)
     assert tumour_px == pytest.approx(20000, rel=0.01)
+
+
+def test_plan_pickles_for_dataloader_workers(synthetic, synthetic_geojson):
+    """A PyTorch DataLoader with spawned workers pickles the dataset: the plan travels without its open
+    slide and reopens it on first use, giving the same tiles."""
+    import pickle
+
+    plan = plan_tiles(synthetic, annotations=[synthetic_geojson], mpp=0.5, tile_size_px=128, overlap_px=0)
+    clone = pickle.loads(pickle.dumps(plan))
+    assert clone.renderer._slide is None and len(clone) == len(plan) > 0
+    a, b = plan.tile(len(plan) - 1), clone.tile(len(plan) - 1)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask)
+    assert a.class_fractions == b.class_fractions
