@@ -112,6 +112,50 @@ def synthetic(path: Path, size: int, noise: float = 6.0) -> Path:
     return path
 
 
+def throughput(work: Path, opts) -> None:
+    slide = synthetic(work / f"bench-{opts.size}.tiff", opts.size)
+    model = opts.model or write_model(work / "cnn", cnn_onnx(), mpp=0.5, tile=opts.tile)
+    out = work / "out"
+    command = [str(BIN), str(slide), str(model), "--out", str(out), "--overwrite",
+               "--batch-size", str(opts.batch_size), "--overlap", str(opts.overlap)]
+    run_command(command)  # warm the page cache and learn the number of batches
+    report = json.loads((out / "report.json").read_text())
+    counts = report["counts"]
+    batches, tiles = int(counts["batches"]), int(counts["tiles"])
+    megapixels = counts["raster_width_px"] * counts["raster_height_px"] / 1e6
+    # model alone before and after the command, so a change in machine load between them shows
+    alone_1, alone_cpu_1 = model_alone(Path(model), batches, opts.batch_size)
+    wall, cpu, rss = run_command(command)
+    alone_2, alone_cpu_2 = model_alone(Path(model), batches, opts.batch_size)
+    alone, alone_cpu = (alone_1 + alone_2) / 2, (alone_cpu_1 + alone_cpu_2) / 2
+    report = json.loads((out / "report.json").read_text())
+    cmd_rate, model_rate = megapixels / wall, megapixels / alone
+    print(f"throughput on a {opts.size} x {opts.size} slide, raster {megapixels:.1f} MP, {tiles} tiles of "
+          f"{opts.tile} in {batches} batches of {opts.batch_size}, overlap {opts.overlap}, "
+          f"{report['environment']['provider']}:")
+    print(f"  whole command      {wall:8.2f} s  {cmd_rate:8.3f} MP/s  CPU {cpu:7.2f} s  (peak RSS {rss:.0f} MiB)")
+    print(f"  session.run alone  {alone:8.2f} s  {model_rate:8.3f} MP/s  CPU {alone_cpu:7.2f} s  "
+          f"(runs: {alone_1:.2f} s before, {alone_2:.2f} s after)")
+    print(f"  ratio command / model alone: {cmd_rate / model_rate:.3f}  (aim >= 0.85 on CPU)")
+    print("  command timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in report["timings_s"].items()))
+
+
+def memory(work: Path, opts) -> None:
+    cheap = write_model(work / "cheap", cnn_onnx(width=4), mpp=1.0, tile=opts.tile)
+    rows = []
+    for size in (opts.size, opts.large):
+        path = synthetic(work / f"mem-{size}.tiff", size, noise=0.0)
+        wall, _, rss = run_command([str(BIN), str(path), str(cheap), "--out", str(work / f"mem-out-{size}"),
+                                 "--overwrite", "--everywhere", "--overlap", "0.25",
+                                 "--batch-size", str(opts.batch_size)])
+        rep = json.loads((work / f"mem-out-{size}" / "report.json").read_text())["counts"]
+        rows.append((size, rss, wall, rep["raster_width_px"], rep["tiles"]))
+        print(f"  memory: {size} x {size} slide -> raster {int(rep['raster_width_px'])}^2 at 1 um/px, "
+              f"{int(rep['tiles'])} tiles: peak RSS {rss:.0f} MiB in {wall:.1f} s", flush=True)
+    print(f"  peak RSS ratio {opts.large} / {opts.size}: {rows[1][1] / rows[0][1]:.3f} "
+          f"for {(opts.large / opts.size) ** 2:.0f}x the pixels (bounded: close to 1)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=5000, help="side of the throughput slide in pixels")
@@ -121,6 +165,7 @@ def main() -> None:
     parser.add_argument("--overlap", type=float, default=0.5)
     parser.add_argument("--model", type=Path, help="a real model folder instead of the built-in CNN")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--workdir", type=Path, help="keep slides here between runs (default: a temp folder)")
     opts = parser.parse_args()
 
@@ -128,47 +173,10 @@ def main() -> None:
         work = opts.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         print(f"slidemill-infer benchmark ({os.cpu_count()} CPUs)", flush=True)
-        slide = synthetic(work / f"bench-{opts.size}.tiff", opts.size)
-        model = opts.model or write_model(work / "cnn", cnn_onnx(), mpp=0.5, tile=opts.tile)
-        out = work / "out"
-        command = [str(BIN), str(slide), str(model), "--out", str(out), "--overwrite",
-                   "--batch-size", str(opts.batch_size), "--overlap", str(opts.overlap)]
-        run_command(command)  # warm the page cache and learn the number of batches
-        report = json.loads((out / "report.json").read_text())
-        counts = report["counts"]
-        batches, tiles = int(counts["batches"]), int(counts["tiles"])
-        megapixels = counts["raster_width_px"] * counts["raster_height_px"] / 1e6
-        # model alone before and after the command, so a change in machine load between them shows
-        alone_1, alone_cpu_1 = model_alone(Path(model), batches, opts.batch_size)
-        wall, cpu, rss = run_command(command)
-        alone_2, alone_cpu_2 = model_alone(Path(model), batches, opts.batch_size)
-        alone, alone_cpu = (alone_1 + alone_2) / 2, (alone_cpu_1 + alone_cpu_2) / 2
-        report = json.loads((out / "report.json").read_text())
-        cmd_rate, model_rate = megapixels / wall, megapixels / alone
-        print(f"throughput on a {opts.size} x {opts.size} slide, raster {megapixels:.1f} MP, {tiles} tiles of "
-              f"{opts.tile} in {batches} batches of {opts.batch_size}, overlap {opts.overlap}, "
-              f"{report['environment']['provider']}:")
-        print(f"  whole command      {wall:8.2f} s  {cmd_rate:8.3f} MP/s  CPU {cpu:7.2f} s  (peak RSS {rss:.0f} MiB)")
-        print(f"  session.run alone  {alone:8.2f} s  {model_rate:8.3f} MP/s  CPU {alone_cpu:7.2f} s  "
-              f"(runs: {alone_1:.2f} s before, {alone_2:.2f} s after)")
-        print(f"  ratio command / model alone: {cmd_rate / model_rate:.3f}  (aim >= 0.85 on CPU)")
-        print("  command timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in report["timings_s"].items()))
-
-        if opts.skip_memory:
-            return
-        cheap = write_model(work / "cheap", cnn_onnx(width=4), mpp=1.0, tile=opts.tile)
-        rows = []
-        for size in (opts.size, opts.large):
-            path = synthetic(work / f"mem-{size}.tiff", size, noise=0.0)
-            wall, _, rss = run_command([str(BIN), str(path), str(cheap), "--out", str(work / f"mem-out-{size}"),
-                                     "--overwrite", "--everywhere", "--overlap", "0.25",
-                                     "--batch-size", str(opts.batch_size)])
-            rep = json.loads((work / f"mem-out-{size}" / "report.json").read_text())["counts"]
-            rows.append((size, rss, wall, rep["raster_width_px"], rep["tiles"]))
-            print(f"  memory: {size} x {size} slide -> raster {int(rep['raster_width_px'])}^2 at 1 um/px, "
-                  f"{int(rep['tiles'])} tiles: peak RSS {rss:.0f} MiB in {wall:.1f} s", flush=True)
-        print(f"  peak RSS ratio {opts.large} / {opts.size}: {rows[1][1] / rows[0][1]:.3f} "
-              f"for {(opts.large / opts.size) ** 2:.0f}x the pixels (bounded: close to 1)")
+        if not opts.skip_throughput:
+            throughput(work, opts)
+        if not opts.skip_memory:
+            memory(work, opts)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,18 @@ log = logging.getLogger(__name__)
 
 TOOL = "slidemill-infer"
 TISSUE_THUMBNAIL_PX = 2048
+# large-image keeps decoded tiles in an LRU cache sized from the machine's memory (1/32 of it); the
+# overlapping reads only revisit the last rows of tiles, so a fixed number bounds memory instead
+TILE_CACHE_ITEMS = 256
+
+
+def bound_tile_cache(items: int = TILE_CACHE_ITEMS) -> None:
+    """Cap large-image's tile cache (unless the user configured it); works before its first read."""
+    from slidemill.shared.slide import _large_image
+
+    config = _large_image().config
+    if not int(config.getConfig("cache_tileCache_maximum", 0) or 0):
+        config.setConfig("cache_tileCache_maximum", items)
 
 
 @dataclass
@@ -91,6 +103,7 @@ def run(config: InferConfig, argv: list[str] | None = None) -> InferResult:
     report = ReportBuilder(TOOL, package_version(TOOL), argv)
     t_start = time.perf_counter()
     # --- every input is checked before any work ---------------------------------------------------
+    bound_tile_cache()
     slide = open_slide(config.slide, mpp=config.slide_mpp)
     slide_mpp = slide.require_mpp()
     model = load_model(config.model_dir)

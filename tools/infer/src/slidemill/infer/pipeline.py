@@ -136,7 +136,7 @@ class Blender:
         self.acc: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
     def __call__(self, msg: tuple) -> None:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         metas, passes, items = msg
         weighted = None
         if len(passes) == 1:
@@ -153,6 +153,7 @@ class Blender:
             else:
                 self.finalize(item[1], item[2])
         self.stats.add_time("blend", time.perf_counter() - t0)
+        self.stats.add_time("blend_cpu", time.thread_time() - c0)
 
     def _open(self, chunk: Chunk, bi: int) -> tuple[np.ndarray, np.ndarray]:
         key = (chunk.index, bi)
@@ -214,7 +215,7 @@ class Writer:
         self.job, self.spill, self.stats = job, spill, stats
 
     def __call__(self, item: tuple) -> None:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         (i, j), label_block, prob_block = item
         lab, prob = self.job.labels, self.job.probabilities
         if label_block is None:
@@ -225,6 +226,7 @@ class Writer:
             data = prob_block[:, :, 0] if prob.bands == 1 else prob_block
             self.spill.put((prob.name, 0, i, j), deflate(data))
         self.stats.add_time("compress", time.perf_counter() - t0)
+        self.stats.add_time("compress_cpu", time.thread_time() - c0)
 
 
 def predict(job: Job, *, read_tile: Callable[[int, int], np.ndarray], model: Callable[[np.ndarray], np.ndarray],
@@ -238,27 +240,29 @@ def predict(job: Job, *, read_tile: Callable[[int, int], np.ndarray], model: Cal
     writer.start()
     blender.start()
     flips = FLIPS if tta == "flips" else FLIPS[:1]
-    read_time = [0.0]
+    read_time = [0.0, 0.0]
     lock = threading.Lock()
 
     def timed_read(ci: int, cj: int) -> np.ndarray:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         arr = read_tile(ci, cj)
         with lock:
             read_time[0] += time.perf_counter() - t0
+            read_time[1] += time.thread_time() - c0
         return arr
 
     def flush(metas: list, arrays: list, items: list) -> None:
         passes = []
         if arrays:
             batch = np.stack(arrays)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             for axes in flips:
                 x = np.ascontiguousarray(np.flip(batch, axes)) if axes else batch
                 out = model(x)
                 passes.append(np.ascontiguousarray(np.flip(out, axes)) if axes else out)
                 stats.model_calls += 1
             stats.add_time("model", time.perf_counter() - t0)
+            stats.add_time("model_caller_cpu", time.thread_time() - c0)
             stats.batches += 1
             stats.tiles += len(arrays)
         for stage in (blender, writer):
@@ -313,6 +317,7 @@ def predict(job: Job, *, read_tile: Callable[[int, int], np.ndarray], model: Cal
     for stage in (blender, writer):
         if stage.error is not None:
             raise stage.error
-    stats.add_time("read_threads", read_time[0])
+    stats.add_time("read", read_time[0])
+    stats.add_time("read_cpu", read_time[1])
     stats.add_time("wait_for_tiles", t_wait)
     return stats

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-DEFLATE_LEVEL = 6
+DEFLATE_LEVEL = 2  # libdeflate level 2: within 1% of level 6 on probability blocks, 2.5x faster
 
 
 def deflate(arr: np.ndarray) -> bytes:
