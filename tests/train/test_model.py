@@ -107,3 +107,46 @@ def test_every_offered_architecture_exports_to_onnx(arch, tmp_path, fast_encoder
     images = rng.normal(0, 1, (3, 3, 96, 96)).astype(np.float32)
     assert session.run(None, {"image": images})[0].shape == (3, 3, 96, 96)
     assert onnx_max_abs_diff(model, path, images) < 1e-4
+
+
+class _ScriptedTrainer:
+    """Stands in for engine.Trainer: validation IoU follows a script, so fit()'s bookkeeping shows."""
+
+    def __init__(self, ious):
+        self.ious = list(ious)
+        self.amp = False
+        self.optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, 1)
+
+    def train_epoch(self, loader, description=""):
+        self.optimizer.step()
+        return 1.0, 0.5, 0.5, 8, 1.0
+
+    def evaluate(self, loader):
+        iou = self.ious.pop(0)  # two classes with the same IoU: tp / (tp + fp + fn)
+        tp = round(1000 * iou)
+        return 0.5, np.array([[tp, 1000 - tp], [1000 - tp, tp]]) if iou < 1 else np.diag([1000, 1000])
+
+    def payload(self, state, identity, extra):
+        return {"epoch": state.epoch, "best_epoch": state.best_epoch}
+
+
+def _fit(tmp_path, ious, epochs, patience):
+    from slidemill.train import engine
+
+    trainer = _ScriptedTrainer(ious)
+    sampler = type("S", (), {"set_epoch": lambda self, e: None})()
+    return engine.fit(trainer, engine.FitState(), train_loader=None, train_sampler=sampler,
+                      train_generator=torch.Generator(), val_loader=None, epochs=epochs, patience=patience, seed=0,
+                      checkpoint_dir=tmp_path, identity={}, class_names=["a", "b"])
+
+
+def test_best_checkpoint_and_early_stopping(tmp_path):
+    state = _fit(tmp_path, [0.5, 0.6, 0.55, 0.58, 0.7, 0.9], epochs=6, patience=2)
+    assert state.stopped_early and state.epoch == 4 and state.best_epoch == 2
+    assert state.best_mean_iou == pytest.approx(0.6 / 1.4, abs=1e-3)  # iou = tp / (tp + 2 (1000 - tp))
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 2
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 4
+    assert [round(row["lr"], 6) for row in state.history] == [0.1, 0.01, 0.001, 0.0001]
+    never = _fit(tmp_path / "never", [0.5, 0.4, 0.3], epochs=3, patience=0)
+    assert not never.stopped_early and never.epoch == 3 and never.best_epoch == 1

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,6 +238,10 @@ def fit(trainer: Trainer, state: FitState, *, train_loader, train_sampler, train
         train_generator.manual_seed(seed * 100_003 + epoch)
         lr = float(trainer.optimizer.param_groups[0]["lr"])
         loss, ce, dice_loss, tiles, seconds = trainer.train_epoch(train_loader, description=f"epoch {epoch}/{epochs}")
+        if not math.isfinite(loss):
+            raise InputError(f"training diverged: the loss became {loss} in epoch {epoch}", path=checkpoint_dir,
+                             fix=f"Start again with a lower --lr (now {trainer.optimizer.defaults['lr']:g})"
+                             + (" or without --amp" if trainer.amp else ""))
         val_loss, matrix = trainer.evaluate(val_loader)
         trainer.scheduler.step()
         dice, iou = scores(matrix)
@@ -272,4 +278,7 @@ def configure_determinism(device: torch.device) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
+    # bitwise-repeatable on the CPU; on CUDA a few kernels (e.g. upsampling backward) have no deterministic
+    # version, and torch warns instead of failing: results then agree closely but not bit for bit
     torch.use_deterministic_algorithms(True, warn_only=True)
+    warnings.filterwarnings("ignore", message=".*does not have a deterministic implementation.*")
