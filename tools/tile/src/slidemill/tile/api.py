@@ -24,6 +24,7 @@ from slidemill.shared.report import ReportBuilder
 from . import render
 from .config import TileConfig
 from .plan import Tile, TilePlan, make_plan
+from .pngenc import write_png
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ class TileResult:
 
 def _config(slide_or_config: TileConfig | str | Path, options: dict[str, Any]) -> TileConfig:
     if isinstance(slide_or_config, TileConfig):
-        return slide_or_config.model_copy(update=options) if options else slide_or_config
+        # re-validated, so an option given here is checked like one given to TileConfig
+        return TileConfig.model_validate({**dict(slide_or_config), **options}) if options else slide_or_config
     return TileConfig(slide=Path(slide_or_config), **options)
 
 
@@ -190,8 +192,8 @@ def run(config: TileConfig, *, argv: list[str] | None = None) -> TileResult:
                             fractions[index] = frac
                         progress.advance(len(batch))
         with report.timed("write"):
-            cv2.imwrite(str(stage / "tissue.png"), plan.tissue.mask.astype(np.uint8) * 255)
-            cv2.imwrite(str(stage / "preview.png"), cv2.cvtColor(draw_preview(plan), cv2.COLOR_RGB2BGR))
+            write_png(stage / "tissue.png", plan.tissue.mask.astype(np.uint8) * 255, 6)
+            write_png(stage / "preview.png", draw_preview(plan), 6)
             params = TilingParams(mpp=config.target_mpp, tile_size_px=config.tile_size_px,
                                   overlap_px=config.overlap_px,
                                   tissue_threshold=None if config.all_tiles else config.tissue_threshold,
