@@ -146,8 +146,8 @@ def memory(work: Path, opts) -> None:
     for size in (opts.size, opts.large):
         path = synthetic(work / f"mem-{size}.tiff", size, noise=0.0)
         wall, _, rss = run_command([str(BIN), str(path), str(cheap), "--out", str(work / f"mem-out-{size}"),
-                                 "--overwrite", "--everywhere", "--overlap", "0.25",
-                                 "--batch-size", str(opts.batch_size)])
+                                    "--overwrite", "--everywhere", "--overlap", "0.25",
+                                    "--batch-size", str(opts.batch_size)])
         rep = json.loads((work / f"mem-out-{size}" / "report.json").read_text())["counts"]
         rows.append((size, rss, wall, rep["raster_width_px"], rep["tiles"]))
         print(f"  memory: {size} x {size} slide -> raster {int(rep['raster_width_px'])}^2 at 1 um/px, "
