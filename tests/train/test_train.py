@@ -171,9 +171,14 @@ def test_killed_run_resumes_to_the_same_result(small_tileset, tmp_path, fast_enc
     assert (out / "model-card.json").read_bytes() == before and not work.exists()
 
     # a finished run continues to more epochs (--resume on the model folder)
-    more = invoke(small_tileset, "--out", out, *(args[:2]), "--epochs", 5, "--batch-size", 4, "--seed", 3, "--resume")
+    more = invoke(small_tileset, "--out", out, *(args[:2]), "--epochs", 5, "--batch-size", 4, "--seed", 3, "--resume",
+                  "--lr", "0.002")
     assert more.exit_code == 0, more.output
     assert load_contract(out / "model-card.json", ModelCard).training.epochs == 5
+    warnings = load_contract(out / "report.json", Report).warnings
+    assert any("lr was 0.001 before the resume and is 0.002 now; the optimiser state of the checkpoint keeps 0.001"
+               in w for w in warnings), warnings
+    assert "schedule is stretched" in more.output
 
 
 # --- refused input: exit 2, one paragraph, nothing written ---------------------------------------

@@ -90,9 +90,11 @@ class Prepared:
 
 def prepare(config: TrainConfig) -> Prepared:
     """Validate every input and option; nothing is written."""
+    from .engine import resolve_device
     from .model import check_names
 
     warnings: list[str] = []
+    resolve_device(config.device)  # --device cuda without a GPU is refused before any work
     data = load_tilesets(config.tilesets)
     warnings += data.warnings
     check_names(config.arch, config.encoder)
@@ -115,6 +117,8 @@ def prepare(config: TrainConfig) -> Prepared:
         "classes": [[c.name, c.label, c.ignore] for c in data.classes.classes],
         "tile_size_px": data.tile_size_px, "mpp": data.mpp,
         "split": {"strategy": split.strategy, "train": split.train, "val": split.val},
+        "settings": {"batch_size": config.batch_size, "lr": config.lr, "weight_decay": config.weight_decay,
+                     "augment": config.augment, "class_weights": config.class_weights, "amp": config.amp},
     }
     out, work = Path(config.out), work_dir_for(Path(config.out))
     if out.exists() and not out.is_dir():
@@ -131,7 +135,7 @@ def prepare(config: TrainConfig) -> Prepared:
                              f"{out / 'checkpoints' / 'last.pt'} (a finished one); run without --resume to start")
         from .engine import check_compatible, load_checkpoint
 
-        check_compatible(load_checkpoint(resume_from), identity, resume_from)
+        warnings += check_compatible(load_checkpoint(resume_from), identity, resume_from)
     else:
         if out.is_dir() and any(out.iterdir()) and not config.overwrite:
             raise OutputError("already exists and is not empty", path=out,

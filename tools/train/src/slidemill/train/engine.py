@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "slidemill-train-checkpoint/1"
 # what must be the same for a checkpoint to continue: the network and what it learns from
+OPTIMIZER_SETTINGS = ("lr", "weight_decay")  # restored with the optimiser's state on resume
 IDENTITY_KEYS = ("arch", "encoder", "num_classes", "classes", "tile_size_px", "mpp")
 
 
@@ -89,8 +90,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return payload
 
 
-def check_compatible(payload: dict[str, Any], identity: dict[str, Any], path: Path) -> None:
-    """A checkpoint of another network or other data cannot be continued: name every difference."""
+def check_compatible(payload: dict[str, Any], identity: dict[str, Any], path: Path) -> list[str]:
+    """A checkpoint of another network or other data cannot be continued: name every difference.
+    Other training settings may change; the differences come back as warnings."""
     theirs = payload.get("identity", {})
     differences = [f"{key} is {theirs.get(key)!r} in the checkpoint but {identity[key]!r} now"
                    for key in IDENTITY_KEYS if theirs.get(key) != identity[key]]
@@ -103,6 +105,18 @@ def check_compatible(payload: dict[str, Any], identity: dict[str, Any], path: Pa
                          "--val-slides or --seed); continuing would leak validation tiles into training",
                          path=path, fix="Resume with the same tilesets and split options, or start afresh "
                          "with --overwrite")
+    before, now = theirs.get("settings", {}), identity.get("settings", {})
+    messages = []
+    for key in sorted(set(before) | set(now)):
+        if before.get(key) == now.get(key):
+            continue
+        if key in OPTIMIZER_SETTINGS:
+            messages.append(f"{key} was {before.get(key)!r} before the resume and is {now.get(key)!r} now; the "
+                            f"optimiser state of the checkpoint keeps {before.get(key)!r}")
+        else:
+            messages.append(f"{key} was {before.get(key)!r} before the resume and is {now.get(key)!r} now; the "
+                            "result will differ from an uninterrupted run")
+    return messages
 
 
 @dataclass
