@@ -253,3 +253,27 @@ def test_help_is_fast_and_names_the_options():
     probe = subprocess.run([sys.executable, "-c", "import sys, slidemill.train.cli; print('torch' in sys.modules)"],
                            capture_output=True, text=True, timeout=60)
     assert probe.stdout.strip() == "False"  # torch is imported only when training starts
+
+
+def test_two_slides_are_split_by_slide_and_recorded(tmp_path, fast_encoder):
+    a = make_tileset(tmp_path / "a", slide="a.svs", width=256, height=192, seed=11)
+    b = make_tileset(tmp_path / "b", slide="b.svs", width=256, height=192, seed=12)
+    out = tmp_path / "m"
+    result = invoke(a, b, "--out", out, "--encoder", fast_encoder, "--epochs", 1, "--val-slides", "a.svs",
+                    "--class-weights", "auto", "--augment", "none", "--batch-size", 6)
+    assert result.exit_code == 0, result.output
+    card = load_contract(out / "model-card.json", ModelCard)
+    assert card.split.strategy == "slides"
+    assert card.split.val_slides == ["a.svs"] and card.split.train_slides == ["b.svs"]
+    assert card.split.train_tiles == card.split.val_tiles == 12
+    assert card.training.slides == ["a.svs", "b.svs"] and card.training.tilesets == [str(a), str(b)]
+    weights = card.training.parameters["class_weight_values"]
+    assert weights["Other"] < weights["Stroma"] and weights["Other"] < weights["Tumor"]
+
+
+def test_bad_mask_values_stop_the_run_cleanly(tmp_path, fast_encoder):
+    ts = make_tileset(tmp_path / "bad", width=128, height=128)
+    for mask in (ts / "masks").iterdir():
+        cv2.imwrite(str(mask), np.full((64, 64), 7, np.uint8))
+    out = tmp_path / "m"
+    _refused(invoke(ts, "--out", out, "--encoder", fast_encoder, "--epochs", 1), out, "label values [7]")

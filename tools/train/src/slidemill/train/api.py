@@ -216,11 +216,16 @@ def _train(prepared: Prepared, report: ReportBuilder) -> TrainResult:
              workers)
     t0 = time.perf_counter()
     epochs_before = state.epoch
-    with report.timed("train"):
-        state = engine.fit(trainer, state, train_loader=train_loader, train_sampler=train_sampler,
-                           train_generator=train_generator, val_loader=val_loader, epochs=config.epochs,
-                           patience=config.early_stopping_patience, seed=config.seed, checkpoint_dir=checkpoints,
-                           identity=prepared.identity, class_names=class_names)
+    try:
+        with report.timed("train"):
+            state = engine.fit(trainer, state, train_loader=train_loader, train_sampler=train_sampler,
+                               train_generator=train_generator, val_loader=val_loader, epochs=config.epochs,
+                               patience=config.early_stopping_patience, seed=config.seed, checkpoint_dir=checkpoints,
+                               identity=prepared.identity, class_names=class_names)
+    except BaseException:
+        if not (checkpoints / "last.pt").exists():  # nothing to resume from: leave nothing behind
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     train_seconds = time.perf_counter() - t0
     del train_loader, val_loader
 
