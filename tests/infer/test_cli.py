@@ -155,3 +155,25 @@ def test_oracle_card_is_what_the_tests_think(oracle_dir):
     assert [c.name for c in card.classes.trainable] == ORACLE_CLASSES
     weight, _ = oracle_weights(oracle_colours())
     assert weight.shape == (len(ORACLE_CLASSES), 3, 1, 1)
+
+
+def test_io_binding_path_gives_the_plain_result(oracle_dir):
+    """The I/O binding path (used on CUDA) exercised on the CPU: same outputs as session.run."""
+    from slidemill.infer.model import create_session, load_model
+
+    session = create_session(load_model(oracle_dir), device="cpu", threads=1)
+    assert session.provider == "CPUExecutionProvider" and not session.io_binding
+    batch = np.random.default_rng(0).normal(0, 1, (3, 3, 128, 128)).astype(np.float32)
+    plain = session.run(batch)
+    session.io_binding = True
+    np.testing.assert_array_equal(session.run(batch), plain)
+
+
+def test_fp16_on_cpu_warns_and_runs_in_float32(slide_path, oracle_dir, tmp_path):
+    from slidemill.infer import InferConfig, run
+    from slidemill.shared.geometry import Region
+
+    result = run(InferConfig(slide=slide_path, model_dir=oracle_dir, out=tmp_path / "out", fp16=True, device="cpu",
+                             region=Region(x=300, y=300, width=300, height=300)))
+    assert any("--fp16 is only used on CUDA" in w for w in result.report.warnings)
+    assert result.report.environment["fp16"] == "false"
