@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import pytest
-from conftest import ORACLE_CLASSES, conv_onnx, oracle_colours, oracle_weights, random_conv, write_model_dir
+from infer_support import ORACLE_CLASSES, conv_onnx, oracle_colours, oracle_weights, random_conv, write_model_dir
 from typer.testing import CliRunner
 
 from slidemill.infer.cli import app

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
-from conftest import (
+from infer_support import (
     MEAN,
     ORACLE_CLASSES,
     SLIDE_H,
