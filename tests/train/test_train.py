@@ -277,3 +277,13 @@ def test_bad_mask_values_stop_the_run_cleanly(tmp_path, fast_encoder):
         cv2.imwrite(str(mask), np.full((64, 64), 7, np.uint8))
     out = tmp_path / "m"
     _refused(invoke(ts, "--out", out, "--encoder", fast_encoder, "--epochs", 1), out, "label values [7]")
+
+
+def test_imagenet_weights_offline_is_a_clear_error(tmp_path, small_tileset):
+    out = tmp_path / "m"
+    result = subprocess.run([str(BIN), str(small_tileset), "--out", str(out), "--encoder-weights", "imagenet"],
+                            capture_output=True, text=True, timeout=240, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2, result.stderr
+    assert "could not be downloaded" in result.stderr and "--encoder-weights PATH" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists() and not work_dir_for(out).exists()
