@@ -154,7 +154,7 @@ process TO_QUPATH {
     path 'qupath-project', emit: project
 
     script:
-    def slide_args = slides.collect { "--slide ${it}" }.join(' ')
+    def slide_args = (slides instanceof List ? slides : [slides]).collect { "--slide ${it}" }.join(' ')
     """
     slidemill-to-qupath ${annotations} --out qupath ${slide_args} --project qupath-project --log-format json
     """
