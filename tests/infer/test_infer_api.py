@@ -240,3 +240,34 @@ def test_glass_only_region_predicts_nothing(slide_path, oracle_dir, tmp_path):
     assert (labels == 255).all() and (probs == 0).all()
     assert result.report.counts["tiles"] == 0
     assert any("no tissue" in w for w in result.report.warnings)
+
+
+@pytest.mark.parametrize("where", ["model", "writer", "reader"])
+def test_a_failure_mid_run_leaves_no_output(slide_path, oracle_dir, tmp_path, monkeypatch, where):
+    """An error in the model, the writer thread or a reader thread stops the run cleanly: the error
+    reaches the caller and neither the output folder nor its staging folder is left behind."""
+    import slidemill.infer.api as api_module
+    import slidemill.infer.model as model_module
+    import slidemill.infer.pipeline as pipeline_module
+
+    calls = {"n": 0}
+
+    def fail_later(original):
+        def wrapper(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] > 3:
+                raise RuntimeError(f"{where} broke")
+            return original(*args, **kwargs)
+        return wrapper
+
+    if where == "model":
+        monkeypatch.setattr(model_module.Session, "run", fail_later(model_module.Session.run))
+    elif where == "writer":
+        monkeypatch.setattr(pipeline_module, "deflate", fail_later(pipeline_module.deflate))
+    else:
+        monkeypatch.setattr(api_module, "normalise", fail_later(api_module.normalise))
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match=f"{where} broke"):
+        run(InferConfig(slide=slide_path, model_dir=oracle_dir, out=out, batch_size=2))
+    assert not out.exists()
+    assert not list(tmp_path.glob(".out.*"))
