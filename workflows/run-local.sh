@@ -14,7 +14,7 @@
 # its last step succeeded. A failed step stops that slide (its folder becomes <name>.failed, with
 # FAILED.txt naming the step, the exit code and the message); the other slides go on. A slide whose
 # folder is already complete is skipped, so a rerun resumes a batch. OUT/summary.tsv lists every
-# slide. Exit status: 0 when every slide succeeded, else the exit code of the first failed step.
+# slide of the run (ok, failed with step, exit code and message, or skipped). Exit status: 0 when every slide succeeded, else the exit code of the first failed step.
 #
 # Options:
 #   --slides DIR            folder of slides (.svs .tif .tiff .ndpi .mrxs .scn .bif .svslide .vms .dcm
@@ -96,7 +96,8 @@ if [ "$DRY_RUN" = 0 ]; then
 fi
 SUMMARY="$OUT/summary.tsv"
 PROJECT="$OUT/qupath-project"
-[ "$DRY_RUN" = 1 ] || [ -f "$SUMMARY" ] || printf 'slide\tstatus\tstep\texit_code\tmessage\n' > "$SUMMARY"
+# this run's outcome per slide (a rerun rewrites it; slides already complete are listed as skipped)
+[ "$DRY_RUN" = 1 ] || printf 'slide\tstatus\tstep\texit_code\tmessage\n' > "$SUMMARY"
 COMMON=(--workers "$WORKERS")
 SLIDE_MPP_ARGS=()
 [ -z "$SLIDE_MPP" ] || SLIDE_MPP_ARGS=(--slide-mpp "$SLIDE_MPP")
@@ -199,6 +200,7 @@ for slide in "${SLIDE_PATHS[@]}"; do
         TODO+=("$slide")
     else
         say "== $name: already complete in $OUT/slides/$name, skipped"
+        [ "$DRY_RUN" = 1 ] || record "$name" skipped "" 0 "already complete"
         SKIPPED=$((SKIPPED + 1))
     fi
 done

@@ -248,3 +248,6 @@ def test_run_local_goes_on_past_a_corrupt_slide(pipeline, tmp_path):
     again = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2
     assert "good: already complete" in again.stdout
+    rows = [line.split("\t") for line in (out / "summary.tsv").read_text().splitlines()[1:]]
+    assert sorted((row[0], row[1]) for row in rows) == [("garbage", "failed"), ("good", "skipped"),
+                                                        ("truncated", "failed")]
