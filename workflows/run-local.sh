@@ -171,7 +171,11 @@ shopt -u nocaseglob
 [ ${#SLIDE_PATHS[@]} -gt 0 ] || die "$SLIDES: no slides found (looked for .svs .tif .tiff .ndpi .mrxs ... and DICOM folders)"
 
 slide_name() { local b; b=$(basename "$1"); echo "${b%.*}"; }
-annotation_of() { local a="$ANNOTATIONS/$(slide_name "$1").geojson"; [ -f "$a" ] && echo "$a"; }
+annotation_of() {
+    local a
+    a="$ANNOTATIONS/$(slide_name "$1").geojson"
+    [ -f "$a" ] && echo "$a"
+}
 
 FAILED_NAMES=()
 DONE=0 SKIPPED=0

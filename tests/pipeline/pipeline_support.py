@@ -131,7 +131,10 @@ def meta(tool: str) -> dict | None:
     path = REPO / "tools" / tool / "meta.yml"
     if not path.exists():
         return None
-    return yaml.safe_load(path.read_text())
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        pytest.fail(f"tools/{tool}/meta.yml is not valid YAML, so nothing can be checked against it: {exc}")
 
 
 def dockerfile_targets(text: str) -> dict[str, dict]:

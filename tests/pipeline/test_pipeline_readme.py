@@ -8,8 +8,7 @@ import shlex
 import subprocess
 
 import pytest
-import yaml
-from pipeline_support import PIPELINE, REPO, check_command_line, command_name, installed
+from pipeline_support import PIPELINE, REPO, check_command_line, command_name, installed, meta
 from workflow_files import MAIN_NF, NEXTFLOW_CONFIG, RUN_LOCAL, argo_document, nextflow_params
 
 README = (REPO / "README.md").read_text()
@@ -42,13 +41,10 @@ def code_lines(title: str) -> list[str]:
 
 
 def load_meta(tool: str) -> dict:
-    path = REPO / "tools" / tool / "meta.yml"
-    if not path.exists():
+    spec = meta(tool)
+    if spec is None:
         pytest.skip(f"tools/{tool}/meta.yml does not exist yet")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        pytest.fail(f"tools/{tool}/meta.yml is not valid YAML, so nothing can be checked against it: {exc}")
+    return spec
 
 
 def tokens(cell: str) -> set[str]:
