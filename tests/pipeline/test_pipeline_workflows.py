@@ -290,3 +290,24 @@ def test_the_checker_rejects_what_the_tool_rejects(args, tmp_path):
         argv = [command_name("train"), str(tmp_path / "tiles")]  # --out missing
     with pytest.raises(pytest.fail.Exception, match="rejects"):
         check_command_line(argv, where="test")
+
+
+def test_argo_infer_accepts_every_shard_the_dags_ask_for(sandbox):
+    """The DAG tasks pass shard/shards to the infer template: each combination is a valid --shard."""
+    if not installed("infer"):
+        pytest.skip("slidemill-infer is not installed yet")
+    templates = argo_templates(argo_document())
+    combos = set()
+    for template in templates.values():
+        for task in template.get("dag", {}).get("tasks", []):
+            if task["template"] != "infer":
+                continue
+            given = {p["name"]: p["value"] for p in task["arguments"]["parameters"]}
+            shards = [given["shard"]] if given["shard"] != "{{item}}" else task["withItems"]
+            combos |= {(shard, given["shards"]) for shard in shards}
+    assert combos == {("0", "1"), ("0", "4"), ("1", "4"), ("2", "4"), ("3", "4")}
+    for shard, count in sorted(combos):
+        values = _argo_values(sandbox) | {"inputs.parameters.shard": shard, "inputs.parameters.shards": count}
+        data = values.pop("_data")
+        line = next(c for c in argo_command_lines(values, _entrypoints()) if c.tool == "infer")
+        check_command_line([a.replace("/data/", f"{data}/") for a in line.argv], where=f"{line.where} {shard}/{count}")
