@@ -31,7 +31,11 @@ if [ "$tool" = train ]; then
     pip_install --index-url "$TORCH_INDEX_URL" torch torchvision
 fi
 
-pip_install --find-links "$wheels" "$dist"
+spec=$dist
+if [ "$tool" = infer ] && [ "$flavour" = gpu ]; then
+    spec="${dist}[fp16]"  # --fp16 converts the graph with onnx, on CUDA only
+fi
+pip_install --find-links "$wheels" "$spec"
 
 if [ "$tool" = infer ] && [ "$flavour" = gpu ]; then
     # onnxruntime-gpu provides the same "onnxruntime" module with the CUDA execution provider.

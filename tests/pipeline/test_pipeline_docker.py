@@ -76,6 +76,7 @@ def test_every_tool_of_the_repository_has_a_target():
 def test_gpu_flavour_brings_cuda_builds():
     script = (DOCKER / "install-tool.sh").read_text()
     assert "onnxruntime-gpu" in script and "CUDAExecutionProvider" in script
+    assert '"${dist}[fp16]"' in script  # infer --fp16 needs onnx on the GPU image
     assert "TORCH_INDEX_URL" in script and "torch.version.cuda" in script
     build = (DOCKER / "build.sh").read_text()
     assert re.search(r"GPU_BASE_IMAGE=.*nvidia/cuda:[\d.]+-cudnn-runtime", build)
