@@ -171,6 +171,12 @@ shopt -u nocaseglob
 [ ${#SLIDE_PATHS[@]} -gt 0 ] || die "$SLIDES: no slides found (looked for .svs .tif .tiff .ndpi .mrxs ... and DICOM folders)"
 
 slide_name() { local b; b=$(basename "$1"); echo "${b%.*}"; }
+declare -A SEEN=()
+for slide in "${SLIDE_PATHS[@]}"; do  # results are named after the slide without its extension
+    name=$(slide_name "$slide")
+    [ -z "${SEEN[$name]:-}" ] || die "$slide and ${SEEN[$name]} would both write OUT/slides/$name; rename one"
+    SEEN[$name]=$slide
+done
 annotation_of() {
     local a
     a="$ANNOTATIONS/$(slide_name "$1").geojson"

@@ -157,10 +157,15 @@ def test_run_local_trains_only_on_annotated_slides(sandbox):
     (["--slides", "{slides}", "--out", "{out}", "--model", "/no/model"], "/no/model: not a model folder"),
     (["--slides", "{empty}", "--out", "{out}"], "no slides found"),
     (["--bogus"], "unknown option '--bogus'"),
+    (["--slides", "{twins}", "--out", "{out}"], "would both write OUT/slides/case; rename one"),
 ])
 def test_run_local_usage_errors_exit_2(args, message, sandbox, tmp_path):
     (tmp_path / "empty").mkdir()
-    args = [a.format(slides=sandbox / "slides", out=tmp_path / "out", empty=tmp_path / "empty") for a in args]
+    (tmp_path / "twins").mkdir()
+    for name in ["case.svs", "case.tiff"]:
+        (tmp_path / "twins" / name).write_bytes(b"x")
+    args = [a.format(slides=sandbox / "slides", out=tmp_path / "out", empty=tmp_path / "empty",
+                     twins=tmp_path / "twins") for a in args]
     result = subprocess.run(["bash", str(RUN_LOCAL), *args], capture_output=True, text=True, timeout=60,
                             env={"PATH": f"{REPO / '.venv' / 'bin'}:/usr/bin:/bin"})
     assert result.returncode == 2, result.stderr
