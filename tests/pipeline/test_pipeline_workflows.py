@@ -10,8 +10,11 @@ unchanged, so a misspelt or misplaced key (which the models would silently drop)
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -316,3 +319,32 @@ def test_argo_infer_accepts_every_shard_the_dags_ask_for(sandbox):
         data = values.pop("_data")
         line = next(c for c in argo_command_lines(values, _entrypoints()) if c.tool == "infer")
         check_command_line([a.replace("/data/", f"{data}/") for a in line.argv], where=f"{line.where} {shard}/{count}")
+
+
+GROOVY_PARSE = """
+import org.codehaus.groovy.control.*
+args.each { f ->
+    def unit = new CompilationUnit()
+    unit.addSource(new File(f))
+    unit.compile(Phases.SEMANTIC_ANALYSIS)
+}
+"""
+
+
+def test_nextflow_files_parse_as_groovy(tmp_path):
+    """Nextflow cannot run here, but its files are Groovy: a syntax error shows up in Groovy's parser.
+    Runs where `groovy` is installed (Debian: apt-get install groovy); skipped, saying so, elsewhere."""
+    groovy, java = shutil.which("groovy"), shutil.which("java")
+    if not groovy or not java:
+        pytest.skip("groovy is not installed (apt-get install groovy): main.nf and nextflow.config are checked "
+                    "by the static tests above only")
+    env = {**os.environ, "JAVA_HOME": str(Path(java).resolve().parents[1])}
+    script = tmp_path / "parse.groovy"
+    script.write_text(GROOVY_PARSE)
+    broken = tmp_path / "broken.nf"
+    broken.write_text(MAIN_NF.read_text().replace("groupTuple()", "groupTuple("))
+    result = subprocess.run([groovy, str(script), str(MAIN_NF), str(NEXTFLOW_CONFIG)], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = subprocess.run([groovy, str(script), str(broken)], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode != 0 and "unexpected token" in result.stderr  # the check can fail
