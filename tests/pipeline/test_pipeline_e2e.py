@@ -251,3 +251,32 @@ def test_run_local_goes_on_past_a_corrupt_slide(pipeline, tmp_path):
     rows = [line.split("\t") for line in (out / "summary.tsv").read_text().splitlines()[1:]]
     assert sorted((row[0], row[1]) for row in rows) == [("garbage", "failed"), ("good", "skipped"),
                                                         ("truncated", "failed")]
+
+
+def test_run_local_trains_on_the_good_slides_and_reports_a_corrupt_one(pipeline, tmp_path):
+    """Training mode: a truncated annotated slide fails at tile and is left out; the model is trained on
+    the other slide, which then goes through every step; the exit code is tile's."""
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    shutil.copy(pipeline.slide, slides / "good.tiff")
+    data = pipeline.slide.read_bytes()
+    (slides / "broken.tiff").write_bytes(data[: len(data) // 3])
+    for name in ["good", "broken"]:
+        shutil.copy(pipeline.root / "slide.geojson", slides / f"{name}.geojson")
+    out = tmp_path / "out"
+    argv = ["bash", str(REPO / "workflows" / "run-local.sh"), "--slides", str(slides), "--out", str(out),
+            "--bin", str(BIN), "--mpp", str(MPP), "--tile-size", "64", "--workers", "2",
+            "--tile-args", f"--overlap 0 --background {BACKGROUND}", "--train-args", " ".join(TRAIN_ARGS),
+            "--postprocess-args", "--min-area-um2 20"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "FAILED broken (tile, exit 2)" in result.stdout
+    rows = {row[0]: row for row in (line.split("\t") for line in (out / "summary.tsv").read_text().splitlines()[1:])}
+    assert rows["broken"][1:4] == ["failed", "tile", "2"] and "broken.tiff" in rows["broken"][4]
+    assert rows["good"][1] == "ok"
+    card = json.loads((out / "model" / "model-card.json").read_text())
+    assert card["training"]["slides"] == ["good.tiff"]
+    assert not (out / "slides" / "broken").exists() and (out / "slides" / "broken.failed" / "FAILED.txt").is_file()
+    for step in ["tile", "infer", "postprocess", "merge-annotations", "to-qupath"]:
+        assert (out / "slides" / "good" / "logs" / f"{step}.log").is_file(), step
+    assert (out / "logs" / "train.log").is_file()
