@@ -26,13 +26,14 @@ from slidemill.shared.files import staged_dir, write_bytes_atomic
 from slidemill.shared.geometry import PixelMapping, Region
 from slidemill.shared.report import ReportBuilder
 from slidemill.shared.slide import Slide, open_slide
+from slidemill.shared.tissue import TISSUE_MPP, detect_tissue
 
 from .config import BLOCK_PX, InferConfig
 from .grid import chunk_blocks, count_tiles, make_grid, shard_band
 from .model import create_session, load_model
 from .pipeline import Job, predict
 from .raster import RasterSpec, Spill, build_levels, write_tiff
-from .tissue import cell_tissue, tissue_mask
+from .tissue import cell_tissue
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ def run(config: InferConfig, argv: list[str] | None = None) -> InferResult:
     with report.timed("tissue"):
         if config.tissue_only:
             thumb, thumb_scale = tissue_thumbnail(slide, TISSUE_THUMBNAIL_PX)
-            mask = tissue_mask(thumb)
+            mask = detect_tissue(thumb, slide_mpp * thumb_scale)
             run_cells = cell_tissue(mask, thumb_scale, grid, full_mapping)
             if not run_cells.any():
                 report.warn("no tissue was found in the region: every pixel is 'not predicted' (255); "
@@ -225,9 +226,12 @@ def run(config: InferConfig, argv: list[str] | None = None) -> InferResult:
 
 
 def tissue_thumbnail(slide: Slide, max_px: int) -> tuple[np.ndarray, float]:
-    """The whole slide at a power-of-two downsample with at most `max_px` pixels a side (a stored
-    pyramid level read as it is when there is one), in strips; and its level-0 pixels per pixel."""
-    scale = float(2 ** max(0, math.ceil(math.log2(max(slide.width, slide.height) / max_px))))
+    """The whole slide at the power-of-two downsample nearest to the tissue detector's resolution,
+    with at most `max_px` pixels a side (a stored pyramid level read as it is when there is one), in
+    strips; and its level-0 pixels per pixel."""
+    near_tissue_mpp = 2 ** round(math.log2(max(TISSUE_MPP / slide.require_mpp(), 1.0)))
+    fits = 2 ** math.ceil(math.log2(max(max(slide.width, slide.height) / max_px, 1.0)))
+    scale = float(max(near_tissue_mpp, fits))
     w, h = max(1, math.ceil(slide.width / scale)), max(1, math.ceil(slide.height / scale))
     rows = max(1, int(4096 / scale))
     strips = [slide.read_region(0, y * scale, w, min(rows, h - y), scale) for y in range(0, h, rows)]

@@ -5,11 +5,12 @@
         tile.image, tile.mask, tile.x, tile.y, tile.class_fractions
 """
 
+from slidemill.shared.tissue import detect_tissue
+
 from .api import TileResult, draw_preview, iter_tiles, plan_tiles, run
 from .config import TileConfig
 from .plan import Tile, TilePlan
 from .render import TileSpec
-from .tissue import detect_tissue
 
 __all__ = ["Tile", "TileConfig", "TilePlan", "TileResult", "TileSpec", "detect_tissue", "draw_preview",
            "iter_tiles", "plan_tiles", "run"]

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from slidemill.shared.classes import ClassTable
 from slidemill.shared.geometry import magnification_to_mpp
+from slidemill.shared.tissue import TISSUE_MPP
 
 DEFAULT_MPP = 0.5
 
@@ -38,7 +39,7 @@ class TileConfig(BaseModel):
         None, description="class of annotations without a class; default: such annotations are skipped")
     workers: int = Field(0, ge=0, le=512, description="worker processes; 0 = one per CPU core")
     slide_mpp: float | None = Field(None, gt=0, le=1000, description="level-0 microns per pixel, overriding the file")
-    tissue_mpp: float = Field(4.0, gt=0, le=1000, description="microns per pixel of the tissue detection")
+    tissue_mpp: float = Field(TISSUE_MPP, gt=0, le=1000, description="microns per pixel of the tissue detection")
     png_compression: int = Field(1, ge=0, le=12, description="PNG deflate level of tiles and masks (1 = fastest)")
     overwrite: bool = Field(False, description="replace an existing output folder")
 

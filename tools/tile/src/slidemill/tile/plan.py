@@ -22,11 +22,11 @@ from slidemill.shared.errors import InputError
 from slidemill.shared.files import require_file
 from slidemill.shared.geometry import PixelMapping, grid_starts
 from slidemill.shared.slide import Slide, open_slide
+from slidemill.shared.tissue import TissueMap, detect_tissue
 
 from .config import TileConfig
 from .rasterize import LabelledShape
 from .render import TileRenderer, TileSpec, valid_extent_px
-from .tissue import TissueMap, detect_tissue
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,13 @@ import math
 import cv2
 import numpy as np
 
+# Detection runs on a thumbnail near this resolution in every tool, so "tissue" means the same in
+# tile and infer; pixel noise at full resolution would otherwise pass the glass margins.
+TISSUE_MPP = 4.0
 GLASS_GREY_MARGIN = 20  # tissue is at least this much darker than the glass ...
 GLASS_SAT_MARGIN = 20  # ... or at least this much more saturated
 MIN_SAT = 25  # and saturation below this is never enough on its own
+MAX_GLASS_SAT = 30  # saturation (of 255) above which a pixel is never glass
 DARK_LIMIT = 15  # grey levels at or below this are scanner padding, not tissue
 
 
@@ -28,13 +32,16 @@ def detect_tissue(rgb: np.ndarray, mpp: float, *, min_object_um2: float = 10_000
     """A boolean tissue mask of the RGB image `rgb` whose pixels are `mpp` microns wide."""
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError("expected an RGB image")
-    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    sat = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[:, :, 1]
+    # a light blur first: single noisy glass pixels must not pass the margins (and be closed into tissue)
+    smooth = cv2.GaussianBlur(rgb, (0, 0), sigmaX=1.0)
+    grey = cv2.cvtColor(smooth, cv2.COLOR_RGB2GRAY)
+    sat = cv2.cvtColor(smooth, cv2.COLOR_RGB2HSV)[:, :, 1]
     valid = grey > DARK_LIMIT
     if not valid.any():
         return np.zeros(grey.shape, bool)
     glass_grey = float(np.percentile(grey[valid], 99))
-    glass_sat = float(np.median(sat[valid & (grey >= glass_grey - 5)]))
+    # glass is nearly grey: a brightest part this coloured means the image holds no glass at all
+    glass_sat = min(float(np.median(sat[valid & (grey >= glass_grey - 5)])), MAX_GLASS_SAT)
     t_sat = max(MIN_SAT, glass_sat + GLASS_SAT_MARGIN)
     mask = ((grey < glass_grey - GLASS_GREY_MARGIN) | (sat > t_sat)) & valid
     mask = mask.astype(np.uint8)
