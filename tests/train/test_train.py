@@ -287,3 +287,18 @@ def test_imagenet_weights_offline_is_a_clear_error(tmp_path, small_tileset):
     assert "could not be downloaded" in result.stderr and "--encoder-weights PATH" in result.stderr
     assert "Traceback" not in result.stderr
     assert not out.exists() and not work_dir_for(out).exists()
+
+
+def test_loader_workers_do_not_change_the_result(tmp_path, small_tileset, fast_encoder):
+    from slidemill.train import TrainConfig, run
+
+    results = {}
+    for workers in (0, 2):
+        out = tmp_path / f"w{workers}"
+        run(TrainConfig(tilesets=[small_tileset], out=out, encoder=fast_encoder, epochs=1, batch_size=4, seed=5,
+                        workers=workers))
+        results[workers] = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    for key, value in results[0]["model"].items():
+        assert torch.equal(results[2]["model"][key], value), key
+    assert results[0]["history"] == [{**row, "train_tiles_per_s": results[0]["history"][0]["train_tiles_per_s"]}
+                                     for row in results[2]["history"]]

@@ -109,5 +109,8 @@ def make_loader(dataset: TileDataset, *, batch_size: int, shuffle: bool, seed: i
     loader = DataLoader(dataset, batch_size=min(batch_size, len(dataset)), sampler=sampler, drop_last=drop_last,
                         num_workers=workers, pin_memory=pin_memory, worker_init_fn=_worker_init,
                         generator=generator, persistent_workers=workers > 0,
-                        prefetch_factor=4 if workers > 0 else None)
+                        prefetch_factor=4 if workers > 0 else None,
+                        # fork after OpenCV, onnxruntime or large-image started their thread pools can
+                        # deadlock a worker (seen in cv2.setNumThreads): workers start fresh instead
+                        multiprocessing_context="spawn" if workers > 0 else None)
     return loader, sampler, generator
