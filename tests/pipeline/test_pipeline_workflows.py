@@ -278,6 +278,9 @@ def test_argo_gpu_for_train_and_infer_and_the_dag():
     assert len(merge_inputs) == len(shards) == 4
     assert {p["value"] for p in sharded["infer"]["arguments"]["parameters"] if p["name"] == "shards"} == {"4"}
     assert "to-qupath" in {t["name"] for t in templates["slide-whole"]["dag"]["tasks"]}
+    # one failed slide never stops the others, and a failed tile step only leaves its slide out of training
+    assert templates["pipeline"]["dag"]["failFast"] is False
+    assert pipeline["tile"]["continueOn"] == {"failed": True} and "tile.Failed" in pipeline["train"]["depends"]
     assert templates["to-qupath"]["synchronization"]["mutexes"], "project updates must not race"
 
 
