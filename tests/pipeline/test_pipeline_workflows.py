@@ -200,13 +200,16 @@ def test_nextflow_processes_labels_stubs_and_containers():
     for profile in ["docker", "singularity", "slurm"]:
         assert re.search(rf"^\s*{profile}\s*\{{", config, re.M), f"no {profile} profile"
     assert "--gpus all" in config and "--nv" in config and "--gres=gpu:1" in config
+    # a failed slide is dropped and the others go on; a failed training stops the run
+    assert "task.exitStatus == 2 || task.attempt > 1 ? 'ignore' : 'retry'" in config
+    assert re.search(r"withName: TRAIN \{ errorStrategy = .*'terminate'", config)
 
 
 def test_nextflow_shards_a_large_slide_and_merges_it():
     text = MAIN_NF.read_text()
     assert "nextflow.enable.dsl = 2" in text
     assert re.search(r"params\.large_slide_mb", text) and re.search(r"params\.shards", text)
-    assert "groupKey(id, n)" in text and "groupTuple()" in text  # wait for every shard of a slide
+    assert "groupKey(id, n)" in text and "groupTuple(remainder: false)" in text  # wait for every shard of a slide
     assert re.search(r"MERGE_ANNOTATIONS\(parts\)", text)
     braces = text.count("{") - text.count("}")
     assert braces == 0, "unbalanced braces in main.nf"
@@ -345,7 +348,7 @@ def test_nextflow_files_parse_as_groovy(tmp_path):
     script = tmp_path / "parse.groovy"
     script.write_text(GROOVY_PARSE)
     broken = tmp_path / "broken.nf"
-    broken.write_text(MAIN_NF.read_text().replace("groupTuple()", "groupTuple("))
+    broken.write_text(MAIN_NF.read_text().replace("groupTuple(remainder: false)", "groupTuple(remainder: false"))
     result = subprocess.run([groovy, str(script), str(MAIN_NF), str(NEXTFLOW_CONFIG)], capture_output=True, text=True,
                             env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -192,10 +192,11 @@ workflow {
     }
     INFER(jobs, model)
     POSTPROCESS(INFER.out.prediction)
-    // wait for every shard of a slide, then stitch
+    // wait for every shard of a slide, then stitch; a slide with a failed shard is dropped, not merged
+    // from part of its shards (groupTuple discards incomplete groups)
     parts = POSTPROCESS.out.annotations
         .map { id, n, geojson -> tuple(groupKey(id, n), geojson) }
-        .groupTuple()
+        .groupTuple(remainder: false)
         .map { key, files -> tuple(key.toString(), files) }
     MERGE_ANNOTATIONS(parts)
     TO_QUPATH(MERGE_ANNOTATIONS.out.annotations.collect(), slides.map { id, f -> f }.collect())
