@@ -1,6 +1,5 @@
 """Fixtures of the train tool's tests: small synthetic tilesets (see train_synthetic.py)."""
 
-import os
 import sys
 from pathlib import Path
 
@@ -12,7 +11,8 @@ from train_synthetic import make_tileset
 
 # The tests share a 2-core machine with other jobs: one compute thread per process avoids the
 # OpenMP oversubscription that makes torch many times slower there (and keeps runs comparable).
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Subprocesses of these tests get OMP_NUM_THREADS=1 in their own environment (not set globally here:
+# other tools' tests run in the same session).
 
 # A fast encoder that learns the synthetic task in a few CPU epochs (efficientnet-b0's batch-norm
 # statistics move too slowly for such a short schedule).

@@ -24,6 +24,7 @@ from slidemill.train.api import work_dir_for  # noqa: E402
 from slidemill.train.cli import app  # noqa: E402
 
 BIN = Path(sys.executable).parent / "slidemill-train"
+ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # as the in-process runs (see conftest.py)
 runner = CliRunner()
 
 
@@ -117,7 +118,7 @@ def test_onnx_model_segments_the_tiles(trained, tileset):
 
 def _run_cli(*args, **kwargs):
     return subprocess.Popen([str(BIN), *[str(a) for a in args]], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, **kwargs)
+                            text=True, env=ONE_THREAD_ENV, **kwargs)
 
 
 def test_killed_run_resumes_to_the_same_result(small_tileset, tmp_path, fast_encoder):
@@ -282,7 +283,7 @@ def test_bad_mask_values_stop_the_run_cleanly(tmp_path, fast_encoder):
 def test_imagenet_weights_offline_is_a_clear_error(tmp_path, small_tileset):
     out = tmp_path / "m"
     result = subprocess.run([str(BIN), str(small_tileset), "--out", str(out), "--encoder-weights", "imagenet"],
-                            capture_output=True, text=True, timeout=240, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                            capture_output=True, text=True, timeout=240, env={**ONE_THREAD_ENV, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 2, result.stderr
     assert "could not be downloaded" in result.stderr and "--encoder-weights PATH" in result.stderr
     assert "Traceback" not in result.stderr
