@@ -32,7 +32,7 @@ SHARDS = 2
 CLASSES = ["Tissue", "Tumor", "Stroma", "Immune cells"]
 BACKGROUND = "Background"  # tile --background: the glass is labelled too, so the model learns it
 TRAIN_ARGS = ["--arch", "linknet", "--encoder", "timm-mobilenetv3_small_minimal_100", "--encoder-weights", "none",
-              "--epochs", "12", "--batch-size", "4", "--lr", "0.01", "--augment", "none", "--class-weights", "auto",
+              "--epochs", "25", "--batch-size", "4", "--lr", "0.01", "--augment", "none", "--class-weights", "auto",
               "--seed", "0"]
 
 
