@@ -81,7 +81,8 @@ def make_valid_polygonal(geom: BaseGeometry | None) -> tuple[Polygon | MultiPoly
 # --- reading -----------------------------------------------------------------------------------
 
 
-def _load_json(path: Path) -> Any:
+def load_json(path: Path, *, fix: str = "Export them from QuPath with File > Export objects as GeoJSON") -> Any:
+    """JSON of a plain or gzipped file; an InputError naming the file when it cannot be read or parsed."""
     try:
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
@@ -90,8 +91,7 @@ def _load_json(path: Path) -> Any:
     except (OSError, EOFError) as exc:
         raise InputError(f"cannot be read ({exc})", path=path) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"is not valid JSON ({exc})", path=path,
-                         fix="Export them from QuPath with File > Export objects as GeoJSON") from None
+        raise InputError(f"is not valid JSON ({exc})", path=path, fix=fix) from None
 
 
 def _classification(props: dict[str, Any]) -> tuple[str | None, tuple[int, int, int] | None]:
@@ -180,7 +180,7 @@ def shapes_from_geojson(data: Any, *, source: str = "<geojson>") -> ReadResult:
 def read_geojson(path: str | Path) -> ReadResult:
     """Shapes from a GeoJSON file (`.geojson`, `.json`, gzipped or not) of any QuPath version or slidemill."""
     path = require_file(path, "annotation file")
-    return shapes_from_geojson(_load_json(path), source=str(path))
+    return shapes_from_geojson(load_json(path), source=str(path))
 
 
 def read_annotation_set(path: str | Path) -> AnnotationSet:

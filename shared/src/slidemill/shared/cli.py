@@ -83,6 +83,11 @@ SlideMppOption = Annotated[float | None, typer.Option(
     "(or to override it).")]
 
 
+def split_names(values: list[str] | None) -> list[str]:
+    """A repeatable name option: `--classes A --classes B` or `--classes A,B` (spaces trimmed)."""
+    return [n.strip() for v in values or [] for n in v.split(",") if n.strip()]
+
+
 def worker_count(requested: int) -> int:
     """0 means one per core this process may use."""
     if requested > 0:

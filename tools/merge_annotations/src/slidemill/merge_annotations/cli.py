@@ -15,19 +15,13 @@ from slidemill.shared.cli import (
     OverwriteOption,
     SlideMppOption,
     cli_run,
+    split_names,
     tool_app,
     version_option,
 )
 
 app = tool_app("slidemill-merge-annotations", "Merge annotation files of one slide (shards, tiles): "
                "same-class shapes that overlap, touch or lie within --max-gap-um become one shape.")
-
-
-def split_names(values: list[str] | None) -> list[str] | None:
-    """`--classes A --classes B` or `--classes A,B`."""
-    if not values:
-        return None
-    return [n.strip() for v in values for n in v.split(",") if n.strip()]
 
 
 @app.command()
@@ -62,7 +56,7 @@ def main(
 
         try:
             config = MergeConfig(inputs=inputs, out=out, max_gap_um=max_gap_um, max_gap_px=max_gap_px,
-                                 classes=split_names(classes), min_area_um2=min_area_um2, slide_mpp=slide_mpp,
+                                 classes=split_names(classes) or None, min_area_um2=min_area_um2, slide_mpp=slide_mpp,
                                  overwrite=overwrite)
         except ValidationError as exc:
             raise InputError(f"invalid options: {describe_validation_error(exc)}",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -12,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from slidemill.shared.annotations import AnnotationShape, shapes_from_geojson
+from slidemill.shared.annotations import AnnotationShape, load_json, shapes_from_geojson
 from slidemill.shared.contracts import AnnotationSet, SlideRef, describe_validation_error
 from slidemill.shared.errors import ContractError, InputError
 from slidemill.shared.files import require_file
@@ -29,19 +27,6 @@ class InputFile:
     repaired: int = 0
     skipped: int = 0
     skipped_reasons: list[str] = field(default_factory=list)
-
-
-def _load(path: Path) -> Any:
-    try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-        return json.loads(raw)
-    except (OSError, EOFError) as exc:
-        raise InputError(f"cannot be read ({exc})", path=path) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"is not valid JSON ({exc})", path=path,
-                         fix="Give a GeoJSON file written by slidemill-postprocess or exported from QuPath") from None
 
 
 def _header(data: Any, path: Path) -> tuple[SlideRef | None, float | None]:
@@ -74,7 +59,7 @@ def _header(data: Any, path: Path) -> tuple[SlideRef | None, float | None]:
 def read_input(path: Path) -> InputFile:
     """One input: its polygonal shapes (invalid ones repaired, non-polygons skipped, both counted)."""
     path = require_file(path, "annotations file")
-    data = _load(path)
+    data = load_json(path, fix="Give a GeoJSON file written by slidemill-postprocess or exported from QuPath")
     slide, mpp = _header(data, path)
     result = shapes_from_geojson(data, source=str(path))
     return InputFile(path=path, shapes=result.shapes, slide=slide, mpp=mpp, repaired=result.repaired,

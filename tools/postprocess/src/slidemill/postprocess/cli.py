@@ -15,19 +15,13 @@ from slidemill.shared.cli import (
     OverwriteOption,
     WorkersOption,
     cli_run,
+    split_names,
     tool_app,
     version_option,
 )
 
 app = tool_app("slidemill-postprocess", "Turn a prediction's label raster into clean polygons: smoothed, "
                "free of speckle, holes kept, placed exactly in level-0 pixels (an annotations GeoJSON).")
-
-
-def split_names(values: list[str] | None) -> list[str] | None:
-    """`--classes A --classes B` or `--classes A,B`."""
-    if not values:
-        return None
-    return [n.strip() for v in values for n in v.split(",") if n.strip()]
 
 
 @app.command()
@@ -73,7 +67,7 @@ def main(
             config = PostprocessConfig(
                 prediction=prediction, out=out, smooth_um=smooth_um, smooth_px=smooth_px, open_um=open_um,
                 open_px=open_px, close_um=close_um, close_px=close_px, min_area_um2=min_area_um2,
-                fill_holes_um2=fill_holes_um2, simplify_um=simplify_um, classes=split_names(classes),
+                fill_holes_um2=fill_holes_um2, simplify_um=simplify_um, classes=split_names(classes) or None,
                 chunk_px=chunk_px, workers=workers, overwrite=overwrite)
         except ValidationError as exc:
             raise InputError(f"invalid options: {describe_validation_error(exc)}",

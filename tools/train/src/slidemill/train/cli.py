@@ -16,6 +16,7 @@ from slidemill.shared.cli import (
     LogFormatOption,
     OverwriteOption,
     cli_run,
+    split_names,
     tool_app,
     version_option,
 )
@@ -29,13 +30,6 @@ app = tool_app(
     "report.json. Validation never leaks: whole slides are held out when there are two or more, spatially "
     "separated blocks when there is one. A killed run continues with --resume.",
 )
-
-
-def _split_names(values: list[str] | None) -> list[str]:
-    names: list[str] = []
-    for value in values or []:
-        names += [v.strip() for v in value.split(",") if v.strip()]
-    return names
 
 
 @app.command()
@@ -89,7 +83,7 @@ def main(
         from .api import run
         from .config import TrainConfig
 
-        names = _split_names(val_slides)
+        names = split_names(val_slides)
         if names and val_fraction is not None:
             raise InputError("--val-fraction and --val-slides were both given",
                              fix="Give one: a fraction of tiles, or the slides to validate on")
