@@ -13,11 +13,10 @@ from shapely.geometry import Polygon, shape
 from to_qupath_helpers import ours, plain, polygon_feature, square
 
 from slidemill.shared.annotation_formats import read_annotation_file
-from slidemill.shared.annotations import feature_id, geometry_dict, read_annotation_set, read_geojson
+from slidemill.shared.annotations import AnnotationShape, feature_id, geometry_dict, read_annotation_set, read_geojson
 from slidemill.shared.contracts import AnnotationSet, Report, load_contract
 from slidemill.shared.testing import example_shapes, qupath_geojson
 from slidemill.to_qupath import ToQuPathConfig, feature_problems, file_problems, run
-from slidemill.to_qupath.inputs import Record
 from slidemill.to_qupath.rules import features_problems
 from slidemill.to_qupath.writer import feature_lines, write_feature_collection
 
@@ -278,7 +277,7 @@ def test_object_type_and_lock(tmp_path):
 def _records(n):
     squares = shapely.box(np.arange(n) % 1000 * 20.0, np.arange(n) // 1000 * 20.0,
                           np.arange(n) % 1000 * 20.0 + 10.5, np.arange(n) // 1000 * 20.0 + 10.25)
-    return (Record(geometry=g, class_name="Tumor", object_type="detection") for g in squares)
+    return (AnnotationShape(geometry=g, class_name="Tumor", object_type="detection") for g in squares)
 
 
 def test_100k_features_are_written_in_seconds_and_validate(tmp_path):

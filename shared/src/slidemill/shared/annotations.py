@@ -49,6 +49,7 @@ class AnnotationShape:
     name: str | None = None
     measurements: dict[str, float] = field(default_factory=dict)
     locked: bool = False
+    metadata: dict[str, str] | None = None
 
 
 @dataclass
@@ -173,6 +174,8 @@ def shapes_from_geojson(data: Any, *, source: str = "<geojson>") -> ReadResult:
         result.shapes.append(AnnotationShape(
             geometry=polygonal, class_name=name, color=color, object_type=str(object_type),
             name=props.get("name"), measurements=_measurements(props), locked=bool(props.get("isLocked")),
+            metadata=({str(k): str(v) for k, v in props["metadata"].items()}
+                      if isinstance(props.get("metadata"), dict) and props["metadata"] else None),
         ))
     return result
 

@@ -23,7 +23,7 @@ import shapely
 from pydantic import ValidationError
 from shapely.geometry import MultiPolygon, Polygon, shape
 
-from slidemill.shared.annotations import make_valid_polygonal, shapes_from_geojson
+from slidemill.shared.annotations import AnnotationShape, make_valid_polygonal, shapes_from_geojson
 from slidemill.shared.contracts import AnnotationSet, describe_validation_error
 from slidemill.shared.errors import ContractError, InputError
 from slidemill.shared.files import require_file
@@ -36,24 +36,10 @@ _ANNOTATION_SUFFIXES = (".gz", ".geojson", ".json", ".xml")
 
 
 @dataclass
-class Record:
-    """One object to write: a polygonal geometry in level-0 pixels and its QuPath properties."""
-
-    geometry: Polygon | MultiPolygon
-    class_name: str | None = None
-    color: tuple[int, int, int] | None = None
-    object_type: str = "annotation"
-    name: str | None = None
-    measurements: dict[str, float] = field(default_factory=dict)
-    locked: bool = False
-    metadata: dict[str, str] | None = None
-
-
-@dataclass
 class InputFile:
     path: Path
     kind: str  # "slidemill", "qupath" or "xml"
-    records: list[Record]
+    records: list[AnnotationShape]
     slide_name: str | None = None
     mpp: float | None = None
     slide_ref: Any = None
@@ -127,7 +113,7 @@ def _records_from_set(annotation_set: AnnotationSet, raw_features: list[dict[str
                 continue
             result.repaired += int(repaired)
         cls = props.classification
-        result.records.append(Record(
+        result.records.append(AnnotationShape(
             geometry=geom, class_name=cls.name if cls else None,
             color=tuple(cls.color) if cls else None, object_type=props.objectType, name=props.name,
             measurements=_finite_numbers(props.measurements), locked=bool(props.isLocked),
@@ -175,7 +161,7 @@ def _from_shapes(path: Path, kind: str, read) -> InputFile:
                        skipped_reasons=list(read.skipped_reasons))
     for s in read.shapes:
         object_type = s.object_type if s.object_type in OBJECT_TYPES else "annotation"
-        result.records.append(Record(
+        result.records.append(AnnotationShape(
             geometry=s.geometry, class_name=_text(s.class_name), color=s.color, object_type=object_type,
             name=_text(s.name), measurements=_finite_numbers(s.measurements), locked=s.locked,
         ))
@@ -199,7 +185,7 @@ class SlideGroup:
     slide_path: Path | None = None
 
     @property
-    def records(self) -> list[Record]:
+    def records(self) -> list[AnnotationShape]:
         return [r for i in self.inputs for r in i.records]
 
     @property

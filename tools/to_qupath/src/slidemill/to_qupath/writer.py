@@ -30,6 +30,7 @@ from shapely.geometry import MultiPolygon, Polygon
 from slidemill.shared.annotations import (
     COORDINATE_DECIMALS,
     FEATURE_NAMESPACE,
+    AnnotationShape,
     geometry_dict,
     make_valid_polygonal,
     measure,
@@ -37,8 +38,6 @@ from slidemill.shared.annotations import (
 )
 from slidemill.shared.classes import default_color
 from slidemill.shared.files import atomic_write
-
-from .inputs import Record
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +57,7 @@ class WriteStats:
     per_class: dict[str, int] = field(default_factory=dict)
 
 
-def class_colors(records: Iterable[Record]) -> dict[str, tuple[int, int, int]]:
+def class_colors(records: Iterable[AnnotationShape]) -> dict[str, tuple[int, int, int]]:
     """The class table of the output: one colour per class name, the first one the input gives
     (QuPath's own colour for its built-in classes, a distinct fallback colour otherwise)."""
     colors: dict[str, tuple[int, int, int]] = {}
@@ -124,7 +123,7 @@ def _coordinates_text(geom: Polygon | MultiPolygon, text: str) -> str:
 
 
 def feature_lines(
-    records: Iterable[Record],
+    records: Iterable[AnnotationShape],
     *,
     colors: dict[str, tuple[int, int, int]],
     mpp: float | None = None,
@@ -176,7 +175,7 @@ def feature_lines(
                    f'"coordinates":{coords}}},"properties":{_dumps(props)}}}')
 
 
-def qupath_features(records: Iterable[Record], **kwargs: Any) -> Iterator[dict[str, Any]]:
+def qupath_features(records: Iterable[AnnotationShape], **kwargs: Any) -> Iterator[dict[str, Any]]:
     """`feature_lines` as dicts (for notebooks and tests; the writer streams the lines themselves)."""
     for line in feature_lines(records, **kwargs):
         yield json.loads(line)
