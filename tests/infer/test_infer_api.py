@@ -271,3 +271,21 @@ def test_a_failure_mid_run_leaves_no_output(slide_path, oracle_dir, tmp_path, mo
         run(InferConfig(slide=slide_path, model_dir=oracle_dir, out=out, batch_size=2))
     assert not out.exists()
     assert not list(tmp_path.glob(".out.*"))
+
+
+def test_tissue_only_leaves_glass_unpredicted_pixel_by_pixel(slide_path, oracle_dir, tmp_path):
+    """Glass inside a predicted tile is 'not predicted' (255), not the nearest class: only a border of
+    about one tissue-detector pixel (4 um) around the tissue is predicted beyond it."""
+    run(InferConfig(slide=slide_path, model_dir=oracle_dir, out=tmp_path / "out"))
+    labels, _ = read_rasters(tmp_path / "out")
+    tissue = next(s.geometry for s in shapes_for_tests() if s.class_name == "Tissue")
+    x0, y0, x1, y1 = (round(v) for v in tissue.bounds)
+    assert (labels[y0 + 2:y1 - 2, x0 + 2:x1 - 2] != 255).all()
+    border = round(3 * 4.0 / SLIDE_MPP)  # a dilated detector pixel, with room for its rounding
+    far_glass = np.ones(labels.shape, bool)
+    far_glass[max(0, y0 - border):y1 + border, max(0, x0 - border):x1 + border] = False
+    assert far_glass.any() and (labels[far_glass] == 255).all()
+    unsharded_cells = run(InferConfig(slide=slide_path, model_dir=oracle_dir, out=tmp_path / "everywhere",
+                                      tissue_only=False))
+    everywhere, _ = read_rasters(tmp_path / "everywhere")
+    assert unsharded_cells.report.counts["tiles"] > 0 and (everywhere != 255).all()

@@ -33,7 +33,7 @@ from .grid import chunk_blocks, count_tiles, make_grid, shard_band
 from .model import create_session, load_model
 from .pipeline import Job, predict
 from .raster import RasterSpec, Spill, build_levels, write_tiff
-from .tissue import cell_tissue
+from .tissue import TissuePixels, cell_tissue
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +132,13 @@ def run(config: InferConfig, argv: list[str] | None = None) -> InferResult:
             thumb, thumb_scale = tissue_thumbnail(slide, TISSUE_THUMBNAIL_PX)
             mask = detect_tissue(thumb, slide_mpp * thumb_scale)
             run_cells = cell_tissue(mask, thumb_scale, grid, full_mapping)
+            tissue_pixels = TissuePixels(mask, thumb_scale, full_mapping)
             if not run_cells.any():
                 report.warn("no tissue was found in the region: every pixel is 'not predicted' (255); "
                             "use --everywhere to predict regardless")
         else:
             run_cells = np.ones((grid.n_rows, grid.n_cols), bool)
+            tissue_pixels = None
     if config.shard is not None:
         b0, b1 = shard_band(grid, run_cells, config.shard.index, config.shard.count)
     else:
@@ -146,7 +148,7 @@ def run(config: InferConfig, argv: list[str] | None = None) -> InferResult:
     labels_spec = RasterSpec("labels", width, y1 - y0, 1, 255, BLOCK_PX, "nearest")
     probs_spec = RasterSpec("probabilities", width, y1 - y0, classes, 0, BLOCK_PX, "mean")
     job = Job(grid=grid, run=run_cells, b0=b0, b1=b1, per_chunk=per_chunk, classes=classes,
-              labels=labels_spec, probabilities=probs_spec)
+              labels=labels_spec, probabilities=probs_spec, tissue=tissue_pixels)
     total_tiles = count_tiles(grid, run_cells, b0, b1, per_chunk)
     mapping = PixelMapping(origin_x=region.x, origin_y=region.y + y0 * scale, scale=scale)
     top = math.floor(mapping.origin_y + 1e-6)

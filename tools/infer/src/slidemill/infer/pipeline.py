@@ -111,6 +111,8 @@ class Job:
     classes: int
     labels: RasterSpec
     probabilities: RasterSpec
+    # tissue-only: which pixels of a block [x0, x1) x [y0, y1) lie on tissue; None predicts whole cells
+    tissue: Callable[[int, int, int, int], np.ndarray] | None = None
 
 
 def events(job: Job) -> Iterator[tuple]:
@@ -189,6 +191,8 @@ class Blender:
             key = (bi - job.b0, bj)
             self.stats.blocks += 1
             predicted = None if entry is None else g.pixel_mask(job.run, bx0, bx0 + bw, by0, by0 + bh)
+            if predicted is not None and job.tissue is not None:
+                predicted &= job.tissue(bx0, bx0 + bw, by0, by0 + bh)
             if predicted is None or not predicted.any():
                 self.stats.empty_blocks += 1
                 self.stats.class_pixels[255] += bh * bw
