@@ -76,7 +76,7 @@ LogFormatOption = Annotated[LogFormat, typer.Option(
 DebugOption = Annotated[bool, typer.Option("--debug", help="Verbose logs, and a traceback on any error.")]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
 WorkersOption = Annotated[int, typer.Option(
-    "--workers", min=0, help="Worker processes; 0 means one per CPU core.")]
+    "--workers", min=0, help="Parallel workers; 0 means one per CPU core.")]
 DeviceOption = Annotated[Device, typer.Option("--device", help="auto uses CUDA when present.")]
 SlideMppOption = Annotated[float | None, typer.Option(
     "--slide-mpp", min=0.0, help="Level-0 microns per pixel of the slide, when the file lacks it "
