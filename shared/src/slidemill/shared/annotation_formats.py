@@ -26,7 +26,7 @@ import shapely
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
-from .annotations import AnnotationShape, ReadResult, make_valid_polygonal, shapes_from_geojson
+from .annotations import AnnotationShape, ReadResult, shapes_from_geojson
 from .errors import InputError
 from .files import require_file
 
@@ -83,13 +83,9 @@ def _ellipse(p0: tuple[float, float], p1: tuple[float, float], segments: int = 6
 
 
 def _add(result: ReadResult, geom: BaseGeometry | None, what: str, **props) -> None:
-    polygonal, repaired = make_valid_polygonal(geom)
-    if polygonal is None:
-        result.skipped += 1
-        result.skipped_reasons.append(f"{what}: no area left")
-        return
-    result.repaired += int(repaired)
-    result.shapes.append(AnnotationShape(geometry=polygonal, **props))
+    polygonal = result.polygonal(geom, f"{what}: no area left")
+    if polygonal is not None:
+        result.shapes.append(AnnotationShape(geometry=polygonal, **props))
 
 
 # --- ASAP --------------------------------------------------------------------------------------
@@ -103,13 +99,11 @@ def shapes_from_asap(root: ET.Element) -> ReadResult:
         name = ann.get("Name") or f"Annotation {index}"
         what = f"annotation {name!r}"
         if kind not in {"polygon", "rectangle", "spline"}:
-            result.skipped += 1
-            result.skipped_reasons.append(f"{what}: a {kind}, not an area")
+            result.skip(f"{what}: a {kind}, not an area")
             continue
         points = _points(ann, "Coordinate", ordered=True)
         if len(points) < 3:
-            result.skipped += 1
-            result.skipped_reasons.append(f"{what}: fewer than 3 points")
+            result.skip(f"{what}: fewer than 3 points")
             continue
         group = ann.get("PartOfGroup")
         class_name = group if group and group.strip() and group.strip().lower() != "none" else None
@@ -159,20 +153,15 @@ def shapes_from_imagescope(root: ET.Element) -> ReadResult:
         for region in ann.iter("Region"):
             poly = _imagescope_region(region)
             if poly is None:
-                result.skipped += 1
-                result.skipped_reasons.append(f"{what} region {region.get('Id')}: not an area")
+                result.skip(f"{what} region {region.get('Id')}: not an area")
                 continue
-            fixed, repaired = make_valid_polygonal(poly)
+            fixed = result.polygonal(poly, f"{what} region {region.get('Id')}: no area left")
             if fixed is None:
-                result.skipped += 1
-                result.skipped_reasons.append(f"{what} region {region.get('Id')}: no area left")
                 continue
-            result.repaired += int(repaired)
             (negative if region.get("NegativeROA", "0").strip() == "1" else positive).append(fixed)
         if not positive:
             if negative:
-                result.skipped += 1
-                result.skipped_reasons.append(f"{what}: only negative (hole) regions")
+                result.skip(f"{what}: only negative (hole) regions")
             continue
         geom = shapely.unary_union(positive) if len(positive) > 1 else positive[0]
         if negative:

@@ -59,6 +59,19 @@ class ReadResult:
     skipped: int = 0
     skipped_reasons: list[str] = field(default_factory=list)
 
+    def skip(self, reason: str) -> None:
+        self.skipped += 1
+        self.skipped_reasons.append(reason)
+
+    def polygonal(self, geom: BaseGeometry | None, skip_reason: str) -> Polygon | MultiPolygon | None:
+        """`geom` repaired if needed (and counted), or None after counting it as skipped."""
+        polygonal, repaired = make_valid_polygonal(geom)
+        if polygonal is None:
+            self.skip(skip_reason)
+            return None
+        self.repaired += int(repaired)
+        return polygonal
+
 
 def make_valid_polygonal(geom: BaseGeometry | None) -> tuple[Polygon | MultiPolygon | None, bool]:
     """The polygonal part of `geom`, repaired if invalid; (None, _) when nothing polygonal is left."""
@@ -160,16 +173,12 @@ def shapes_from_geojson(data: Any, *, source: str = "<geojson>") -> ReadResult:
         try:
             geom = shape(feature["geometry"]) if feature.get("geometry") else None
         except (KeyError, TypeError, ValueError, shapely.errors.GEOSException) as exc:
-            result.skipped += 1
-            result.skipped_reasons.append(f"feature {index}: unreadable geometry ({exc})")
+            result.skip(f"feature {index}: unreadable geometry ({exc})")
             continue
-        polygonal, repaired = make_valid_polygonal(geom)
+        kind = feature.get("geometry", {}).get("type") if isinstance(feature.get("geometry"), dict) else None
+        polygonal = result.polygonal(geom, f"feature {index}: not a polygon ({kind})")
         if polygonal is None:
-            result.skipped += 1
-            kind = feature.get("geometry", {}).get("type") if isinstance(feature.get("geometry"), dict) else None
-            result.skipped_reasons.append(f"feature {index}: not a polygon ({kind})")
             continue
-        result.repaired += int(repaired)
         name, color = _classification(props)
         result.shapes.append(AnnotationShape(
             geometry=polygonal, class_name=name, color=color, object_type=str(object_type),

@@ -33,8 +33,9 @@ def blend_window(tile: int) -> np.ndarray:
     return np.outer(w, w).astype(np.float32)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Softmax over axis 1 of N x C x H x W, channel by channel (faster than strided reductions)."""
+def _exp_and_total(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """exp(logits - max) over axis 1 of N x C x H x W and its channel sum, channel by channel (faster
+    than strided reductions)."""
     top = logits[:, 0].copy()
     for c in range(1, logits.shape[1]):
         np.maximum(top, logits[:, c], out=top)
@@ -43,20 +44,19 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     total = z[:, 0].copy()
     for c in range(1, z.shape[1]):
         total += z[:, c]
+    return z, total
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over axis 1 of N x C x H x W."""
+    z, total = _exp_and_total(logits)
     z /= total[:, None]
     return z
 
 
 def weighted_softmax(logits: np.ndarray, window: np.ndarray) -> np.ndarray:
     """softmax(logits) * window in one pass: the window is folded into the normalising divisor."""
-    top = logits[:, 0].copy()
-    for c in range(1, logits.shape[1]):
-        np.maximum(top, logits[:, c], out=top)
-    z = logits - top[:, None]
-    np.exp(z, out=z)
-    total = z[:, 0].copy()
-    for c in range(1, z.shape[1]):
-        total += z[:, c]
+    z, total = _exp_and_total(logits)
     np.divide(window, total, out=total)
     z *= total[:, None]
     return z
