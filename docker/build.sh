@@ -1,12 +1,26 @@
 #!/usr/bin/env bash
-# Build every slidemill image from docker/Dockerfile: six tools x {cpu, gpu}.
-#   docker/build.sh [--flavour cpu|gpu|all] [--tag VERSION] [--registry PREFIX] [--push] [TOOL...]
+# Build every slidemill image from docker/Dockerfile: each tool in the flavours its meta.yml names.
+#   docker/build.sh [--flavour cpu|gpu|all] [--tag VERSION] [--registry PREFIX] [--push] [--list] [TOOL...]
 # Images are named PREFIX/TOOL:VERSION (cpu) and PREFIX/TOOL:VERSION-gpu, e.g. slidemill/infer:0.1.0-gpu.
+# --list prints "TOOL FLAVOUR..." per tool, as read from tools/*/meta.yml, and builds nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TOOLS_ALL=(tile train infer postprocess merge-annotations to-qupath)
+# The tools and their flavours come from tools/*/meta.yml (schema: slidemill.shared.inventory.ToolMeta,
+# whose test checks that this reading agrees with the YAML): `name: TOOL`, `  flavours: [cpu, gpu]`.
+declare -A TOOL_FLAVOURS=()
+TOOLS_ALL=()
+for meta in tools/*/meta.yml; do
+    name=$(sed -n 's/^name: *\([a-z0-9-]*\) *$/\1/p' "$meta")
+    tool_flavours=$(sed -n 's/^  flavours: *\[\(.*\)\] *$/\1/p' "$meta" | tr -d ' ' | tr , ' ')
+    if [ -z "$name" ] || [ -z "$tool_flavours" ]; then
+        echo "build.sh: $meta has no 'name:' or '  flavours: [...]' line" >&2; exit 2
+    fi
+    TOOLS_ALL+=("$name")
+    TOOL_FLAVOURS[$name]=$tool_flavours
+done
 flavours=(cpu gpu)
+list=0
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' shared/pyproject.toml | head -n1)
 registry=slidemill
 push=0
@@ -24,7 +38,8 @@ while [ $# -gt 0 ]; do
         --tag) version=$2; shift 2 ;;
         --registry) registry=$2; shift 2 ;;
         --push) push=1; shift ;;
-        -h|--help) sed -n '2,4p' "$0"; exit 0 ;;
+        --list) list=1; shift ;;
+        -h|--help) sed -n '2,5p' "$0"; exit 0 ;;
         -*) echo "build.sh: unknown option $1" >&2; exit 2 ;;
         *) tools+=("$1"); shift ;;
     esac
@@ -35,6 +50,10 @@ for tool in "${tools[@]}"; do
         echo "build.sh: unknown tool '$tool' (one of: ${TOOLS_ALL[*]})" >&2; exit 2
     fi
 done
+if [ "$list" = 1 ]; then
+    for tool in "${tools[@]}"; do echo "$tool ${TOOL_FLAVOURS[$tool]}"; done
+    exit 0
+fi
 if ! command -v docker > /dev/null 2>&1 || ! docker info > /dev/null 2>&1; then
     echo "build.sh: no Docker daemon reachable here; run this where Docker (with BuildKit) runs" >&2
     exit 2
@@ -48,6 +67,7 @@ for flavour in "${flavours[@]}"; do
         base=$CPU_BASE_IMAGE; torch_index=$CPU_TORCH_INDEX_URL; suffix=
     fi
     for tool in "${tools[@]}"; do
+        [[ " ${TOOL_FLAVOURS[$tool]} " == *" $flavour "* ]] || continue
         image="$registry/$tool:$version$suffix"
         echo "== $image"
         docker build -f docker/Dockerfile --target "$tool" \

@@ -126,15 +126,16 @@ def check_command_line(argv: list[str], *, where: str = ""):
 
 
 def meta(tool: str) -> dict | None:
-    import yaml
+    """tools/<tool>/meta.yml, validated by its schema (`ToolMeta`), as a dict."""
+    from slidemill.shared.inventory import load_tool_meta
 
     path = REPO / "tools" / tool / "meta.yml"
     if not path.exists():
         return None
     try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        pytest.fail(f"tools/{tool}/meta.yml is not valid YAML, so nothing can be checked against it: {exc}")
+        return load_tool_meta(path).model_dump()
+    except ValueError as exc:
+        pytest.fail(f"nothing can be checked against tools/{tool}/meta.yml: {exc}")
 
 
 def dockerfile_targets(text: str) -> dict[str, dict]:

@@ -64,8 +64,9 @@ def test_one_target_per_tool_with_its_command_as_entrypoint(tool):
     user = stage["user"] or ""
     assert re.fullmatch(r"[1-9]\d*(:\d+)?", user), f"USER {user!r} is not a numeric non-root user"
     spec = meta(tool)
-    if spec is not None and "entrypoint" in spec:
-        assert spec["entrypoint"] == stage["entrypoint"], f"tools/{tool}/meta.yml names another entrypoint"
+    assert spec is not None, f"tools/{tool}/meta.yml is missing"
+    assert spec["container"]["entrypoint"] == stage["entrypoint"], f"tools/{tool}/meta.yml names another entrypoint"
+    assert spec["name"] == name, f"tools/{tool}/meta.yml names {spec['name']!r}, the Dockerfile target {name!r}"
 
 
 def test_every_tool_of_the_repository_has_a_target():

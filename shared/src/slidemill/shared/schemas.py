@@ -1,4 +1,5 @@
-"""`python -m slidemill.shared.schemas OUT_DIR` writes one JSON Schema per contract kind."""
+"""`python -m slidemill.shared.schemas OUT_DIR` writes one JSON Schema per contract kind, and the schema
+of the tools' `meta.yml` (`tool-meta.schema.json`)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,17 @@ from pathlib import Path
 
 from .contracts import CONTRACTS
 from .files import write_text_atomic
+from .inventory import ToolMeta
 
 SCHEMA_BASE_URI = "https://slidemill.org/schemas/"
 
 
+# schemas of files that are not exchanged between tools, beside the contract kinds
+OTHER_SCHEMAS = {"tool-meta": ToolMeta}
+
+
 def schema_of(kind: str) -> dict:
-    model = CONTRACTS[kind]
+    model = CONTRACTS[kind] if kind in CONTRACTS else OTHER_SCHEMAS[kind]
     schema = model.model_json_schema(by_alias=True, mode="validation")
     return {"$schema": "https://json-schema.org/draft/2020-12/schema",
             "$id": f"{SCHEMA_BASE_URI}{kind}.schema.json", **schema}
@@ -27,7 +33,7 @@ def write_schemas(out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for kind in CONTRACTS:
+    for kind in [*CONTRACTS, *OTHER_SCHEMAS]:
         path = out_dir / f"{kind}.schema.json"
         write_text_atomic(path, schema_text(kind))
         written.append(path)
