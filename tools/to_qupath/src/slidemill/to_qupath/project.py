@@ -23,11 +23,11 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from slidemill.shared.classes import QUPATH_COLORS, argb_int_to_rgb, rgb_to_argb_int
 from slidemill.shared.errors import InputError
 from slidemill.shared.files import write_bytes_atomic, write_text_atomic
+from slidemill.shared.qupath_project import java_file_uri
 
 from .config import QUPATH_RELEASES
 
@@ -46,8 +46,6 @@ _BIOFORMATS_EXTENSIONS = {".czi", ".vsi", ".lif", ".nd2", ".ome.tif", ".ome.tiff
 # QuPath's own class list of a new project (PathClassFactory order)
 DEFAULT_CLASSES = ["Tumor", "Stroma", "Immune cells", "Necrosis", "Other", "Region*", "Ignore*",
                    "Positive", "Negative"]
-# characters java.io.File.toURI() leaves as they are in a path (RFC 2396 pchar and '/')
-_URI_SAFE = "/-_.!~*'()$&+,;=:@"
 
 IMPORT_SCRIPT = """\
 // Written by slidemill-to-qupath. Adds the objects of geojson/<image name without extension>.geojson
@@ -67,14 +65,6 @@ addObjects(objects)
 resolveHierarchy()
 println "${name}: ${objects.size()} objects from ${f.getName()}"
 """
-
-
-def java_file_uri(path: Path) -> str:
-    """`file:/abs/path` as Java's `File.toURI().toString()` writes it: spaces and other characters a URI
-    path may not hold percent-encoded (%20), non-ASCII letters kept as they are."""
-    text = path.resolve().as_posix()
-    return "file:" + "".join(c if ord(c) > 127 and c.isprintable() and not c.isspace() else quote(c, safe=_URI_SAFE)
-                             for c in text)
 
 
 def provider_for(slide: Path) -> str | None:
