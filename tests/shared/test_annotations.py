@@ -7,9 +7,10 @@ from shapely.geometry import Polygon, box, shape
 
 from slidemill.shared.annotations import (
     geometry_dict,
+    load_json,
     make_feature,
+    read_annotation_file,
     read_annotation_set,
-    read_geojson,
     shapes_from_geojson,
 )
 from slidemill.shared.contracts import save_contract
@@ -34,7 +35,7 @@ def test_string_classification_bare_geometry_and_gzip(tmp_path):
             json.loads(shapely.to_geojson(box(20, 20, 30, 30)))]
     path = tmp_path / "a.geojson.gz"
     path.write_bytes(gzip.compress(json.dumps(data).encode()))
-    result = read_geojson(path)
+    result = read_annotation_file(path)
     assert [s.class_name for s in result.shapes] == ["Stroma", None]
     assert result.shapes[0].measurements == {"a": 1.0}
 
@@ -51,9 +52,9 @@ def test_invalid_polygon_repaired_and_lines_skipped():
 
 
 def test_real_qupath_exports(handout):
-    single = read_geojson(handout / "annotations" / "qupath-polygon.json")
+    single = read_annotation_file(handout / "annotations" / "qupath-polygon.json")
     assert len(single.shapes) == 1 and single.shapes[0].object_type == "annotation"
-    tcga = read_geojson(handout / "annotations" / "TCGA-EJ-5519-01Z-00-DX1.qupath.json")
+    tcga = read_annotation_file(handout / "annotations" / "TCGA-EJ-5519-01Z-00-DX1.qupath.json")
     assert [s.class_name for s in tcga.shapes] == ["Tumor", "Other", "Negative"]
     assert tcga.shapes[0].color == (200, 0, 0)
     assert tcga.shapes[0].locked
@@ -63,10 +64,10 @@ def test_not_geojson(tmp_path):
     path = tmp_path / "a.json"
     path.write_text("<xml/>")
     with pytest.raises(InputError, match="a.json: is not valid JSON"):
-        read_geojson(path)
+        load_json(path)
     path.write_text('{"hello": 1}')
     with pytest.raises(InputError, match="no GeoJSON features"):
-        read_geojson(path)
+        read_annotation_file(path)
 
 
 def test_make_feature_is_what_qupath_accepts():
@@ -95,4 +96,4 @@ def test_annotation_set_file_round_trip(tmp_path):
     loaded = read_annotation_set(path)
     assert loaded.features[0].properties.classification.name == "Tumor"
     # the contract file is also plain QuPath-flavoured GeoJSON
-    assert read_geojson(path).shapes[0].class_name == "Tumor"
+    assert read_annotation_file(path).shapes[0].class_name == "Tumor"
