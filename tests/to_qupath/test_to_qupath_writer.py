@@ -1,6 +1,5 @@
 """The GeoJSON to-qupath writes: every QUPATH.md rule, determinism, round trips, real exports, 100k features."""
 
-import gzip
 import json
 import time
 import tracemalloc
@@ -17,6 +16,7 @@ from slidemill.shared.annotations import (
     feature_id,
     feature_lines,
     geometry_dict,
+    load_json,
     read_annotation_file,
     read_annotation_set,
     write_feature_collection,
@@ -34,10 +34,8 @@ def convert(tmp_path, *inputs, name="out", **options):
 
 
 def features_of(path):
-    raw = path.read_bytes()
-    if path.name.endswith(".gz"):
-        raw = gzip.decompress(raw)
-    return json.loads(raw)["features"]
+    """The output's features as JSON (gzip or not: the shared reader's loader)."""
+    return load_json(path)["features"]
 
 
 def iou(a, b) -> float:
