@@ -97,3 +97,36 @@ def test_annotation_set_file_round_trip(tmp_path):
     assert loaded.features[0].properties.classification.name == "Tumor"
     # the contract file is also plain QuPath-flavoured GeoJSON
     assert read_annotation_file(path).shapes[0].class_name == "Tumor"
+
+
+def test_every_container_bom_and_gzip_give_the_same_objects(tmp_path):
+    feature = {"type": "Feature", "id": "0b9c1f0e-1111-4222-8333-444455556666",
+               "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]]]},
+               "properties": {"objectType": "detection", "name": "n", "color": [1, 2, 3], "isLocked": True,
+                              "classification": {"names": ["Tumor", "Positive"], "color": [250, 62, 62]},
+                              "measurements": {"m": 2}, "metadata": {"k": "v"}, "custom": [1, 2]}}
+    texts = {"collection.geojson": {"type": "FeatureCollection", "features": [feature]},
+             "array.json": [feature], "single.json": feature}
+    shapes = []
+    for name, data in texts.items():
+        raw = json.dumps(data).encode()
+        for variant, content in (("", raw), ("bom-", b"\xef\xbb\xbf" + raw), ("gz-", gzip.compress(raw))):
+            path = tmp_path / f"{variant}{name}"
+            path.write_bytes(content)
+            (one,) = read_annotation_file(path).shapes
+            shapes.append(one)
+    for one in shapes:
+        assert (one.class_name, one.class_names, one.color) == ("Tumor: Positive", ("Tumor", "Positive"), (250, 62, 62))
+        assert (one.object_type, one.name, one.object_color, one.locked) == ("detection", "n", (1, 2, 3), True)
+        assert one.id == feature["id"] and one.measurements == {"m": 2.0} and one.metadata == {"k": "v"}
+        assert one.properties == {"custom": [1, 2]} and one.geometry.equals(box(0, 0, 10, 10))
+
+
+def test_legacy_derived_classes_and_planes():
+    legacy = {"name": "Positive", "colorRGB": -377282, "parentClass": {"name": "Tumor", "colorRGB": -3670016}}
+    result = shapes_from_geojson({"type": "Feature", "properties": {"classification": legacy},
+                                  "geometry": {"type": "Polygon", "plane": {"c": -1, "z": 3, "t": 0},
+                                               "coordinates": [[[0, 0], [4, 0], [4, 4], [0, 0]]]}})
+    (one,) = result.shapes
+    assert (one.class_name, one.class_names, one.color) == ("Tumor: Positive", ("Tumor", "Positive"), (250, 62, 62))
+    assert one.plane == {"c": -1, "z": 3, "t": 0} and one.plane_key == (-1, 3, 0)

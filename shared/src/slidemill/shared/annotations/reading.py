@@ -218,6 +218,18 @@ def _geometries(raw: list[Any]) -> list[Any]:
     return out
 
 
+def _plane(plane: dict[str, Any] | None) -> dict[str, int] | None:
+    """QuPath's `{c, z, t}` plane; None for the default plane (c -1, z 0, t 0) or none given."""
+    if not plane:
+        return None
+    out = {"c": -1, "z": 0, "t": 0}
+    for key in out:
+        value = plane.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[key] = int(value)
+    return None if out == {"c": -1, "z": 0, "t": 0} else out
+
+
 def _kind(geometry: Any) -> str:
     kind = geometry.get("type") if isinstance(geometry, dict) else None
     if kind in ("Point", "MultiPoint"):
@@ -279,7 +291,7 @@ def shapes_from_geojson(data: Any, *, source: str | Path = "<geojson>") -> ReadR
                       else None),
             id=str(fid) if isinstance(fid, str) and str(fid) not in _QUPATH_V02_TYPES else None,
             class_names=class_names, object_color=_rgb(props.get("color")), nucleus=nucleus,
-            plane={str(k): int(v) for k, v in plane.items() if isinstance(v, int | float)} if plane else None,
+            plane=_plane(plane),
             properties={k: v for k, v in props.items() if k not in _KNOWN_PROPERTIES} or None,
         ))
     return result
