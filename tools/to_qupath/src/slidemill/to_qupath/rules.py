@@ -110,13 +110,6 @@ def _shape_or_none(geometry: dict) -> Any:
         return None
 
 
-def geometry_problems(geometry: Any, where: str = "geometry") -> list[str]:
-    problems = _structure_problems(geometry, where)
-    if problems or geometry.get("type") not in POLYGONAL:
-        return problems
-    return _validity_problems([geometry], where)[0]
-
-
 def _classification_problems(cls: Any) -> list[str]:
     if cls is None or isinstance(cls, str):
         return [] if cls is None or cls.strip() else ["classification: empty name"]
