@@ -247,7 +247,8 @@ def _repair(result: ReadResult, geoms: list[Any], valid: np.ndarray, index: int,
         return None
     if geom is not None and valid[index] and isinstance(geom, Polygon | MultiPolygon) and not geom.is_empty:
         return geom
-    return result.polygonal(geom, f"{what}: not a polygon ({kind if kind != 'other' else 'no area'})", kind)
+    given = getattr(geom, "geom_type", None) if geom is not None and not isinstance(geom, Exception) else None
+    return result.polygonal(geom, f"{what}: not a polygon ({given or 'no geometry'})", kind)
 
 
 def shapes_from_geojson(data: Any, *, source: str | Path = "<geojson>") -> ReadResult:
