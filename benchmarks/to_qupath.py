@@ -1,13 +1,15 @@
-"""Benchmark of to-qupath's GeoJSON writer against the obvious whole-string baseline.
+"""Benchmark of the shared annotation writer (used by to-qupath, postprocess and merge-annotations)
+against the obvious whole-string baseline.
 
     .venv/bin/python benchmarks/to_qupath.py                  # 100,000 features
     .venv/bin/python benchmarks/to_qupath.py --features 20000 # a quick look
 
 Input: N small polygons (octagons, 3 classes, a few with more than 2 decimals) as shapely geometries.
-- slidemill: `feature_lines` + `write_feature_collection` (vectorised snapping, GEOS GeoJSON text,
-  streamed in batches to a temporary file renamed into place);
-- baseline: `slidemill.shared.annotations.make_feature` per polygon (the shared, pydantic-validated
-  writer), then the whole AnnotationSet dumped as one JSON string and written in one go.
+- slidemill: `slidemill.shared.annotations.feature_lines` + `write_feature_collection` (vectorised
+  snapping, GEOS GeoJSON text, streamed in batches to a temporary file renamed into place);
+- baseline: one pydantic-validated contract `Feature` per polygon (snapped on its own with the
+  topology-preserving snap, coordinates rounded in Python), then the whole AnnotationSet dumped as
+  one JSON string and written in one go.
 Both outputs are checked with `slidemill.to_qupath.file_problems` (QuPath's rules) on a sample.
 A third line runs the whole tool (`run`, reading and validating the written slidemill file first).
 
@@ -41,23 +43,21 @@ def _shapes(n: int):
 
 
 def _measure(mode: str, n: int, out: Path) -> dict:
-    from slidemill.shared.testing import sample_classes
-    from slidemill.to_qupath.inputs import Record
-    from slidemill.to_qupath.writer import class_colors, feature_lines, write_feature_collection
+    from slidemill.shared.annotations import AnnotationShape, class_colors, feature_lines, write_feature_collection
 
     geoms, names = _shapes(n)
     base = _rss_mb()
     t0 = time.perf_counter()
     if mode == "slidemill":
-        records = [Record(geometry=g, class_name=names[k % 3]) for k, g in enumerate(geoms)]
+        records = [AnnotationShape(geometry=g, class_name=names[k % 3]) for k, g in enumerate(geoms)]
         write_feature_collection(out, feature_lines(records, colors=class_colors(records), mpp=0.25),
                                  header={"schema": "slidemill/annotations", "schema_version": "1.0"})
     elif mode == "baseline":
-        from slidemill.shared.annotations import make_feature
         from slidemill.shared.contracts import AnnotationSet, dump_contract
+        from slidemill.shared.testing import sample_classes
 
         classes = sample_classes()
-        features = [make_feature(g, names[k % 3], classes=classes, mpp=0.25) for k, g in enumerate(geoms)]
+        features = [_baseline_feature(g, names[k % 3], classes, 0.25) for k, g in enumerate(geoms)]
         text = dump_contract(AnnotationSet(features=[f for f in features if f is not None]), indent=None)
         out.write_text(text)
     else:  # the whole tool on a slidemill file written beforehand (not timed)
@@ -69,6 +69,21 @@ def _measure(mode: str, n: int, out: Path) -> dict:
         out = out.with_name("tool-out") / "source.geojson"
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, "peak_mb": _rss_mb() - base, "size_mb": out.stat().st_size / 1e6}
+
+
+def _baseline_feature(geom, class_name, classes, mpp):
+    """One contract Feature the straightforward way: snap, round, measure, validate with pydantic."""
+    from slidemill.shared.annotations import feature_id, geometry_dict, measure, snap_polygonal
+    from slidemill.shared.contracts import Feature
+
+    snapped = snap_polygonal(geom)
+    if snapped is None:
+        return None
+    geometry = geometry_dict(snapped)
+    props = {"objectType": "annotation", "measurements": measure(snapped, mpp),
+             "classification": {"name": class_name, "color": list(classes.by_name(class_name).color)}}
+    return Feature.model_validate({"type": "Feature", "id": feature_id(geometry, class_name, "annotation"),
+                                   "geometry": geometry, "properties": props})
 
 
 def _child(mode: str, n: int, out: Path) -> dict:

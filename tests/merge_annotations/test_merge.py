@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import shapely
-from shapely.geometry import Point, Polygon, box, mapping, shape
+from shapely.geometry import Point, Polygon, box, mapping
 
 from slidemill.merge_annotations import MergeConfig, run
-from slidemill.shared.annotations import read_annotation_set
+from slidemill.shared.annotations import read_annotation_file, read_annotation_set, write_annotations
 from slidemill.shared.contracts import AnnotationSet, Provenance, Report, SlideRef, load_contract, save_contract
-from slidemill.shared.shapes import build_annotation_set
+from slidemill.shared.shapes import annotation_objects
 from slidemill.shared.testing import qupath_geojson, sample_classes
 
 BIN = Path(sys.executable).parent / "slidemill-merge-annotations"
@@ -26,16 +26,15 @@ def cli(*args):
 
 
 def write_set(path, polys_by_class, slide=SLIDE, mpp=0.5):
-    aset, _ = build_annotation_set(polys_by_class, mpp=mpp, classes=sample_classes(), slide=slide,
-                                   provenance=Provenance(tool="test", version="0"))
-    save_contract(aset, path)
+    classes = sample_classes()
+    write_annotations(path, annotation_objects(polys_by_class, classes=classes), classes=classes, mpp=mpp,
+                      slide=slide, provenance=Provenance(tool="test", version="0"))
     return path
 
 
 def geoms(path, cls=None):
-    data = json.loads(Path(path).read_text())
-    return [shape(f["geometry"]) for f in data["features"]
-            if cls is None or (f["properties"].get("classification") or {}).get("name") == cls]
+    """The output's shapes, read by the one reader the tools use."""
+    return [s.geometry for s in read_annotation_file(path).shapes if cls is None or s.class_name == cls]
 
 
 def test_adjacent_tiles_merge_into_exactly_the_whole_region(tmp_path):

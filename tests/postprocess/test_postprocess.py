@@ -16,6 +16,7 @@ from slidemill.shared.contracts import Report, load_contract
 from slidemill.shared.testing import example_shapes, truth_mask, write_prediction
 
 BIN = Path(sys.executable).parent / "slidemill-postprocess"
+TWO_CLASSES = ("--classes", "Tumor", "--classes", "Stroma")  # one class name per option
 REPO = Path(__file__).resolve().parents[2]
 LABELS = {"Tumor": 0, "Stroma": 1, "Immune cells": 2}
 
@@ -138,7 +139,7 @@ def test_smoothing_and_simplify_reduce_vertices(tmp_path):
 def test_cli_runs_and_is_deterministic(tmp_path, synthetic):
     folder, _ = synthetic
     out = tmp_path / "a.geojson"
-    result = cli(folder, "--out", out, "--smooth-px", "1", "--classes", "Tumor,Stroma", "--chunk-px", "300")
+    result = cli(folder, "--out", out, "--smooth-px", "1", *TWO_CLASSES, "--chunk-px", "300")
     assert result.returncode == 0, result.stderr
     assert "a.geojson" in result.stdout
     first = out.read_bytes()
@@ -148,7 +149,7 @@ def test_cli_runs_and_is_deterministic(tmp_path, synthetic):
                 "--overwrite")
     assert again.returncode == 0, again.stderr
     assert out.read_bytes() == first  # same inputs, same bytes, whatever the chunk size
-    parallel = cli(folder, "--out", out, "--smooth-px", "1", "--classes", "Tumor,Stroma", "--chunk-px", "200",
+    parallel = cli(folder, "--out", out, "--smooth-px", "1", *TWO_CLASSES, "--chunk-px", "200",
                    "--workers", "2", "--overwrite")
     assert parallel.returncode == 0, parallel.stderr
     assert out.read_bytes() == first  # and whatever the number of worker processes

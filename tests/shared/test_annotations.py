@@ -7,9 +7,10 @@ from shapely.geometry import Polygon, box, shape
 
 from slidemill.shared.annotations import (
     geometry_dict,
+    load_json,
     make_feature,
+    read_annotation_file,
     read_annotation_set,
-    read_geojson,
     shapes_from_geojson,
 )
 from slidemill.shared.contracts import save_contract
@@ -34,7 +35,7 @@ def test_string_classification_bare_geometry_and_gzip(tmp_path):
             json.loads(shapely.to_geojson(box(20, 20, 30, 30)))]
     path = tmp_path / "a.geojson.gz"
     path.write_bytes(gzip.compress(json.dumps(data).encode()))
-    result = read_geojson(path)
+    result = read_annotation_file(path)
     assert [s.class_name for s in result.shapes] == ["Stroma", None]
     assert result.shapes[0].measurements == {"a": 1.0}
 
@@ -51,9 +52,9 @@ def test_invalid_polygon_repaired_and_lines_skipped():
 
 
 def test_real_qupath_exports(handout):
-    single = read_geojson(handout / "annotations" / "qupath-polygon.json")
+    single = read_annotation_file(handout / "annotations" / "qupath-polygon.json")
     assert len(single.shapes) == 1 and single.shapes[0].object_type == "annotation"
-    tcga = read_geojson(handout / "annotations" / "TCGA-EJ-5519-01Z-00-DX1.qupath.json")
+    tcga = read_annotation_file(handout / "annotations" / "TCGA-EJ-5519-01Z-00-DX1.qupath.json")
     assert [s.class_name for s in tcga.shapes] == ["Tumor", "Other", "Negative"]
     assert tcga.shapes[0].color == (200, 0, 0)
     assert tcga.shapes[0].locked
@@ -63,10 +64,10 @@ def test_not_geojson(tmp_path):
     path = tmp_path / "a.json"
     path.write_text("<xml/>")
     with pytest.raises(InputError, match="a.json: is not valid JSON"):
-        read_geojson(path)
+        load_json(path)
     path.write_text('{"hello": 1}')
     with pytest.raises(InputError, match="no GeoJSON features"):
-        read_geojson(path)
+        read_annotation_file(path)
 
 
 def test_make_feature_is_what_qupath_accepts():
@@ -95,4 +96,37 @@ def test_annotation_set_file_round_trip(tmp_path):
     loaded = read_annotation_set(path)
     assert loaded.features[0].properties.classification.name == "Tumor"
     # the contract file is also plain QuPath-flavoured GeoJSON
-    assert read_geojson(path).shapes[0].class_name == "Tumor"
+    assert read_annotation_file(path).shapes[0].class_name == "Tumor"
+
+
+def test_every_container_bom_and_gzip_give_the_same_objects(tmp_path):
+    feature = {"type": "Feature", "id": "0b9c1f0e-1111-4222-8333-444455556666",
+               "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]]]},
+               "properties": {"objectType": "detection", "name": "n", "color": [1, 2, 3], "isLocked": True,
+                              "classification": {"names": ["Tumor", "Positive"], "color": [250, 62, 62]},
+                              "measurements": {"m": 2}, "metadata": {"k": "v"}, "custom": [1, 2]}}
+    texts = {"collection.geojson": {"type": "FeatureCollection", "features": [feature]},
+             "array.json": [feature], "single.json": feature}
+    shapes = []
+    for name, data in texts.items():
+        raw = json.dumps(data).encode()
+        for variant, content in (("", raw), ("bom-", b"\xef\xbb\xbf" + raw), ("gz-", gzip.compress(raw))):
+            path = tmp_path / f"{variant}{name}"
+            path.write_bytes(content)
+            (one,) = read_annotation_file(path).shapes
+            shapes.append(one)
+    for one in shapes:
+        assert (one.class_name, one.class_names, one.color) == ("Tumor: Positive", ("Tumor", "Positive"), (250, 62, 62))
+        assert (one.object_type, one.name, one.object_color, one.locked) == ("detection", "n", (1, 2, 3), True)
+        assert one.id == feature["id"] and one.measurements == {"m": 2.0} and one.metadata == {"k": "v"}
+        assert one.properties == {"custom": [1, 2]} and one.geometry.equals(box(0, 0, 10, 10))
+
+
+def test_legacy_derived_classes_and_planes():
+    legacy = {"name": "Positive", "colorRGB": -377282, "parentClass": {"name": "Tumor", "colorRGB": -3670016}}
+    result = shapes_from_geojson({"type": "Feature", "properties": {"classification": legacy},
+                                  "geometry": {"type": "Polygon", "plane": {"c": -1, "z": 3, "t": 0},
+                                               "coordinates": [[[0, 0], [4, 0], [4, 4], [0, 0]]]}})
+    (one,) = result.shapes
+    assert (one.class_name, one.class_names, one.color) == ("Tumor: Positive", ("Tumor", "Positive"), (250, 62, 62))
+    assert one.plane == {"c": -1, "z": 3, "t": 0} and one.plane_key == (-1, 3, 0)

@@ -7,7 +7,7 @@ import pytest
 import shapely
 from shapely.geometry import Polygon, box
 
-from slidemill.shared.annotation_formats import bgr_int_to_rgb, read_annotation_file
+from slidemill.shared.annotations import bgr_int_to_rgb, read_annotation_file
 from slidemill.shared.errors import InputError
 from slidemill.shared.testing import qupath_geojson
 

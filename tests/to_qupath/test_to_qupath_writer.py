@@ -1,6 +1,5 @@
 """The GeoJSON to-qupath writes: every QUPATH.md rule, determinism, round trips, real exports, 100k features."""
 
-import gzip
 import json
 import time
 import tracemalloc
@@ -12,13 +11,20 @@ import shapely
 from shapely.geometry import Polygon, shape
 from to_qupath_helpers import ours, plain, polygon_feature, square
 
-from slidemill.shared.annotation_formats import read_annotation_file
-from slidemill.shared.annotations import AnnotationShape, feature_id, geometry_dict, read_annotation_set, read_geojson
+from slidemill.shared.annotations import (
+    AnnotationShape,
+    feature_id,
+    feature_lines,
+    geometry_dict,
+    load_json,
+    read_annotation_file,
+    read_annotation_set,
+    write_feature_collection,
+)
 from slidemill.shared.contracts import AnnotationSet, Report, load_contract
 from slidemill.shared.testing import example_shapes, qupath_geojson
 from slidemill.to_qupath import ToQuPathConfig, feature_problems, file_problems, run
 from slidemill.to_qupath.rules import features_problems
-from slidemill.to_qupath.writer import feature_lines, write_feature_collection
 
 
 def convert(tmp_path, *inputs, name="out", **options):
@@ -28,10 +34,8 @@ def convert(tmp_path, *inputs, name="out", **options):
 
 
 def features_of(path):
-    raw = path.read_bytes()
-    if path.name.endswith(".gz"):
-        raw = gzip.decompress(raw)
-    return json.loads(raw)["features"]
+    """The output's features as JSON (gzip or not: the shared reader's loader)."""
+    return load_json(path)["features"]
 
 
 def iou(a, b) -> float:
@@ -211,7 +215,7 @@ def test_round_trip_ours_to_qupath_to_ours_keeps_every_shape_and_class(tmp_path)
     before = read_annotation_set(source)
     out, _ = convert(tmp_path, source)
     after_contract = read_annotation_set(out / "slide-a.geojson")  # the annotations contract reader
-    after_qupath = read_geojson(out / "slide-a.geojson").shapes  # the QuPath-flavour reader
+    after_qupath = read_annotation_file(out / "slide-a.geojson").shapes  # the QuPath-flavour reader
     assert len(before.features) == len(after_contract.features) == len(after_qupath) == 4
     for want, got, got_qupath in zip(before.features, after_contract.features, after_qupath, strict=True):
         a, b = shape(want.geometry.model_dump()), shape(got.geometry.model_dump())
@@ -232,7 +236,7 @@ def test_every_qupath_flavour_converts(tmp_path, flavour):
     out, _ = convert(tmp_path, source)
     path = out / f"export-{flavour}.geojson"
     assert file_problems(path) == []
-    back = read_geojson(path).shapes
+    back = read_annotation_file(path).shapes
     assert [s.class_name for s in back] == [t.class_name for t in truth]
     assert [s.color for s in back] == [t.color for t in truth]
     for got, want in zip(back, truth, strict=True):
@@ -248,12 +252,13 @@ def test_every_real_export_in_the_handout(tmp_path, handout):
         out, result = convert(tmp_path, source, name=source.name)
         (slide_output,) = result.slides
         assert file_problems(slide_output.path) == [], source.name
-        back = read_geojson(slide_output.path).shapes
+        back = read_annotation_file(slide_output.path).shapes
         assert len(back) == len(expected) > 0
         assert [s.class_name for s in back] == [s.class_name for s in expected]
         for got, want in zip(back, expected, strict=True):
             assert iou(got.geometry, want.geometry) > 0.999
-    tcga = read_geojson(tmp_path / "TCGA-EJ-5519-01Z-00-DX1.qupath.json" / "TCGA-EJ-5519-01Z-00-DX1.qupath.geojson")
+    tcga_out = tmp_path / "TCGA-EJ-5519-01Z-00-DX1.qupath.json"
+    tcga = read_annotation_file(tcga_out / "TCGA-EJ-5519-01Z-00-DX1.qupath.geojson")
     assert [s.class_name for s in tcga.shapes] == ["Tumor", "Other", "Negative"]
     assert tcga.shapes[0].locked  # QuPath's lock survives
 

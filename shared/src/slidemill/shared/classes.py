@@ -2,7 +2,10 @@
 
 Trainable classes have labels 0..n-1 (a model's output channel i is label i). The `ignore`
 entry (unlabelled pixels of sparse annotations, QuPath's `Ignore*`) has label 255 and is
-never trained on or predicted.
+never trained on or predicted. A trainable class may be marked `background` (glass, slide
+background): it is trained and predicted like any class, but postprocess does not turn it into
+shapes unless asked. Class names are kept byte for byte: any character is allowed, a derived
+QuPath class is one name "Tumor: Positive".
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ QUPATH_COLORS: dict[str, tuple[int, int, int]] = {
 
 # Names people use for "do not learn from this" besides QuPath's own.
 IGNORE_ALIASES = {"ignore*", "ignore", "unlabelled", "unlabeled"}
+# Class names that mean the glass around the tissue (compared without case); others are marked in the table.
+BACKGROUND_NAMES = {"background", "glass", "background*"}
 
 # Colours for classes QuPath has no built-in colour for: distinct, readable on H&E.
 _FALLBACK_COLORS = [
@@ -59,6 +64,10 @@ def is_ignore_name(name: str) -> bool:
     return name.strip().lower() in IGNORE_ALIASES
 
 
+def is_background_name(name: str) -> bool:
+    return name.strip().lower() in BACKGROUND_NAMES
+
+
 def default_color(name: str, index: int = 0) -> tuple[int, int, int]:
     if name in QUPATH_COLORS:
         return QUPATH_COLORS[name]
@@ -72,6 +81,8 @@ class ClassEntry(BaseModel):
     label: int = Field(ge=0, le=255, description="pixel value in masks and label rasters")
     color: RGB
     ignore: bool = Field(False, description="true for the one entry that is never trained on")
+    background: bool = Field(False, description="glass / slide background: trained and predicted, but not "
+                             "vectorised by postprocess unless asked (schema 1.1)")
 
 
 class ClassTable(BaseModel):
@@ -89,6 +100,8 @@ class ClassTable(BaseModel):
         dup_labels = sorted({v for v in labels if labels.count(v) > 1})
         if dup_labels:
             raise ValueError(f"class labels appear twice: {dup_labels}")
+        if any(c.ignore and c.background for c in self.classes):
+            raise ValueError("the ignore class cannot also be a background class")
         ignores = [c for c in self.classes if c.ignore]
         if len(ignores) > 1:
             raise ValueError("more than one class is marked ignore")
@@ -104,15 +117,18 @@ class ClassTable(BaseModel):
         return self
 
     @classmethod
-    def from_names(cls, names: list[str], *, with_ignore: bool = True) -> ClassTable:
-        """Labels in the order given, QuPath's colours where it has one; ignore aliases map to 255."""
+    def from_names(cls, names: list[str], *, with_ignore: bool = True,
+                   background: set[str] | frozenset[str] = frozenset()) -> ClassTable:
+        """Labels in the order given, QuPath's colours where it has one; ignore aliases map to 255.
+        Classes in `background`, and those named like glass ("Background", "Glass"), are marked background."""
         entries: list[ClassEntry] = []
         seen: set[str] = set()
         for name in names:
             if name in seen or is_ignore_name(name):
                 continue
             seen.add(name)
-            entries.append(ClassEntry(name=name, label=len(entries), color=default_color(name, len(entries))))
+            entries.append(ClassEntry(name=name, label=len(entries), color=default_color(name, len(entries)),
+                                      background=name in background or is_background_name(name)))
         if with_ignore:
             entries.append(ClassEntry(name=IGNORE_NAME, label=IGNORE_LABEL,
                                       color=QUPATH_COLORS[IGNORE_NAME], ignore=True))
@@ -125,6 +141,10 @@ class ClassTable(BaseModel):
     @property
     def num_trainable(self) -> int:
         return len(self.trainable)
+
+    @property
+    def background(self) -> list[ClassEntry]:
+        return [c for c in self.trainable if c.background]
 
     @property
     def ignore_entry(self) -> ClassEntry | None:

@@ -84,7 +84,8 @@ SlideMppOption = Annotated[float | None, typer.Option(
 
 
 def split_names(values: list[str] | None) -> list[str]:
-    """A repeatable name option: `--classes A --classes B` or `--classes A,B` (spaces trimmed)."""
+    """A repeatable option of slide names: `--val-slides A --val-slides B` or `--val-slides A,B` (spaces
+    trimmed). Never for class names: a class name may contain commas, so class options take one name each."""
     return [n.strip() for v in values or [] for n in v.split(",") if n.strip()]
 
 

@@ -126,8 +126,9 @@ class TileRecord(Strict):
 
 class TileSet(Contract):
     KIND: ClassVar[str] = "tileset"
+    VERSION: ClassVar[str] = "1.1"  # 1.1: classes may be marked background
     schema_id: Literal["slidemill/tileset"] = Field("slidemill/tileset", alias="schema")
-    schema_version: str = Field("1.0", pattern=r"^1\.\d+$")
+    schema_version: str = Field("1.1", pattern=r"^1\.\d+$")
     slide: SlideRef
     params: TilingParams
     mapping: PixelMapping = Field(description="tile pixels to level-0 pixels (origin 0; per tile add x, y)")
@@ -191,8 +192,9 @@ class TrainingSummary(Strict):
 
 class ModelCard(Contract):
     KIND: ClassVar[str] = "model"
+    VERSION: ClassVar[str] = "1.1"  # 1.1: classes may be marked background
     schema_id: Literal["slidemill/model"] = Field("slidemill/model", alias="schema")
-    schema_version: str = Field("1.0", pattern=r"^1\.\d+$")
+    schema_version: str = Field("1.1", pattern=r"^1\.\d+$")
     name: str
     architecture: str = Field(description="segmentation-models-pytorch architecture, e.g. unet")
     encoder: str = Field(description="encoder name, e.g. efficientnet-b0")
@@ -240,8 +242,9 @@ class Prediction(Contract):
     Probability raster: one band per trainable class in label order, 0-255 for 0-1."""
 
     KIND: ClassVar[str] = "prediction"
+    VERSION: ClassVar[str] = "1.1"  # 1.1: classes may be marked background
     schema_id: Literal["slidemill/prediction"] = Field("slidemill/prediction", alias="schema")
-    schema_version: str = Field("1.0", pattern=r"^1\.\d+$")
+    schema_version: str = Field("1.1", pattern=r"^1\.\d+$")
     slide: SlideRef
     model: ModelRef
     classes: ClassTable
@@ -267,9 +270,18 @@ def _check_rings(rings: list[list[Position]]) -> None:
             raise ValueError("a polygon ring is not closed (first and last points differ)")
 
 
+class ImagePlane(Strict):
+    """QuPath's image plane of an object (z-stacks, time series; c = -1 means all channels)."""
+
+    c: int = -1
+    z: int = Field(0, ge=0)
+    t: int = Field(0, ge=0)
+
+
 class PolygonGeometry(Strict):
     type: Literal["Polygon"]
     coordinates: Annotated[list[Ring], Field(min_length=1)]
+    plane: ImagePlane | None = Field(None, description="QuPath's plane; absent on the default plane (1.1)")
 
     @model_validator(mode="after")
     def _closed(self) -> PolygonGeometry:
@@ -280,6 +292,7 @@ class PolygonGeometry(Strict):
 class MultiPolygonGeometry(Strict):
     type: Literal["MultiPolygon"]
     coordinates: Annotated[list[Annotated[list[Ring], Field(min_length=1)]], Field(min_length=1)]
+    plane: ImagePlane | None = Field(None, description="QuPath's plane; absent on the default plane (1.1)")
 
     @model_validator(mode="after")
     def _closed(self) -> MultiPolygonGeometry:
@@ -289,8 +302,23 @@ class MultiPolygonGeometry(Strict):
 
 
 class Classification(Strict):
-    name: str = Field(min_length=1)
+    """A class as QuPath writes it: `name`, or for a derived class its parts in `names` (1.1), whose
+    full name is the parts joined by ": " ("Tumor: Positive")."""
+
+    name: str | None = Field(None, min_length=1)
+    names: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None, min_length=2, description="the parts of a derived class, outermost first (1.1)")
     color: RGB
+
+    @model_validator(mode="after")
+    def _one_name(self) -> Classification:
+        if (self.name is None) == (self.names is None):
+            raise ValueError("a classification has either 'name' or 'names'")
+        return self
+
+    @property
+    def full_name(self) -> str:
+        return self.name if self.name is not None else ": ".join(self.names or [])
 
 
 class FeatureProperties(BaseModel):
@@ -307,6 +335,8 @@ class Feature(Strict):
     type: Literal["Feature"] = "Feature"
     id: str
     geometry: Annotated[PolygonGeometry | MultiPolygonGeometry, Field(discriminator="type")]
+    nucleusGeometry: Annotated[PolygonGeometry | MultiPolygonGeometry | None, Field(discriminator="type")] = Field(
+        None, description="a cell's nucleus outline, level-0 pixels (1.1)")
     properties: FeatureProperties
 
 
@@ -314,8 +344,9 @@ class AnnotationSet(Contract):
     """A GeoJSON FeatureCollection in level-0 pixels; extra top-level members carry slidemill's data."""
 
     KIND: ClassVar[str] = "annotations"
+    VERSION: ClassVar[str] = "1.1"  # 1.1: derived classes (`names`), planes, cells' nucleusGeometry
     schema_id: Literal["slidemill/annotations"] = Field("slidemill/annotations", alias="schema")
-    schema_version: str = Field("1.0", pattern=r"^1\.\d+$")
+    schema_version: str = Field("1.1", pattern=r"^1\.\d+$")
     type: Literal["FeatureCollection"] = "FeatureCollection"
     slide: SlideRef | None = None
     mpp: float | None = Field(None, gt=0, description="level-0 microns per pixel used for measurements")

@@ -1,5 +1,5 @@
 """Polygon operations that more than one tool needs: dissolving same-class shapes, closing gaps,
-dropping speckle, filling small holes, measuring overlap, and building an `annotations` file.
+dropping speckle, filling small holes, measuring overlap, and the objects of an `annotations` file.
 
 All functions work in whatever planar coordinates they are given (raster pixels or level-0 pixels);
 distances and areas are in those units. Every function returns valid `Polygon`s only (never a
@@ -17,9 +17,8 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
-from .annotations import make_feature, make_valid_polygonal
+from .annotations import DERIVED_CLASS_JOINER, AnnotationShape, make_valid_polygonal
 from .classes import ClassTable
-from .contracts import AnnotationSet, Feature, Provenance, SlideRef
 
 # Segments per quarter circle of the discs used to close gaps.
 QUAD_SEGS = 8
@@ -225,31 +224,25 @@ def union_area_iou(a: Iterable[BaseGeometry], b: Iterable[BaseGeometry]) -> floa
     return shapely.intersection(ua, ub).area / union
 
 
-def build_annotation_set(
+def annotation_objects(
     polygons_by_class: Mapping[str | None, Sequence[Polygon]],
     *,
-    mpp: float | None,
     classes: ClassTable | None = None,
     colors: Mapping[str | None, tuple[int, int, int] | None] | None = None,
-    slide: SlideRef | None = None,
-    provenance: Provenance | None = None,
-) -> tuple[AnnotationSet, int]:
-    """An `annotations` contract with one feature per polygon, measured at `mpp` (level-0 microns
-    per pixel), in a deterministic order (classes by name, then shapes top to bottom, left to
-    right). Returns the set and how many polygons vanished when snapped to QuPath's 0.01 px grid."""
-    features: list[Feature] = []
-    vanished = 0
-    # classes by name (unclassified last), so every tool writes the same shapes in the same order
+) -> list[AnnotationShape]:
+    """One annotation object per polygon, in a deterministic order (classes by name, unclassified last,
+    then shapes top to bottom, left to right), ready for `annotations.write_annotations`. A class's
+    colour is the class table's, else `colors`'; a derived class ("Tumor: Positive") keeps its parts."""
+    out: list[AnnotationShape] = []
     for class_name in sorted(polygons_by_class, key=lambda n: (n is None, n or "")):
-        polys = polygons_by_class[class_name]
-        color = (colors or {}).get(class_name)
-        for poly in sort_polygons(polys):
-            feature = make_feature(shapely.normalize(poly), class_name, classes=classes, color=color, mpp=mpp)
-            if feature is None:
-                vanished += 1
-                continue
-            features.append(feature)
-    return AnnotationSet(slide=slide, mpp=mpp, provenance=provenance, features=features), vanished
+        entry = classes.by_name(class_name) if classes is not None and class_name else None
+        color = tuple(entry.color) if entry else (colors or {}).get(class_name)
+        parts = tuple(class_name.split(DERIVED_CLASS_JOINER)) if class_name and DERIVED_CLASS_JOINER in class_name \
+            else None
+        for poly in sort_polygons(polygons_by_class[class_name]):
+            out.append(AnnotationShape(geometry=shapely.normalize(poly), class_name=class_name, color=color,
+                                       class_names=parts))
+    return out
 
 
 def report_path_for(out: str | Path) -> Path:

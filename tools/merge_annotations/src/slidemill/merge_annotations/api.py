@@ -1,11 +1,14 @@
 """`run(config)`: annotation files of one slide in, one merged annotations file (and its report) out.
 
-Per class, shapes that overlap, touch or lie at most `max_gap` apart become one shape: the union of
-the group, closed morphologically (buffered out by half the gap, unioned, buffered back in, like
-MOTH's buffer-union-unbuffer; the original shapes are always kept whole). The overlap that
-overlapping shards both predicted is counted once, because it is a union. Shapes of different
-classes are never merged. Only `annotation` objects are merged; detections, cells and tiles are
-skipped and counted.
+Per class and image plane, annotations that overlap, touch or lie at most `max_gap` apart become one
+shape: the union of the group, closed morphologically (buffered out by half the gap, unioned,
+buffered back in, like MOTH's buffer-union-unbuffer; the original shapes are always kept whole).
+The overlap that overlapping shards both predicted is counted once, because it is a union. Shapes of
+different classes (a derived class such as "Tumor: Positive" is its own class) or planes are never
+merged. A merged shape made of one input object keeps that object's name, colour, measurements,
+metadata and other properties; one made of several keeps what they all share (the class always), and
+the properties that could not be kept are counted. Detections, cells (with their nucleus) and tiles
+are not merged: they are written as they came.
 """
 
 from __future__ import annotations
@@ -14,17 +17,21 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import shapely
 from shapely.geometry import Polygon
 
+from slidemill.shared.annotations import AnnotationShape, not_kept, read_annotation_file, write_annotations
+from slidemill.shared.classes import default_color
 from slidemill.shared.cli import package_version
-from slidemill.shared.contracts import Provenance, save_contract
+from slidemill.shared.contracts import Provenance
 from slidemill.shared.errors import InputError
 from slidemill.shared.files import prepare_output_file
 from slidemill.shared.report import ReportBuilder
-from slidemill.shared.shapes import build_annotation_set, dissolve, drop_small, polygon_parts, report_path_for
+from slidemill.shared.shapes import dissolve, drop_small, polygon_parts, report_path_for, sort_polygons
 
 from .config import MergeConfig
-from .inputs import InputFile, common_mpp, common_slide, read_input
+from .inputs import common_mpp, common_slide
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +61,47 @@ def gap_px(config: MergeConfig, mpp: float | None) -> float:
     return config.max_gap_um / mpp
 
 
+def merged_objects(polygons: list[Polygon], sources: list[AnnotationShape],
+                   color: tuple[int, int, int] | None) -> tuple[list[AnnotationShape], int]:
+    """One annotation per merged polygon (top to bottom, left to right), with the properties of the
+    input objects it is made of (see the module docs); and how many input objects lost properties."""
+    polygons = sort_polygons(polygons)
+    if not polygons:
+        return [], 0
+    first = sources[0]
+    members: list[list[AnnotationShape]] = [[] for _ in polygons]
+    tree = shapely.STRtree(np.asarray(polygons, dtype=object))
+    points = shapely.point_on_surface(np.asarray([s.geometry for s in sources], dtype=object))
+    source_index, polygon_index = tree.query(points, predicate="intersects")
+    assigned: set[int] = set()
+    for si, pi in zip(source_index.tolist(), polygon_index.tolist(), strict=True):
+        if si not in assigned:
+            assigned.add(si)
+            members[pi].append(sources[si])
+    out, lost = [], 0
+    for poly, group in zip(polygons, members, strict=True):
+        obj = AnnotationShape(geometry=shapely.normalize(poly), class_name=first.class_name, color=color,
+                              class_names=first.class_names, plane=first.plane)
+        if len(group) == 1:
+            one = group[0]
+            obj.name, obj.measurements, obj.metadata = one.name, dict(one.measurements), one.metadata
+            obj.object_color, obj.properties, obj.locked = one.object_color, one.properties, one.locked
+        elif group:
+            names = {g.name for g in group}
+            obj.name = names.pop() if len(names) == 1 else None
+            obj.locked = all(g.locked for g in group)
+            lost += sum(1 for g in group if (g.name and g.name != obj.name) or g.measurements or g.metadata
+                        or g.object_color or g.properties)
+        out.append(obj)
+    return out, lost
+
+
 def run(config: MergeConfig, *, argv: list[str] | None = None) -> MergeResult:
     """Merge the shapes of `config.inputs` (see the module docs)."""
     version = package_version(TOOL)
     report = ReportBuilder(TOOL, version, argv)
     with report.timed("read"):
-        files: list[InputFile] = [read_input(Path(p)) for p in config.inputs]
+        files = [read_annotation_file(Path(p)) for p in config.inputs]
     for f in files:
         if not f.shapes and f.skipped:
             raise InputError(f"holds no polygons: all {f.skipped} features were skipped "
@@ -82,67 +124,89 @@ def run(config: MergeConfig, *, argv: list[str] | None = None) -> MergeResult:
         report.warn("some inputs do not name their slide: "
                     + ", ".join(str(f.path) for f in files if f.slide is None))
 
+    present = {sh.class_name for f in files for sh in f.shapes}
     wanted = set(config.classes) if config.classes else None
-    by_class: dict[str | None, list[Polygon]] = {}
-    colors: dict[str | None, tuple[int, int, int] | None] = {}
-    other_objects = repaired = skipped = shapes_in = 0
-    for f in files:
-        repaired += f.repaired
-        skipped += f.skipped
-        for s in f.shapes:
-            shapes_in += 1
-            if s.object_type != "annotation":
-                other_objects += 1
-                continue
-            if wanted is not None and s.class_name not in wanted:
-                continue
-            by_class.setdefault(s.class_name, []).extend(polygon_parts(s.geometry))
-            if colors.get(s.class_name) is None:
-                colors[s.class_name] = s.color
     if wanted is not None:
-        missing = sorted(wanted - set(by_class))
-        if missing:
-            report.warn(f"no input has shapes of the classes {missing}")
-    reasons = [r for f in files for r in f.skipped_reasons]
+        unknown = [n for n in config.classes if n not in present]
+        if unknown:
+            listed = ", ".join(repr(n) for n in sorted(n for n in present if n)) or "none"
+            raise InputError(f"--classes names {', '.join(repr(n) for n in unknown)}, which no input has; the "
+                             f"inputs' classes are {listed}",
+                             fix="Give each class name exactly as the inputs spell it, one name per --classes "
+                                 "(a name may contain commas, colons and spaces)")
+    groups: dict[tuple, list[AnnotationShape]] = {}
+    colors: dict[str | None, tuple[int, int, int] | None] = {}
+    passed: list[AnnotationShape] = []
+    repaired = sum(f.repaired for f in files)
+    skipped = sum(f.skipped for f in files)
+    shapes_in = 0
+    for f in files:
+        for sh in f.shapes:
+            shapes_in += 1
+            if wanted is not None and sh.class_name not in wanted:
+                continue
+            if colors.get(sh.class_name) is None:
+                colors[sh.class_name] = sh.color
+            if sh.object_type != "annotation":
+                passed.append(sh)
+                continue
+            groups.setdefault((sh.class_name, sh.plane_key), []).append(sh)
+    reasons = [f"{f.path.name}: {r}" for f in files for r in f.skipped_reasons]
     if repaired:
         report.warn(f"{repaired} invalid shapes (self-intersections and the like) were repaired")
     if skipped:
         report.warn(f"{skipped} features without a polygon were skipped: "
                     + "; ".join(reasons[:MAX_LISTED_WARNINGS]) + (" ..." if len(reasons) > MAX_LISTED_WARNINGS else ""))
-    if other_objects:
-        report.warn(f"{other_objects} detection/cell/tile objects were left out: only annotations are merged")
+    if passed:
+        log.info("%d detection/cell/tile objects are written as they came (only annotations are merged)", len(passed))
 
     min_area_px = config.min_area_um2 / (mpp * mpp) if config.min_area_um2 else 0.0
-    merged: dict[str | None, list[Polygon]] = {}
-    dropped = 0
-    order = sorted(by_class, key=lambda n: (n is None, n or ""))
+    objects: list[AnnotationShape] = []
+    dropped = lost = 0
+    order = sorted(groups, key=lambda k: (k[0] is None, k[0] or "", k[1]))
     with report.timed("merge"):
-        for name in order:
-            polys = dissolve(by_class[name], max_gap=gap)
+        for key in order:
+            name = key[0]
+            polys = dissolve([p for sh in groups[key] for p in polygon_parts(sh.geometry)], max_gap=gap)
             polys, small = drop_small(polys, min_area_px)
             dropped += small
-            merged[name] = polys
-            log.info("%s: %d shapes -> %d", name or "unclassified", len(by_class[name]), len(polys))
+            color = colors.get(name) or (default_color(name) if name else None)
+            merged, n_lost = merged_objects(polys, groups[key], color)
+            objects.extend(merged)
+            lost += n_lost
+            log.info("%s: %d shapes -> %d", name or "unclassified", len(groups[key]), len(polys))
+    if lost:
+        report.warn(f"{lost} input annotation(s) were merged with others and their own names, measurements or "
+                    "other properties were left out (a merged shape keeps only what its parts share)")
     provenance = Provenance(tool=TOOL, version=version, inputs=[str(p) for p in config.inputs], parameters={
         "max_gap_px": gap, "min_area_um2": config.min_area_um2, "classes": config.classes, "mpp": mpp})
+    colors_out = {n: (c or default_color(n)) for n, c in colors.items() if n}
     with report.timed("write"):
-        annotation_set, vanished = build_annotation_set(merged, mpp=mpp, colors=colors, slide=slide,
-                                                        provenance=provenance)
-        save_contract(annotation_set, out, indent=None)
-    per_class: dict[str, int] = {(n or "unclassified"): 0 for n in order}
-    for feature in annotation_set.features:
-        cls = feature.properties.classification
-        per_class[cls.name if cls else "unclassified"] += 1
+        stats = write_annotations(out, objects + passed, colors=colors_out, slide=slide, mpp=mpp,
+                                  provenance=provenance)
+    vanished = stats.dropped
+    names = [n for n in dict.fromkeys(k[0] for k in order)] + [sh.class_name for sh in passed]
+    per_class: dict[str, int] = {(n or "unclassified"): 0 for n in dict.fromkeys(names)}
+    per_class.update(stats.per_class)
+    unclassified = stats.written - sum(stats.per_class.values())
+    if unclassified or "unclassified" in per_class:
+        per_class["unclassified"] = unclassified
     report.inputs = [str(p) for p in config.inputs]
     report.outputs = [str(out)]
     for key, value in {"inputs": len(files), "shapes_in": shapes_in, "shapes_repaired": repaired,
-                       "features_skipped": skipped, "objects_not_annotations": other_objects,
-                       "features": len(annotation_set.features), "shapes_dropped_small": dropped,
-                       "shapes_vanished_on_snap": vanished, "max_gap_px": gap}.items():
+                       "features_skipped": skipped, "objects_not_annotations": len(passed),
+                       "features": stats.written, "shapes_dropped_small": dropped,
+                       "shapes_vanished_on_snap": vanished, "max_gap_px": gap,
+                       "annotations_properties_not_kept": lost}.items():
         report.count(key, value)
+    counts, messages = not_kept(files, stats)
+    for key, value in counts.items():
+        report.count(key, value)
+    for message in messages:
+        report.warn(message)
     for name, count in per_class.items():
         report.count(f"features.{name}", count)
     report.write(report_path)
-    log.info("wrote %d features to %s", len(annotation_set.features), out)
-    return MergeResult(out=out, report=report_path, features=len(annotation_set.features),
+    log.info("wrote %d features to %s", stats.written, out)
+    return MergeResult(out=out, report=report_path, features=stats.written,
                        features_per_class=per_class, shapes_in=shapes_in, repaired=repaired, skipped=skipped)

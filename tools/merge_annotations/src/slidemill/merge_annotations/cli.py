@@ -15,7 +15,6 @@ from slidemill.shared.cli import (
     OverwriteOption,
     SlideMppOption,
     cli_run,
-    split_names,
     tool_app,
     version_option,
 )
@@ -34,8 +33,9 @@ def main(
                                                      "apart (µm); 0 merges only touching or overlapping shapes.")
                           ] = None,
     max_gap_px: Annotated[float | None, typer.Option(min=0.0, help="The same in level-0 pixels.")] = None,
-    classes: Annotated[list[str] | None, typer.Option("--classes", help="Only these classes (repeat the option, "
-                                                      "or separate names with commas).")] = None,
+    classes: Annotated[list[str] | None, typer.Option(
+        "--classes", help="Only this class; repeat the option for several. Each value is one class name, exactly "
+        "as the class table spells it (commas, colons and spaces included).")] = None,
     min_area_um2: Annotated[float, typer.Option(min=0.0, help="Drop merged shapes smaller than this (µm²).")
                             ] = 0.0,
     slide_mpp: SlideMppOption = None,
@@ -56,7 +56,7 @@ def main(
 
         try:
             config = MergeConfig(inputs=inputs, out=out, max_gap_um=max_gap_um, max_gap_px=max_gap_px,
-                                 classes=split_names(classes) or None, min_area_um2=min_area_um2, slide_mpp=slide_mpp,
+                                 classes=classes or None, min_area_um2=min_area_um2, slide_mpp=slide_mpp,
                                  overwrite=overwrite)
         except ValidationError as exc:
             raise InputError(f"invalid options: {describe_validation_error(exc)}",

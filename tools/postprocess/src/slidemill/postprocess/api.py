@@ -10,13 +10,14 @@ import numpy as np
 import shapely
 from shapely.geometry import Polygon
 
+from slidemill.shared.annotations import write_annotations
 from slidemill.shared.cli import Progress, package_version, worker_count
-from slidemill.shared.contracts import Prediction, Provenance, save_contract
+from slidemill.shared.contracts import Prediction, Provenance
 from slidemill.shared.errors import InputError
 from slidemill.shared.files import prepare_output_file
 from slidemill.shared.report import ReportBuilder
 from slidemill.shared.shapes import (
-    build_annotation_set,
+    annotation_objects,
     drop_small,
     fill_small_holes,
     report_path_for,
@@ -51,17 +52,23 @@ def mask_ops(config: PostprocessConfig, raster_mpp: float) -> MaskOps:
                    close_radius_px=radius(config.close_px, config.close_um))
 
 
-def selected_classes(prediction: Prediction, names: list[str] | None) -> list[tuple[str, int]]:
-    """(name, label) of the classes to vectorise; unknown names are refused with the valid ones."""
+def selected_classes(prediction: Prediction, names: list[str] | None,
+                     include_background: bool = False) -> tuple[list[tuple[str, int]], list[str]]:
+    """(name, label) of the classes to vectorise, and the background classes left out. Named classes
+    are taken exactly (unknown names are refused with the valid ones); without names, every trainable
+    class but those the class table marks as background (unless `include_background`)."""
     trainable = prediction.classes.trainable
     if not names:
-        return [(c.name, c.label) for c in trainable]
+        left_out = [] if include_background else [c.name for c in trainable if c.background]
+        return [(c.name, c.label) for c in trainable if c.name not in left_out], left_out
     valid = {c.name: c.label for c in trainable}
     unknown = [n for n in names if n not in valid]
     if unknown:
-        raise InputError(f"--classes names {unknown} that the prediction does not have",
-                         fix=f"Choose from {sorted(valid)}")
-    return [(n, valid[n]) for n in dict.fromkeys(names)]
+        raise InputError(f"--classes names {', '.join(repr(n) for n in unknown)}, which the prediction does not "
+                         f"have; its classes are {', '.join(repr(n) for n in valid)}",
+                         fix="Give each class name exactly as the class table spells it, one name per --classes "
+                             "(a name may contain commas, colons and spaces)")
+    return [(n, valid[n]) for n in dict.fromkeys(names)], []
 
 
 def level0_mpp(prediction: Prediction) -> float:
@@ -84,7 +91,7 @@ def run(config: PostprocessConfig, *, argv: list[str] | None = None) -> Postproc
     version = package_version(TOOL)
     report = ReportBuilder(TOOL, version, argv)
     folder, prediction = load_prediction(config.prediction)
-    classes = selected_classes(prediction, config.classes)
+    classes, background_left_out = selected_classes(prediction, config.classes, config.include_background)
     out = prepare_output_file(config.out, overwrite=config.overwrite)
     report_path = report_path_for(out)
     if report_path.resolve() == out.resolve():
@@ -122,18 +129,22 @@ def run(config: PostprocessConfig, *, argv: list[str] | None = None) -> Postproc
         "smooth_sigma_px": ops.smooth_sigma_px, "open_radius_px": ops.open_radius_px,
         "close_radius_px": ops.close_radius_px, "min_area_um2": config.min_area_um2,
         "fill_holes_um2": config.fill_holes_um2, "simplify_um": config.simplify_um,
-        "classes": [n for n, _ in classes], "raster_mpp": prediction.mpp, "model": prediction.model.name,
+        "classes": [n for n, _ in classes],
+        "background_not_vectorised": background_left_out, "raster_mpp": prediction.mpp, "model": prediction.model.name,
         "shard": None if prediction.shard is None else f"{prediction.shard.index}/{prediction.shard.count}",
     })
+    if background_left_out:
+        report.warn(f"background class(es) {', '.join(repr(n) for n in background_left_out)} were not vectorised "
+                    "(the class table marks them as glass); pass --include-background to get them too")
     with report.timed("write"):
-        annotation_set, vanished = build_annotation_set(
-            polygons_by_class, mpp=mpp0, classes=prediction.classes, slide=prediction.slide, provenance=provenance)
-        save_contract(annotation_set, out, indent=None)
-    per_class = {name: 0 for name, _ in classes}
-    for feature in annotation_set.features:
-        per_class[feature.properties.classification.name] += 1
+        written = write_annotations(out, annotation_objects(polygons_by_class, classes=prediction.classes),
+                                    classes=prediction.classes, mpp=mpp0, slide=prediction.slide,
+                                    provenance=provenance)
+    vanished = written.dropped
+    per_class = {name: written.per_class.get(name, 0) for name, _ in classes}
     report.outputs = [str(out)]
-    report.count("features", len(annotation_set.features))
+    report.count("features", written.written)
+    report.count("classes_background_not_vectorised", len(background_left_out))
     for name, count in per_class.items():
         report.count(f"features.{name}", count)
     report.count("chunks", stats.chunks)
@@ -142,6 +153,6 @@ def run(config: PostprocessConfig, *, argv: list[str] | None = None) -> Postproc
     report.count("shapes_dropped_small", dropped)
     report.count("shapes_vanished_on_snap", vanished)
     report.write(report_path)
-    log.info("wrote %d features to %s", len(annotation_set.features), out)
-    return PostprocessResult(out=out, report=report_path, features=len(annotation_set.features),
+    log.info("wrote %d features to %s", written.written, out)
+    return PostprocessResult(out=out, report=report_path, features=written.written,
                              features_per_class=per_class)

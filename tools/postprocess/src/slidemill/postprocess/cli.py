@@ -15,7 +15,6 @@ from slidemill.shared.cli import (
     OverwriteOption,
     WorkersOption,
     cli_run,
-    split_names,
     tool_app,
     version_option,
 )
@@ -44,8 +43,12 @@ def main(
     fill_holes_um2: Annotated[float, typer.Option(min=0.0, help="Fill holes smaller than this (µm²).")] = 0.0,
     simplify_um: Annotated[float, typer.Option(min=0.0, help="Simplification tolerance in microns (0 keeps "
                                                "the exact pixel outline).")] = 0.0,
-    classes: Annotated[list[str] | None, typer.Option("--classes", help="Only these classes (repeat the "
-                                                      "option, or separate names with commas).")] = None,
+    classes: Annotated[list[str] | None, typer.Option(
+        "--classes", help="Only this class; repeat the option for several. Each value is one class name, exactly "
+        "as the class table spells it (commas, colons and spaces included).")] = None,
+    include_background: Annotated[bool, typer.Option(
+        "--include-background", help="Also vectorise the classes the class table marks as background (glass); "
+        "by default they are left out, unless named with --classes.")] = False,
     chunk_px: Annotated[int, typer.Option(min=64, help="Raster chunk side in pixels (bounds memory).")] = 2048,
     workers: WorkersOption = 1,
     overwrite: OverwriteOption = False,
@@ -67,7 +70,8 @@ def main(
             config = PostprocessConfig(
                 prediction=prediction, out=out, smooth_um=smooth_um, smooth_px=smooth_px, open_um=open_um,
                 open_px=open_px, close_um=close_um, close_px=close_px, min_area_um2=min_area_um2,
-                fill_holes_um2=fill_holes_um2, simplify_um=simplify_um, classes=split_names(classes) or None,
+                fill_holes_um2=fill_holes_um2, simplify_um=simplify_um, classes=classes or None,
+                include_background=include_background,
                 chunk_px=chunk_px, workers=workers, overwrite=overwrite)
         except ValidationError as exc:
             raise InputError(f"invalid options: {describe_validation_error(exc)}",

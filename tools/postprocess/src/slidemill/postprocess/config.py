@@ -26,7 +26,9 @@ class PostprocessConfig(BaseModel):
     fill_holes_um2: float = Field(0.0, ge=0, description="holes smaller than this area (µm²) are filled")
     simplify_um: float = Field(0.0, ge=0, le=10_000,
                                description="Douglas-Peucker tolerance in microns (0 keeps the pixel outline)")
-    classes: list[str] | None = Field(None, description="class names to vectorise; all trainable classes if unset")
+    classes: list[str] | None = Field(None, description="class names to vectorise (each exactly as the class "
+                                      "table spells it); all trainable classes but background ones if unset")
+    include_background: bool = Field(False, description="also vectorise the classes marked background (glass)")
     chunk_px: int = Field(2048, ge=64, le=65_536,
                           description="side of the square raster chunk processed at a time (bounds memory)")
     workers: int = Field(1, ge=0, le=256, description="processes vectorising chunks at once; 0 = one per CPU core")

@@ -14,8 +14,7 @@ import shapely
 from pydantic import ValidationError
 from shapely.geometry import box
 
-from slidemill.shared.annotation_formats import read_annotation_file
-from slidemill.shared.annotations import AnnotationShape
+from slidemill.shared.annotations import AnnotationShape, read_annotation_file
 from slidemill.shared.classes import IGNORE_LABEL, IGNORE_NAME, QUPATH_COLORS, ClassTable, is_ignore_name
 from slidemill.shared.contracts import SlideRef, describe_validation_error
 from slidemill.shared.errors import InputError
@@ -145,7 +144,7 @@ def _class_table(config: TileConfig, shapes: list[AnnotationShape]) -> ClassTabl
                 fix="Add the missing classes to the class table (or rename them in QuPath), so every tileset "
                     "of the project shares one table")
         return table
-    table = ClassTable.from_names(names)
+    table = ClassTable.from_names(names, background={config.background_class} if config.background_class else set())
     colours = {}
     for s in shapes:
         if s.class_name and s.color and s.class_name not in QUPATH_COLORS:

@@ -15,6 +15,15 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from slidemill.shared.annotations import (
+    WriteStats,
+    annotations_header,
+    class_colors,
+    feature_lines,
+    not_kept,
+    read_annotation_file,
+    write_feature_collection,
+)
 from slidemill.shared.classes import QUPATH_COLORS
 from slidemill.shared.cli import Progress, package_version
 from slidemill.shared.contracts import Provenance
@@ -23,7 +32,7 @@ from slidemill.shared.files import atomic_write, require_file, staged_dir
 from slidemill.shared.report import ReportBuilder
 
 from .config import ToQuPathConfig
-from .inputs import SlideGroup, find_slide, group_by_slide, read_input
+from .inputs import SlideGroup, find_slide, group_by_slide
 from .project import (
     GEOJSON_DIR,
     SCRIPT_FILE,
@@ -35,7 +44,6 @@ from .project import (
     open_project,
     save_project,
 )
-from .writer import WriteStats, class_colors, feature_lines, write_feature_collection
 
 log = logging.getLogger(__name__)
 
@@ -86,18 +94,13 @@ def _check_inputs(config: ToQuPathConfig) -> None:
 
 
 def _header(group: SlideGroup, config: ToQuPathConfig) -> dict:
-    slide_ref = next((i.slide_ref for i in group.inputs if i.slide_ref is not None), None)
+    slide_ref = next((i.slide for i in group.inputs if i.slide is not None), None)
     provenance = Provenance(
         tool=TOOL, version=package_version(TOOL), inputs=[str(i.path) for i in group.inputs],
         parameters={k: v for k, v in {"object_type": config.object_type, "lock": config.lock,
                                        "qupath_version": config.qupath_version}.items() if v is not None},
     )
-    return {
-        "schema": "slidemill/annotations", "schema_version": "1.0",
-        "slide": slide_ref.model_dump(exclude_none=True) if slide_ref is not None else None,
-        "mpp": group.mpp,
-        "provenance": provenance.model_dump(exclude_none=True),
-    }
+    return annotations_header(slide=slide_ref, mpp=group.mpp, provenance=provenance)
 
 
 def _is_search_folder(path: Path) -> bool:
@@ -132,7 +135,7 @@ def run(config: ToQuPathConfig, *, argv: list[str] | None = None) -> ToQuPathRes
     project = (open_project(config.project_dir, qupath_version=config.qupath_version)
                if config.project_dir is not None else None)
     with report.timed("read"):
-        inputs = [read_input(path) for path in config.annotations]
+        inputs = [read_annotation_file(path) for path in config.annotations]
     for input_file in inputs:
         report.inputs.append(str(input_file.path))
         for reason in input_file.skipped_reasons[:5]:
@@ -214,6 +217,11 @@ def run(config: ToQuPathConfig, *, argv: list[str] | None = None) -> ToQuPathRes
         report.count("features_resnapped", stats.resnapped)
         report.count("duplicate_ids_renamed", stats.renamed_ids)
         report.count("classes", len(colors))
+        counts, messages = not_kept(inputs, stats)
+        for key, value in counts.items():
+            report.count(key, value)
+        for message in messages:
+            report.warn(message)
         if project is not None:
             report.count("project_entries_new", len(project.new_entries))
             report.count("project_entries_reused", len(project.reused_entries))

@@ -8,44 +8,15 @@ so its slide is the `--slide` whose name (without extension) starts its file nam
 
 from __future__ import annotations
 
-import gzip
-import json
-import logging
-import math
 import re
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import shapely
-from pydantic import ValidationError
-from shapely.geometry import MultiPolygon, Polygon, shape
+from slidemill.shared.annotations import AnnotationShape, ReadResult
+from slidemill.shared.errors import InputError
 
-from slidemill.shared.annotations import AnnotationShape, make_valid_polygonal, shapes_from_geojson
-from slidemill.shared.contracts import AnnotationSet, describe_validation_error
-from slidemill.shared.errors import ContractError, InputError
-from slidemill.shared.files import require_file
-
-log = logging.getLogger(__name__)
-
-OBJECT_TYPES = {"annotation", "detection", "cell", "tile"}
 _MULTIPART_EXTENSIONS = (".ome.tif", ".ome.tiff", ".tar.gz")
 _ANNOTATION_SUFFIXES = (".gz", ".geojson", ".json", ".xml")
-
-
-@dataclass
-class InputFile:
-    path: Path
-    kind: str  # "slidemill", "qupath" or "xml"
-    records: list[AnnotationShape]
-    slide_name: str | None = None
-    mpp: float | None = None
-    slide_ref: Any = None
-    repaired: int = 0
-    skipped: int = 0
-    skipped_reasons: list[str] = field(default_factory=list)
 
 
 def qupath_name_without_extension(name: str) -> str:
@@ -69,131 +40,25 @@ def annotation_stem(path: Path) -> str:
     return name
 
 
-def _finite_numbers(values: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in values.items()
-            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
-
-
-def polygons_from_dicts(geometries: list[dict[str, Any]]) -> list[Polygon | MultiPolygon]:
-    """Shapely geometries of validated GeoJSON Polygon/MultiPolygon dicts, built in one vectorised call
-    for the Polygons (100,000 shapes in a fraction of a second)."""
-    out: list[Any] = [None] * len(geometries)
-    index: list[int] = []
-    coords: list[Any] = []
-    ring_ends: list[int] = [0]
-    polygon_ends: list[int] = [0]
-    for i, geometry in enumerate(geometries):
-        if geometry["type"] != "Polygon":
-            out[i] = shape(geometry)
-            continue
-        index.append(i)
-        for ring in geometry["coordinates"]:
-            coords.extend(ring)
-            ring_ends.append(len(coords))
-        polygon_ends.append(len(ring_ends) - 1)
-    if index:
-        built = shapely.from_ragged_array(
-            shapely.GeometryType.POLYGON, np.asarray(coords, dtype=np.float64).reshape(-1, 2),
-            (np.asarray(ring_ends, dtype=np.int64), np.asarray(polygon_ends, dtype=np.int64)))
-        for i, geom in zip(index, built, strict=True):
-            out[i] = geom
-    return out
-
-
-def _records_from_set(annotation_set: AnnotationSet, raw_features: list[dict[str, Any]], result: InputFile) -> None:
-    geometries = polygons_from_dicts([f["geometry"] for f in raw_features])
-    valid = shapely.is_valid(np.asarray(geometries, dtype=object)) if geometries else []
-    for index, (feature, geom, ok) in enumerate(zip(annotation_set.features, geometries, valid, strict=True)):
-        props = feature.properties
-        if not ok or geom.is_empty:
-            geom, repaired = make_valid_polygonal(geom)
-            if geom is None:
-                result.skipped += 1
-                result.skipped_reasons.append(f"feature {index}: nothing polygonal left after repair")
-                continue
-            result.repaired += int(repaired)
-        cls = props.classification
-        result.records.append(AnnotationShape(
-            geometry=geom, class_name=cls.name if cls else None,
-            color=tuple(cls.color) if cls else None, object_type=props.objectType, name=props.name,
-            measurements=_finite_numbers(props.measurements), locked=bool(props.isLocked),
-            metadata=dict(props.metadata) if props.metadata else None,
-        ))
-
-
-def read_input(path: Path) -> InputFile:
-    """Read one annotation file of any supported kind (the format is found from the content)."""
-    path = require_file(path, "annotations file")
-    try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise InputError(f"cannot be read ({exc})", path=path) from None
-    head = raw[:64].lstrip(b"\xef\xbb\xbf \t\r\n")
-    if head[:1] not in (b"{", b"["):
-        from slidemill.shared.annotation_formats import read_annotation_file
-
-        read = read_annotation_file(path)
-        return _from_shapes(path, "xml", read)
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"is not valid JSON ({exc})", path=path,
-                         fix="Give a slidemill annotations file or a QuPath GeoJSON export") from None
-    if isinstance(data, dict) and "schema" in data:
-        try:
-            annotation_set = AnnotationSet.model_validate(data)
-        except ValidationError as exc:
-            raise ContractError(f"is not a valid slidemill/annotations file: {describe_validation_error(exc)}",
-                                path=path, fix="Re-create it with the slidemill tool that writes it") from None
-        result = InputFile(path=path, kind="slidemill", records=[],
-                           slide_name=annotation_set.slide.name if annotation_set.slide else None,
-                           mpp=annotation_set.mpp or (annotation_set.slide.mpp if annotation_set.slide else None),
-                           slide_ref=annotation_set.slide)
-        _records_from_set(annotation_set, data["features"], result)
-        return result
-    return _from_shapes(path, "qupath", shapes_from_geojson(data, source=str(path)))
-
-
-def _from_shapes(path: Path, kind: str, read) -> InputFile:
-    result = InputFile(path=path, kind=kind, records=[], repaired=read.repaired, skipped=read.skipped,
-                       skipped_reasons=list(read.skipped_reasons))
-    for s in read.shapes:
-        object_type = s.object_type if s.object_type in OBJECT_TYPES else "annotation"
-        result.records.append(AnnotationShape(
-            geometry=s.geometry, class_name=_text(s.class_name), color=s.color, object_type=object_type,
-            name=_text(s.name), measurements=_finite_numbers(s.measurements), locked=s.locked,
-        ))
-    return result
-
-
-def _text(value: Any) -> str | None:
-    """A name as QuPath wants it: a non-empty string, or nothing."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    return value if isinstance(value, str) else str(value)
-
-
 @dataclass
 class SlideGroup:
     """Everything written for one slide: its name, where the slide file is, and the inputs about it."""
 
     image_name: str | None
     stem: str
-    inputs: list[InputFile] = field(default_factory=list)
+    inputs: list[ReadResult] = field(default_factory=list)
     slide_path: Path | None = None
 
     @property
     def records(self) -> list[AnnotationShape]:
-        return [r for i in self.inputs for r in i.records]
+        return [r for i in self.inputs for r in i.shapes]
 
     @property
     def mpp(self) -> float | None:
         return next((i.mpp for i in self.inputs if i.mpp), None)
 
 
-def _match_by_name(input_file: InputFile, names: list[str]) -> str | None:
+def _match_by_name(input_file: ReadResult, names: list[str]) -> str | None:
     """The slide name (without extension) that begins the annotation file's name; the longest wins."""
     stem = annotation_stem(input_file.path)
     best: str | None = None
@@ -205,19 +70,17 @@ def _match_by_name(input_file: InputFile, names: list[str]) -> str | None:
     return best
 
 
-def group_by_slide(inputs: list[InputFile], slides: list[Path]) -> list[SlideGroup]:
+def group_by_slide(inputs: list[ReadResult], slides: list[Path]) -> list[SlideGroup]:
     """One group per slide, in the order the slides first appear in the inputs. A file that does not
     name its slide goes with the slide (given with --slide, or named by another input) whose name
     begins its file name, else with the only --slide given, else on its own (named after the file)."""
     by_name = {s.name: s for s in slides}
-    known = list(by_name) + [i.slide_name for i in inputs if i.slide_name and i.slide_name not in by_name]
+    named = [i.slide.name if i.slide is not None else None for i in inputs]
+    known = list(by_name) + [n for n in named if n and n not in by_name]
     groups: dict[str, SlideGroup] = {}
-    for input_file in inputs:
-        if input_file.slide_name is None:
-            match = _match_by_name(input_file, known) or (slides[0].name if len(slides) == 1 else None)
-            if match is not None:
-                input_file.slide_name = match
-        name = input_file.slide_name
+    for input_file, name in zip(inputs, named, strict=True):
+        if name is None:
+            name = _match_by_name(input_file, known) or (slides[0].name if len(slides) == 1 else None)
         stem = qupath_name_without_extension(name) if name else annotation_stem(input_file.path)
         group = groups.get(stem)
         if group is None:

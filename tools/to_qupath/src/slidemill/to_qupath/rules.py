@@ -7,8 +7,6 @@ of them; the tests (and anyone holding a file of unknown origin) check with thes
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
 import uuid
 from pathlib import Path
@@ -83,7 +81,7 @@ def _validity_problems(geometries: list[Any], where: str = "geometry") -> list[l
     invalid once QuPath 0.6 snaps it to its 0.01 px grid. Vectorised: 100,000 shapes in about a second."""
     if not geometries:
         return []
-    from .inputs import polygons_from_dicts
+    from slidemill.shared.annotations import polygons_from_dicts
 
     try:
         geoms = np.asarray(polygons_from_dicts(geometries), dtype=object)
@@ -112,20 +110,17 @@ def _shape_or_none(geometry: dict) -> Any:
         return None
 
 
-def geometry_problems(geometry: Any, where: str = "geometry") -> list[str]:
-    problems = _structure_problems(geometry, where)
-    if problems or geometry.get("type") not in POLYGONAL:
-        return problems
-    return _validity_problems([geometry], where)[0]
-
-
 def _classification_problems(cls: Any) -> list[str]:
     if cls is None or isinstance(cls, str):
         return [] if cls is None or cls.strip() else ["classification: empty name"]
     if not isinstance(cls, dict):
         return ["classification: neither an object nor a string"]
     problems = []
-    if not isinstance(cls.get("name"), str) or not cls["name"].strip():
+    names = cls.get("names")
+    if names is not None:  # a derived class, as QuPath 0.4+ writes it
+        if not (isinstance(names, list) and names and all(isinstance(n, str) and n.strip() for n in names)):
+            problems.append("classification: 'names' is not a list of non-empty names")
+    elif not isinstance(cls.get("name"), str) or not cls["name"].strip():
         problems.append("classification: no name")
     color = cls.get("color")
     if color is None:
@@ -193,16 +188,11 @@ def feature_problems(feature: Any) -> list[str]:
     return features_problems([feature])[0]
 
 
-def load_geojson(path: str | Path) -> Any:
-    raw = Path(path).read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    return json.loads(raw)
-
-
 def file_problems(path: str | Path, *, limit: int = 20) -> list[str]:
     """Problems of a whole GeoJSON file, each prefixed with the feature's index (at most `limit`)."""
-    data = load_geojson(path)
+    from slidemill.shared.annotations import load_json
+
+    data = load_json(path)
     if isinstance(data, dict) and data.get("type") == "FeatureCollection":
         features = data.get("features")
         if not isinstance(features, list):

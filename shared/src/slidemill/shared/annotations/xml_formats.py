@@ -1,7 +1,5 @@
-"""Annotation files of every format slidemill reads, in one call: `read_annotation_file(path)`.
+"""The XML annotation formats (read through `slidemill.shared.annotations.read_annotation_file`).
 
-- QuPath GeoJSON of any version (0.2 type-in-`id`, 0.3 `object_type`, 0.4+ `objectType`), plain or
-  gzipped, and slidemill's own `annotations` files: `slidemill.shared.annotations.read_geojson`.
 - ASAP XML (`<ASAP_Annotations>`): each `<Annotation>` of type Polygon, Rectangle or Spline is one
   shape; its class is its `PartOfGroup` (no class when "None"), its colour its own `Color` (or its
   group's).
@@ -11,30 +9,22 @@
   other than "Description" (ImageScope's attribute columns), else the value of its first non-empty
   attribute, else no class. Self-intersecting regions are repaired (as QuPath does on import).
 
-Coordinates are level-0 pixels in every format. The format is found from the content, not the name.
+Coordinates are level-0 pixels in every format. Points, rulers and arrows are skipped and counted.
 """
 
 from __future__ import annotations
 
-import gzip
 import logging
 import math
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import shapely
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
-from .annotations import AnnotationShape, ReadResult, shapes_from_geojson
-from .errors import InputError
-from .files import require_file
+from .model import AnnotationShape, ReadResult
 
 log = logging.getLogger(__name__)
-
-_FIX = ("Give a QuPath GeoJSON export (File > Export objects as GeoJSON), an ASAP XML file or an "
-        "Aperio ImageScope XML file")
-
 
 def bgr_int_to_rgb(value: int) -> tuple[int, int, int]:
     """A Windows COLORREF (0x00BBGGRR, as ImageScope writes `LineColor`) as (r, g, b)."""
@@ -92,14 +82,14 @@ def _add(result: ReadResult, geom: BaseGeometry | None, what: str, **props) -> N
 
 
 def shapes_from_asap(root: ET.Element) -> ReadResult:
-    result = ReadResult(shapes=[])
+    result = ReadResult(shapes=[], format="asap")
     group_colors = {g.get("Name"): hex_to_rgb(g.get("Color")) for g in root.iter("Group")}
     for index, ann in enumerate(root.iter("Annotation")):
         kind = (ann.get("Type") or "Polygon").strip().lower()
         name = ann.get("Name") or f"Annotation {index}"
         what = f"annotation {name!r}"
         if kind not in {"polygon", "rectangle", "spline"}:
-            result.skip(f"{what}: a {kind}, not an area")
+            result.skip(f"{what}: a {kind}, not an area", "points" if kind in {"dot", "pointset"} else "other")
             continue
         points = _points(ann, "Coordinate", ordered=True)
         if len(points) < 3:
@@ -145,7 +135,7 @@ def _imagescope_region(region: ET.Element) -> Polygon | None:
 
 
 def shapes_from_imagescope(root: ET.Element) -> ReadResult:
-    result = ReadResult(shapes=[])
+    result = ReadResult(shapes=[], format="imagescope")
     for index, ann in enumerate(root.findall("./Annotation")):
         ann_id = ann.get("Id") or str(index + 1)
         what = f"annotation layer {ann_id}"
@@ -174,49 +164,3 @@ def shapes_from_imagescope(root: ET.Element) -> ReadResult:
                 color = None
         _add(result, geom, what, class_name=_imagescope_class(ann), color=color, name=ann.get("Name") or None)
     return result
-
-
-# --- dispatch ----------------------------------------------------------------------------------
-
-
-def _sniff(raw: bytes) -> str:
-    head = raw[:4096].lstrip(b"\xef\xbb\xbf \t\r\n")
-    if head[:1] in (b"{", b"["):
-        return "geojson"
-    if head[:1] == b"<":
-        return "xml"
-    return "unknown"
-
-
-def read_annotation_file(path: str | Path) -> ReadResult:
-    """Shapes (level-0 pixels) from a QuPath/slidemill GeoJSON, ASAP XML or ImageScope XML file.
-
-    The format is recognised from the content; anything else is an InputError naming the file.
-    """
-    path = require_file(path, "annotation file")
-    try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError) as exc:
-        raise InputError(f"cannot be read ({exc})", path=path, fix=_FIX) from None
-    kind = _sniff(raw)
-    if kind == "geojson":
-        import json
-
-        try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"looks like JSON but is not valid JSON ({exc})", path=path, fix=_FIX) from None
-        return shapes_from_geojson(data, source=str(path))
-    if kind == "xml":
-        try:
-            root = ET.fromstring(raw)
-        except ET.ParseError as exc:
-            raise InputError(f"looks like XML but is not valid XML ({exc})", path=path, fix=_FIX) from None
-        if root.tag == "ASAP_Annotations":
-            return shapes_from_asap(root)
-        if root.tag == "Annotations":
-            return shapes_from_imagescope(root)
-        raise InputError(f"is an XML file of an unknown kind (root element <{root.tag}>)", path=path, fix=_FIX)
-    raise InputError("is neither GeoJSON nor an ASAP or ImageScope XML annotation file", path=path, fix=_FIX)
