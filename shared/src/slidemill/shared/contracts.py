@@ -357,10 +357,23 @@ class AnnotationSet(Contract):
 # --- report ------------------------------------------------------------------------------------
 
 
+class ReportItem(Strict):
+    """One input of a run that handles several (a slide of a batch, an image of a QuPath project)."""
+
+    id: str | None = Field(None, description="its identifier where it has one (a QuPath entry ID)")
+    name: str
+    status: Literal["ok", "skipped", "failed"]
+    reason: str | None = Field(None, description="why it was skipped or failed, as one paragraph")
+    inputs: list[str] = Field(default_factory=list)
+    outputs: list[str] = Field(default_factory=list)
+    counts: dict[str, float] = Field(default_factory=dict)
+
+
 class Report(Contract):
     KIND: ClassVar[str] = "report"
+    VERSION: ClassVar[str] = "1.1"  # 1.1: items (one row per input of a batch)
     schema_id: Literal["slidemill/report"] = Field("slidemill/report", alias="schema")
-    schema_version: str = Field("1.0", pattern=r"^1\.\d+$")
+    schema_version: str = Field("1.1", pattern=r"^1\.\d+$")
     tool: str
     version: str
     command: list[str] = Field(default_factory=list, description="argv of the run")
@@ -375,6 +388,8 @@ class Report(Contract):
     warnings: list[str] = Field(default_factory=list)
     environment: dict[str, str] = Field(default_factory=dict)
     error: str | None = None
+    items: list[ReportItem] = Field(default_factory=list, description="one row per input of a batch run, "
+                                    "with its status; empty for a run of one input")
 
 
 CONTRACTS: dict[str, type[Contract]] = {

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .contracts import Report, save_contract
+from .contracts import Report, ReportItem, save_contract
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ class ReportBuilder:
         self.timings_s: dict[str, float] = {}
         self.warnings: list[str] = []
         self.environment: dict[str, str] = {"python": platform.python_version(), "platform": platform.platform()}
+        self.items: list[ReportItem] = []
         self._started_at, self._t0 = _now(), time.perf_counter()
 
     @contextlib.contextmanager
@@ -54,7 +55,7 @@ class ReportBuilder:
                       started_at=self._started_at, finished_at=_now(),
                       duration_s=round(time.perf_counter() - self._t0, 4), inputs=self.inputs,
                       outputs=self.outputs, counts=self.counts, timings_s=self.timings_s,
-                      warnings=self.warnings, environment=self.environment, error=error)
+                      warnings=self.warnings, environment=self.environment, error=error, items=self.items)
 
     def write(self, path: str | Path, **kwargs) -> Report:
         report = self.build(**kwargs)

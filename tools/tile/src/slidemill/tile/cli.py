@@ -33,13 +33,21 @@ def _interrupt(signum, frame):  # a workflow engine's SIGTERM cleans up like Ctr
 
 @app.command()
 def main(
-    slide: Annotated[Path, typer.Argument(help="The slide: any format large-image reads, a DICOM folder, PNG/JPEG.",
-                                          show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="Output folder (written all at once at the end).",
                                       show_default=False)],
+    slide: Annotated[Path | None, typer.Argument(
+        help="The slide: any format large-image reads, a DICOM folder, PNG/JPEG (or --qupath-project).",
+        metavar="SLIDE", show_default=False)] = None,
     annotations: Annotated[list[Path] | None, typer.Option(
         "--annotations", help="Annotation file (QuPath GeoJSON any version, ASAP XML, ImageScope XML), "
         "level-0 pixels. Repeat for several.")] = None,
+    qupath_project: Annotated[Path | None, typer.Option(
+        "--qupath-project", help="A QuPath project (folder or project.qpproj) instead of SLIDE: every image with "
+        "annotations exported by the project's scripts/export-slidemill.groovy becomes DIR/<entryID>/.",
+        show_default=False)] = None,
+    slide_dirs: Annotated[list[Path] | None, typer.Option(
+        "--slide-dir", help="With --qupath-project: a folder to look for slides that are not where the project "
+        "says, by file name. Repeat for several.", show_default=False)] = None,
     classes: Annotated[Path | None, typer.Option(
         "--classes", help='Class table JSON {"classes": [{"name", "label", "color", "ignore"}]}; default: the '
         "annotation class names, sorted, labels 0..n-1, Ignore* = 255.")] = None,
@@ -81,13 +89,21 @@ def main(
 
         from .config import TileConfig
 
-        if not slide.exists():
+        if (slide is None) == (qupath_project is None):
+            raise InputError("give either a SLIDE or --qupath-project PROJECT" if slide is None else
+                             "give a SLIDE or --qupath-project, not both",
+                             fix="See slidemill-tile --help")
+        if slide is not None and not slide.exists():
             from slidemill.shared.errors import MissingInputError
 
             raise MissingInputError("slide does not exist", path=slide,
                                     fix="Check the path and that the folder is mounted")
+        if qupath_project is not None and annotations:
+            raise InputError("--annotations cannot be given with --qupath-project (the project's export is used)",
+                             path=qupath_project, fix="Leave out --annotations")
         try:
-            config = TileConfig(slide=slide, out=out, annotations=annotations or [], classes_file=classes, mpp=mpp,
+            config = TileConfig(slide=slide or qupath_project, out=out, annotations=annotations or [],
+                                classes_file=classes, mpp=mpp,
                                 magnification=magnification, tile_size_px=tile_size, overlap_px=overlap,
                                 tissue_threshold=tissue_threshold, all_tiles=all_tiles, annotated_only=annotated_only,
                                 background_class=background, unclassified_class=unclassified_class, workers=workers,
@@ -95,6 +111,14 @@ def main(
         except ValidationError as exc:
             raise InputError(f"invalid options: {describe_validation_error(exc)}",
                              fix="See slidemill-tile --help") from None
+        if qupath_project is not None:
+            from .project import run_project
+
+            done = run_project(qupath_project, config, search_dirs=slide_dirs or [], argv=sys.argv)
+            tiled = done.tiled
+            typer.echo(f"{done.out}: {len(tiled)} of {len(done.items)} images tiled, "
+                       f"{sum(i.counts['tiles_written'] for i in tiled):.0f} tiles; see {done.out / 'report.json'}")
+            return
         from .api import run
 
         result = run(config, argv=sys.argv)
