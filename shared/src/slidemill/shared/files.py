@@ -59,6 +59,18 @@ def prepare_output_file(path: str | Path, *, overwrite: bool) -> Path:
     return path
 
 
+def prepare_output_dir(path: str | Path, *, overwrite: bool, fix: str | None = None) -> Path:
+    """Check that an output folder may be written, before any slow work: refuse a file in its place, and
+    a non-empty folder unless `overwrite` (`fix` replaces the advice for that case)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError("exists and is not a folder", path=path, fix="Remove it or choose another --out")
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise OutputError("already exists and is not empty", path=path,
+                          fix=fix or "Pass --overwrite to replace it, or choose another --out")
+    return path
+
+
 @contextlib.contextmanager
 def staged_dir(final: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Build an output folder under a temporary name, then move it to `final` in one rename.
@@ -66,13 +78,7 @@ def staged_dir(final: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     If the body fails, the temporary folder is removed and `final` is untouched. With
     `overwrite`, an existing `final` is replaced only after the new one is complete.
     """
-    final = Path(final)
-    if final.exists() and not final.is_dir():
-        raise OutputError("exists and is not a folder", path=final,
-                          fix="Remove it or choose another --out")
-    if final.exists() and any(final.iterdir()) and not overwrite:
-        raise OutputError("already exists and is not empty", path=final,
-                          fix="Pass --overwrite to replace it, or choose another --out")
+    final = prepare_output_dir(final, overwrite=overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
     try:

@@ -22,7 +22,7 @@ import numpy as np
 from slidemill.shared.cli import package_version, worker_count
 from slidemill.shared.contracts import ModelRef, Prediction, RasterFile, Report, save_contract
 from slidemill.shared.errors import InputError, OutputError
-from slidemill.shared.files import staged_dir, write_bytes_atomic
+from slidemill.shared.files import prepare_output_dir, staged_dir, write_bytes_atomic
 from slidemill.shared.geometry import PixelMapping, Region
 from slidemill.shared.report import ReportBuilder
 from slidemill.shared.slide import Slide, open_slide
@@ -59,14 +59,6 @@ class InferResult:
     prediction: Prediction
     report: Report
 
-
-def _check_output(out: Path, overwrite: bool) -> None:
-    """The same refusal staged_dir gives, before any slow work."""
-    if out.exists() and not out.is_dir():
-        raise OutputError("exists and is not a folder", path=out, fix="Remove it or choose another --out")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise OutputError("already exists and is not empty", path=out,
-                          fix="Pass --overwrite to replace it, or choose another --out")
 
 
 def _region(config: InferConfig, slide: Slide, report: ReportBuilder) -> Region:
@@ -110,7 +102,7 @@ def run(config: InferConfig, argv: list[str] | None = None) -> InferResult:
     model = load_model(config.model_dir)
     card = model.card
     region = _region(config, slide, report)
-    _check_output(Path(config.out), config.overwrite)
+    prepare_output_dir(config.out, overwrite=config.overwrite)
     cores = worker_count(0)
     workers = worker_count(config.workers)
     session = create_session(model, device=config.device, fp16=config.fp16, threads=cores, warn=report.warn)

@@ -17,8 +17,8 @@ import numpy as np
 
 from slidemill.shared.cli import Progress, package_version, worker_count
 from slidemill.shared.contracts import TileRecord, TileSet, TilingParams, save_contract
-from slidemill.shared.errors import InputError, OutputError
-from slidemill.shared.files import staged_dir
+from slidemill.shared.errors import InputError
+from slidemill.shared.files import prepare_output_dir, staged_dir
 from slidemill.shared.report import ReportBuilder
 
 from . import render
@@ -155,12 +155,7 @@ def run(config: TileConfig, *, argv: list[str] | None = None) -> TileResult:
     tissue mask, preview and report."""
     if config.out is None:
         raise InputError("no output folder given", fix="Pass --out DIR")
-    out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise OutputError("exists and is not a folder", path=out, fix="Remove it or choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not config.overwrite:
-        raise OutputError("already exists and is not empty", path=out,
-                          fix="Pass --overwrite to replace it, or choose another --out")
+    out = prepare_output_dir(config.out, overwrite=config.overwrite)
     report = ReportBuilder(TOOL, package_version(TOOL), argv)
     t0 = time.perf_counter()
     with report.timed("plan"):

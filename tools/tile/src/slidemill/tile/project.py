@@ -19,7 +19,8 @@ from slidemill.shared.annotations import read_annotation_file
 from slidemill.shared.classes import ClassTable
 from slidemill.shared.cli import package_version
 from slidemill.shared.contracts import ReportItem
-from slidemill.shared.errors import InputError, OutputError, SlidemillError
+from slidemill.shared.errors import InputError, SlidemillError
+from slidemill.shared.files import prepare_output_dir
 from slidemill.shared.qupath_project import (
     EXPORT_DIR,
     QuPathProject,
@@ -82,12 +83,8 @@ def run_project(project_path: Path, config: TileConfig, *, search_dirs: list[Pat
 
     if config.out is None:
         raise InputError("no output folder given", fix="Pass --out DIR")
-    out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise OutputError("exists and is not a folder", path=out, fix="Remove it or choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not config.overwrite:
-        raise OutputError("already exists and is not empty", path=out,
-                          fix="Pass --overwrite to replace its tilesets, or choose another --out")
+    out = prepare_output_dir(config.out, overwrite=config.overwrite,
+                             fix="Pass --overwrite to replace its tilesets, or choose another --out")
     project = read_project(project_path, search_dirs=search_dirs or [])
     if not project.exported:
         script = write_export_script(project)

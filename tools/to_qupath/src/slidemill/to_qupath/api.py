@@ -28,7 +28,7 @@ from slidemill.shared.classes import QUPATH_COLORS
 from slidemill.shared.cli import Progress, package_version
 from slidemill.shared.contracts import Provenance
 from slidemill.shared.errors import InputError, MissingInputError, OutputError
-from slidemill.shared.files import atomic_write, require_file, staged_dir
+from slidemill.shared.files import atomic_write, prepare_output_dir, require_file, staged_dir
 from slidemill.shared.report import ReportBuilder
 
 from .config import ToQuPathConfig
@@ -83,12 +83,7 @@ def _check_inputs(config: ToQuPathConfig) -> None:
             raise InputError(f"has the same name as the slide {names[slide.name]}", path=slide,
                              fix="QuPath and slidemill tell slides apart by name: convert them in separate runs")
         names[slide.name] = slide
-    out = config.out_dir
-    if out.exists() and not out.is_dir():
-        raise OutputError("exists and is not a folder", path=out, fix="Choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not config.overwrite:
-        raise OutputError("already exists and is not empty", path=out,
-                          fix="Pass --overwrite to replace it, or choose another --out")
+    out = prepare_output_dir(config.out_dir, overwrite=config.overwrite)
     if config.project_dir is not None and config.project_dir.resolve() == out.resolve():
         raise InputError("is both --out and --project", path=out, fix="Give them different folders")
 
