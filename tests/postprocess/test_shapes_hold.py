@@ -196,14 +196,15 @@ def partition_areas(path, rect) -> tuple[float, float, float]:
 
 
 @pytest.mark.parametrize("options", [{"simplify_um": 1.5}, {"smooth_px": 2.0}, {"smooth_px": 1.0, "simplify_um": 3.0},
-                                     {"simplify_um": 1.5, "fill_holes_um2": 30.0, "min_area_um2": 2.0}])
+                                     {"simplify_um": 1.5, "fill_holes_um2": 30.0, "min_area_um2": 2.0},
+                                     {"close_px": 2, "simplify_um": 1.5}, {"open_px": 1, "close_px": 1}])
 def test_smoothing_and_simplification_keep_a_partition(tmp_path, options):
     labels = blob_labels()
     h, w = labels.shape
     folder = write_prediction(tmp_path / "p", labels, scale=2.0, mpp=1.0)
     result = run(PostprocessConfig(prediction=folder, out=tmp_path / "a.geojson", **options))
     twice, none, outside = partition_areas(result.out, (0, 0, 2 * w, 2 * h))
-    if "min_area_um2" in options:  # dropped shapes leave their area uncovered; filled holes take theirs
+    if "min_area_um2" in options or "open_px" in options:  # what is dropped or opened away is left uncovered
         assert twice == 0 and outside == 0
     else:
         assert (twice, none, outside) == (0, 0, 0)

@@ -2,9 +2,10 @@
 
 Coordinates here are raster pixel corners: pixel (i, j) (column i, row j) is the square
 [i, i+1] x [j, j+1]. A labelled block of pixels becomes a polygon whose vertices are exactly those
-corners; holes are interior rings. Each class is handled on its own binary mask (so classes never
-bleed into each other's masks; where two classes touch, closing can make them overlap by at most
-the closing radius). Pixels labelled 255 belong to no class.
+corners; holes are interior rings. Smoothing blurs every label at once and gives each pixel the
+label blurred highest; opening and closing work on each class's own binary mask, and a pixel that
+several classes' closings claim goes to one of them, so the classes never overlap. Pixels labelled
+255 belong to no class.
 
 Chunking: every chunk's core is processed with a halo wide enough for the smoothing and morphology
 to see every pixel they depend on, so a core's cleaned mask is identical to the same pixels of the
@@ -112,6 +113,24 @@ def smooth_labels(labels: np.ndarray, sigma_px: float, inside: np.ndarray | None
     if inside is not None:
         out[~inside] = labels[~inside]
     return out
+
+
+def resolve_claims(masks: dict[int, np.ndarray], labels: np.ndarray) -> None:
+    """Where the closings of several classes claim the same pixel, one keeps it (in place): the
+    pixel's own label if it is among them, else the lowest label, so the classes never overlap."""
+    count = np.zeros(labels.shape, np.uint8)
+    for mask in masks.values():
+        count += mask
+    multi = count > 1
+    if not multi.any():
+        return
+    owner = np.full(labels.shape, NOT_PREDICTED, np.uint8)
+    for value in sorted(masks, reverse=True):
+        owner[multi & masks[value]] = value  # the lowest claimant last, so it wins
+    for value, mask in masks.items():
+        owner[multi & mask & (labels == value)] = value  # but a pixel's own label first
+    for value, mask in masks.items():
+        mask &= ~multi | (owner == value)
 
 
 def _ring(contour: np.ndarray) -> np.ndarray:
@@ -232,12 +251,17 @@ def process_chunk(
         window = smooth_labels(window, ops.smooth_sigma_px, inside)
         present = set(np.flatnonzero(np.bincount(window.ravel(), minlength=256)).tolist())
     morph = MaskOps(open_radius_px=ops.open_radius_px, close_radius_px=ops.close_radius_px)
+    masks = {}
     for value in labels:
         if value not in present:
             continue
         mask = window == value
         if not morph.identity:
-            mask = clean_mask(mask, morph)
+            mask = clean_mask(mask, morph).view(bool)
+        masks[value] = mask
+    if morph.close_radius_px > 0 and len(masks) > 1:
+        resolve_claims(masks, window)
+    for value, mask in masks.items():
         final, seam = out.setdefault(value, ([], []))
         for poly in vectorise_mask(mask[oy:oy + (y1 - y0), ox:ox + (x1 - x0)], offset=(x0, y0)):
             minx, miny, maxx, maxy = poly.bounds
