@@ -242,3 +242,21 @@ def test_shapes_simplified_below_one_pixel_are_counted(tmp_path):
     assert len([f for f in found if f[0] == "Stroma"]) + counts["shapes_vanished_on_simplify"] == 81
     twice, none, outside = partition_areas(result.out, (0, 0, 120, 120))
     assert (twice, none, outside) == (0, 0, 0)
+
+
+def test_nested_holes_fill_innermost_first_and_never_overlap(tmp_path):
+    labels = np.full((50, 50), NONE, np.uint8)
+    labels[10:40, 10:40] = TUMOR
+    labels[16:34, 16:34] = NONE  # Tumor's 18 x 18 hole ...
+    labels[18:32, 18:32] = STROMA  # ... holds a Stroma square with a 6 x 6 hole ...
+    labels[22:28, 22:28] = NONE
+    labels[24:26, 24:26] = TUMOR  # ... holding a 2 x 2 Tumor island
+    folder = write_prediction(tmp_path / "p", labels, scale=2.0, mpp=1.0)  # 1 µm² per raster pixel
+    result = run(PostprocessConfig(prediction=folder, out=tmp_path / "a.geojson", fill_holes_um2=400.0))
+    found = shapes_of(result.out)
+    areas = sorted((name, m["Area µm^2"]) for name, _, m in found)
+    # Stroma's hole is filled but for the island; Tumor's hole is filled but for the Stroma square
+    assert areas == [("Stroma", 192.0), ("Tumor", 4.0), ("Tumor", 704.0)]
+    twice, none, outside = partition_areas(result.out, (0, 0, 100, 100))
+    assert twice == 0 and none == 100 * 100 - 4 * 30 * 30 and outside == 0
+    assert report_of(result.out).counts["holes_filled"] == 2

@@ -6,7 +6,8 @@ raster exactly. Every step here keeps that true:
 
 - `clip`: shapes are cut to the region the prediction covers (the raster's last row and column may
   reach past the slide or the `--region` by under one pixel);
-- `fill_holes`: a small hole is filled except where another class's shape lies in it;
+- `fill_holes`: a small hole is filled except where a shape (or a smaller filled hole) of another
+  class lies in it;
 - `simplify`: coverage simplification (GEOS, Visvalingam-Whyatt) of all classes at once, with what is
   not predicted as one more member, so a border two classes share is simplified once and stays shared
   and the region's outline stays exact.
@@ -59,42 +60,43 @@ def clip(polygons: Sequence[Polygon], rect: Rect) -> tuple[list[Polygon], int]:
 
 def fill_holes(by_class: Mapping[int, Sequence[Polygon]], max_hole_area: float
                ) -> tuple[dict[int, list[Polygon]], int]:
-    """Holes smaller than `max_hole_area` (raster px²) filled, per class: a filled hole becomes the
-    class's area except where another class's shape lies in it (that shape is kept, so no area is
-    ever covered twice); the class's own shapes inside a filled hole are dropped, being covered now.
-    Returns the polygons per class and how many holes were filled."""
+    """Holes smaller than `max_hole_area` (raster px²) filled, keeping the classes a partition: a
+    filled hole becomes its class's area except where a shape of any class lies in it (kept as it is;
+    one of its own class merges with the fill) or a smaller filled hole of another class lies in it
+    (the innermost fill wins), so no area is ever covered twice. Returns the polygons per class and
+    how many holes were filled."""
     out = {k: list(v) for k, v in by_class.items()}
     if max_hole_area <= 0:
         return out, 0
-    filled_count = 0
-    everything = [(k, p) for k, polys in out.items() for p in polys]
-    tree = shapely.STRtree(_array([p for _, p in everything])) if everything else None
-    for label, polys in by_class.items():
-        result: list[Polygon] = []
-        covered: set[int] = set()  # own shapes inside a filled hole
+    holes = []  # (area, label, hole)
+    for label, polys in out.items():
         for poly in polys:
-            small = [r for r in poly.interiors if Polygon(r).area < max_hole_area]
-            if not small:
-                result.append(poly)
-                continue
-            filled_count += len(small)
-            keep = [r for r in poly.interiors if Polygon(r).area >= max_hole_area]
-            filled = Polygon(poly.exterior, keep)
-            others = []
-            for hole in small:
-                hole_poly = Polygon(hole)
-                for index in tree.query(hole_poly, predicate="contains"):
-                    other_label, other = everything[int(index)]
-                    if other_label == label:
-                        covered.add(id(other))
-                    else:
-                        others.append(other)
-            if others:
-                result.extend(polygon_parts(shapely.difference(filled, shapely.union_all(_array(others)))))
-            else:
-                result.append(filled)
-        out[label] = [p for p in result if id(p) not in covered]
-    return out, filled_count
+            for ring in poly.interiors:
+                hole = Polygon(ring)
+                if hole.area < max_hole_area:
+                    holes.append((hole.area, label, hole))
+    if not holes:
+        return out, 0
+    everything = [(k, p) for k, polys in out.items() for p in polys]
+    tree = shapely.STRtree(_array([p for _, p in everything]))
+    pieces: list[tuple[int, Polygon]] = []
+    for _, label, hole in sorted(holes, key=lambda h: (h[0], h[1], h[2].wkb)):  # innermost first
+        taken = [everything[int(i)][1] for i in tree.query(hole, predicate="intersects")]
+        taken += [p for _, p in pieces if p.intersects(hole)]
+        rest = shapely.difference(hole, shapely.union_all(_array(taken))) if taken else hole
+        pieces.extend((label, p) for p in polygon_parts(rest) if p.area > 0)
+    for label in {label for label, _ in pieces}:
+        mine = [p for k, p in pieces if k == label]
+        polys = _array(out[label])
+        # the class's shapes the fills touch (the holed shape, islands inside) merge with them
+        hit = np.zeros(len(polys), bool)
+        if len(polys):
+            own = shapely.STRtree(polys)
+            for piece in mine:
+                hit[own.query(piece, predicate="intersects")] = True
+        merged = shapely.union_all(_array([*polys[hit], *mine]))
+        out[label] = [*polys[~hit], *polygon_parts(merged)]
+    return out, len(holes)
 
 
 def simplify(by_class: Mapping[int, Sequence[Polygon]], tolerance: float, rect: Rect
