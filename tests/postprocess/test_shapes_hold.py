@@ -86,6 +86,10 @@ def test_shards_postprocessed_together_equal_the_unsharded_prediction(tmp_path):
     # given in any order
     got = run(PostprocessConfig(prediction=shards[::-1], out=tmp_path / "sharded.geojson", **OPTIONS))
     assert geometry_of(got.out) == geometry_of(want.out)
+    # and whatever the chunks and worker processes (chunk edges cross the cut)
+    chunked = run(PostprocessConfig(prediction=shards, out=tmp_path / "chunked.geojson", chunk_px=64, workers=2,
+                                    **OPTIONS))
+    assert geometry_of(chunked.out) == geometry_of(want.out)
     found = shapes_of(got.out)
     # the known answers: the 160 µm² shape on the cut is kept whole, the 16 µm² hole on the cut filled
     small = [m for name, g, m in found if name == "Tumor" and g.bounds[2] <= 26 * SCALE]
