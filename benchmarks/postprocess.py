@@ -124,7 +124,7 @@ def measure(kind: str, arg: str) -> dict:
         with tifffile.TiffFile(arg) as tif:
             h, w = tif.pages[0].shape
         t0 = time.perf_counter()
-        result, _ = vectorise_file(Path(arg), RasterFile(file="labels.tiff", width=w, height=h), [0, 1, 2],
+        result, _ = vectorise_file([(Path(arg), RasterFile(file="labels.tiff", width=w, height=h))], [0, 1, 2],
                                    MaskOps(), chunk_px=2048, workers=workers)
         items = sum(len(v) for v in result.values())
     elif kind == "baseline-vectorise":

@@ -7,7 +7,7 @@
 # Without --model, the slides that have an annotation file (<slide name>.geojson beside the slide or
 # in --annotations DIR) are tiled, a model is trained on all their tilesets (OUT/model), and every
 # slide is then inferred. With --model, every slide is inferred with that model (no tile, no train).
-# Per slide: [tile] -> infer (one run, or --shards N runs) -> postprocess (per shard)
+# Per slide: [tile] -> infer (one run, or --shards N runs) -> postprocess (all shards as one raster)
 #            -> merge-annotations -> to-qupath (into the one QuPath project OUT/qupath-project).
 #
 # A slide's results are built in OUT/slides/<name>.partial and renamed to OUT/slides/<name> only when
@@ -25,7 +25,7 @@
 #   --mpp X                 tile resolution in microns per pixel (default 0.5)
 #   --tile-size N           tile size in pixels (default 512)
 #   --epochs N              training epochs (default 20)
-#   --shards N              infer each slide in N shards, merged by merge-annotations (default 1)
+#   --shards N              infer each slide in N shards, post-processed together (default 1)
 #   --device auto|cpu|cuda  for train and infer (default auto)
 #   --workers N             worker processes per step (default 0: one per core)
 #   --slide-mpp X           microns per pixel of slides whose files lack it
@@ -256,7 +256,7 @@ for slide in "${TODO[@]}"; do
     work=${WORK[$name]}
     logs="$work/logs"
     say "== $name"
-    parts=()
+    predictions=()
     ok=1
     for ((i = 0; i < SHARDS; i++)); do
         if [ "$SHARDS" = 1 ]; then
@@ -267,13 +267,17 @@ for slide in "${TODO[@]}"; do
         run_step "$logs" "infer$suffix" "$(tool infer)" "$slide" "$MODEL" --out "$work/prediction$suffix" \
             "${shard_args[@]}" --device "$DEVICE" "${SLIDE_MPP_ARGS[@]}" "${COMMON[@]}" "${INFER_EXTRA[@]}" \
             || { ok=0; break; }
-        run_step "$logs" "postprocess$suffix" "$(tool postprocess)" "$work/prediction$suffix" \
-            --out "$work/annotations$suffix.geojson" "${POSTPROCESS_EXTRA[@]}" || { ok=0; break; }
-        parts+=("$work/annotations$suffix.geojson")
+        predictions+=("$work/prediction$suffix")
     done
+    # the shards' rasters stack exactly: postprocess cleans them as one raster, so size filtering, hole
+    # filling and smoothing see whole shapes, and the result equals the unsharded one
     if [ "$ok" = 1 ]; then
-        run_step "$logs" merge-annotations "$(tool merge-annotations)" "${parts[@]}" --out "$work/$name.geojson" \
-            "${MERGE_EXTRA[@]}" || ok=0
+        run_step "$logs" postprocess "$(tool postprocess)" "${predictions[@]}" --out "$work/annotations.geojson" \
+            "${POSTPROCESS_EXTRA[@]}" || ok=0
+    fi
+    if [ "$ok" = 1 ]; then
+        run_step "$logs" merge-annotations "$(tool merge-annotations)" "$work/annotations.geojson" \
+            --out "$work/$name.geojson" "${MERGE_EXTRA[@]}" || ok=0
     fi
     if [ "$ok" = 1 ]; then
         run_step "$logs" to-qupath "$(tool to-qupath)" "$work/$name.geojson" --out "$work/qupath" \

@@ -59,9 +59,8 @@ def _nextflow_values(root) -> dict[str, str]:
         "model": f"{s}/model",
         "shard": "1",
         "nshards": "4",
-        "prediction": f"{s}/prediction-1",
-        "prediction.name": "prediction-1",
-        "parts": f"{s}/parts/prediction-0.geojson {s}/parts/prediction-1.geojson",
+        "predictions": f"{s}/predictions/prediction-0 {s}/predictions/prediction-1",
+        "shapes": f"{s}/case-01.shapes.geojson",
         "slide_args": f"--slide {s}/slides/case-01.svs --slide {s}/slides/case-02.svs",
     }
 
@@ -134,15 +133,20 @@ def test_steps_run_in_pipeline_order(source, sandbox):
 # --- run-local.sh --------------------------------------------------------------------------------
 
 
-def test_run_local_shards_each_slide_and_merges_the_shards(sandbox):
+def test_run_local_shards_each_slide_and_postprocesses_the_shards_together(sandbox):
     lines = commands_of("run-local-model-shards", sandbox)
     infer = [c for c in lines if c.tool == "infer"]
     assert [c.argv[c.argv.index("--shard") + 1] for c in infer] == ["0/3", "1/3", "2/3"] * 2
+    posts = [c for c in lines if c.tool == "postprocess"]
+    assert len(posts) == 2  # one per slide, over its three shards' predictions
+    for post, slide in zip(posts, ["case-01", "case-02"], strict=True):
+        assert [Path(a).name for a in post.argv[1:4]] == [f"prediction-shard{i}" for i in range(3)]
+        assert slide in post.argv[1]
+        assert "--min-area-um2" in post.argv
     merges = [c for c in lines if c.tool == "merge_annotations"]
-    assert len(merges) == 2  # one per slide, over its three shards
+    assert len(merges) == 2  # one per slide, over its one post-processed file
     for merge in merges:
-        assert len([a for a in merge.argv if a.endswith(".geojson")]) == 4  # 3 inputs + --out
-    assert "--min-area-um2" in [c for c in lines if c.tool == "postprocess"][0].argv
+        assert len([a for a in merge.argv if a.endswith(".geojson")]) == 2  # the input + --out
 
 
 def test_run_local_trains_only_on_annotated_slides(sandbox):
@@ -205,12 +209,14 @@ def test_nextflow_processes_labels_stubs_and_containers():
     assert re.search(r"withName: TRAIN \{ errorStrategy = .*'terminate'", config)
 
 
-def test_nextflow_shards_a_large_slide_and_merges_it():
+def test_nextflow_shards_a_large_slide_and_postprocesses_the_shards_together():
     text = MAIN_NF.read_text()
     assert "nextflow.enable.dsl = 2" in text
     assert re.search(r"params\.large_slide_mb", text) and re.search(r"params\.shards", text)
     assert "groupKey(id, n)" in text and "groupTuple(remainder: false)" in text  # wait for every shard of a slide
-    assert re.search(r"MERGE_ANNOTATIONS\(parts\)", text)
+    assert re.search(r"parts = INFER\.out\.prediction", text)  # grouped straight from infer
+    assert re.search(r"POSTPROCESS\(parts\)", text)
+    assert re.search(r"MERGE_ANNOTATIONS\(POSTPROCESS\.out\.annotations\)", text)
     braces = text.count("{") - text.count("}")
     assert braces == 0, "unbalanced braces in main.nf"
 
@@ -270,15 +276,20 @@ def test_argo_gpu_for_train_and_infer_and_the_dag():
         resources = templates[name]["container"]["resources"]
         assert resources["limits"]["nvidia.com/gpu"] == "1", name
         assert templates[name]["container"]["image"].endswith("-gpu")
-    for name in ["tile", "postprocess", "merge-one", "merge-four", "to-qupath"]:
+    for name in ["tile", "postprocess-one", "postprocess-four", "merge-annotations", "to-qupath"]:
         assert "nvidia.com/gpu" not in templates[name]["container"]["resources"].get("limits", {})
     pipeline = {t["name"]: t for t in templates["pipeline"]["dag"]["tasks"]}
     assert pipeline["slide"]["withParam"] == "{{workflow.parameters.slides}}"
     assert pipeline["large-slide"]["template"] == "slide-sharded"
     sharded = {t["name"]: t for t in templates["slide-sharded"]["dag"]["tasks"]}
     shards = sharded["infer"]["withItems"]
-    merge_inputs = [a for a in templates["merge-four"]["container"]["args"] if a.endswith(".geojson")][:-1]
-    assert len(merge_inputs) == len(shards) == 4
+    # every shard's prediction is post-processed in one task, as the slide's one raster
+    assert sharded["postprocess"]["template"] == "postprocess-four" and "withItems" not in sharded["postprocess"]
+    infer_out = templates["infer"]["container"]["args"][templates["infer"]["container"]["args"].index("--out") + 1]
+    post_args = templates["postprocess-four"]["container"]["args"]
+    post_inputs = post_args[:post_args.index("--out")]
+    assert post_inputs == [infer_out.replace("{{inputs.parameters.shard}}", i) for i in shards]
+    assert len(shards) == 4
     assert {p["value"] for p in sharded["infer"]["arguments"]["parameters"] if p["name"] == "shards"} == {"4"}
     assert "to-qupath" in {t["name"] for t in templates["slide-whole"]["dag"]["tasks"]}
     # one failed slide never stops the others, and a failed tile step only leaves its slide out of training

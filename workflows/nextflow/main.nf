@@ -10,7 +10,7 @@
  * Every process calls only a slidemill command line (the container's entrypoint command); a `stub:`
  * block creates the declared outputs, so `-stub-run` checks the wiring without running anything.
  * Fan-out per slide; a slide larger than --large_slide_mb is inferred in --shards shards on
- * separate GPU tasks, and merge-annotations stitches the shards' annotations back together.
+ * separate GPU tasks, and postprocess takes the slide's shards together as one raster.
  */
 nextflow.enable.dsl = 2
 
@@ -27,7 +27,7 @@ params.encoder        = 'efficientnet-b0'
 params.encoder_weights = 'none'    // 'imagenet' needs internet on the training node, or a local .pt
 params.shards         = 4          // shards of one large slide
 params.large_slide_mb = 2000       // slides larger than this (file size) are inferred in shards
-params.max_gap_um     = 2.0        // merge same-class shapes this close (stitches shard borders)
+params.max_gap_um     = 2.0        // merge same-class shapes this close
 params.min_area_um2   = 100.0
 
 process TILE {
@@ -98,23 +98,25 @@ process INFER {
 }
 
 process POSTPROCESS {
-    tag "${id} shard ${prediction.name}"
+    // every shard of a slide in one task: their rasters stack into the slide's raster, so size
+    // filtering, hole filling and smoothing see whole shapes and the result equals an unsharded run
+    tag "${id}"
     label 'cpu'
 
     input:
-    tuple val(id), val(nshards), path(prediction)
+    tuple val(id), path(predictions, stageAs: 'predictions/*')
 
     output:
-    tuple val(id), val(nshards), path("${prediction.name}.geojson"), emit: annotations
+    tuple val(id), path("${id}.shapes.geojson"), emit: annotations
 
     script:
     """
-    slidemill-postprocess ${prediction} --out ${prediction.name}.geojson --min-area-um2 ${params.min_area_um2} --log-format json
+    slidemill-postprocess ${predictions} --out ${id}.shapes.geojson --min-area-um2 ${params.min_area_um2} --log-format json
     """
 
     stub:
     """
-    touch ${prediction.name}.geojson ${prediction.name}.report.json
+    touch ${id}.shapes.geojson ${id}.shapes.report.json
     """
 }
 
@@ -124,7 +126,7 @@ process MERGE_ANNOTATIONS {
     publishDir "${params.outdir}/annotations", mode: 'copy'
 
     input:
-    tuple val(id), path(parts, stageAs: 'parts/*')
+    tuple val(id), path(shapes)
 
     output:
     path "${id}.geojson", emit: annotations
@@ -132,7 +134,7 @@ process MERGE_ANNOTATIONS {
 
     script:
     """
-    slidemill-merge-annotations ${parts} --out ${id}.geojson --max-gap-um ${params.max_gap_um} --log-format json
+    slidemill-merge-annotations ${shapes} --out ${id}.geojson --max-gap-um ${params.max_gap_um} --log-format json
     """
 
     stub:
@@ -191,13 +193,13 @@ workflow {
         (0..<n).collect { i -> tuple(id, f, i, n) }
     }
     INFER(jobs, model)
-    POSTPROCESS(INFER.out.prediction)
-    // wait for every shard of a slide, then stitch; a slide with a failed shard is dropped, not merged
-    // from part of its shards (groupTuple discards incomplete groups)
-    parts = POSTPROCESS.out.annotations
-        .map { id, n, geojson -> tuple(groupKey(id, n), geojson) }
+    // wait for every shard of a slide, then post-process them together; a slide with a failed shard
+    // is dropped, not cleaned from part of its shards (groupTuple discards incomplete groups)
+    parts = INFER.out.prediction
+        .map { id, n, prediction -> tuple(groupKey(id, n), prediction) }
         .groupTuple(remainder: false)
-        .map { key, files -> tuple(key.toString(), files) }
-    MERGE_ANNOTATIONS(parts)
+        .map { key, folders -> tuple(key.toString(), folders) }
+    POSTPROCESS(parts)
+    MERGE_ANNOTATIONS(POSTPROCESS.out.annotations)
     TO_QUPATH(MERGE_ANNOTATIONS.out.annotations.collect(), slides.map { id, f -> f }.collect())
 }

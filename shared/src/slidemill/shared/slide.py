@@ -165,18 +165,48 @@ class Slide:
             if k == 1:
                 return img
             return cv2.resize(img, (width_px, height_px), interpolation=cv2.INTER_AREA)
-        bx, by = math.floor(sx) - 1, math.floor(sy) - 1
-        bw = math.ceil(sx + width_px * f) + 1 - bx
-        bh = math.ceil(sy + height_px * f) + 1 - by
+        return self._resample(level, sx, sy, f, width_px, height_px, pad_value)
+
+    def _resample(self, level: int, sx: float, sy: float, f: float, width_px: int, height_px: int,
+                  pad_value: int) -> np.ndarray:
+        """`width_px` x `height_px` output pixels whose top-left corner is (sx, sy) in `level`'s pixels,
+        each covering `f` of them: anti-aliasing Gaussian blur (f > 1) then bilinear sampling.
+
+        A tile equals the same pixels of any larger read, bit for bit: the blur reads its real
+        neighbours (the source window carries a margin of the blur radius, pad_value off the slide, so
+        the blur's own border rule only touches pixels the sampling never reaches), and each output
+        pixel's source position is rounded to OpenCV's 1/32-pixel interpolation grid in the level's
+        own coordinates (not relative to the window read), then sampled with those exact integer
+        positions and weights (`cv2.remap` with fixed-point maps).
+        """
+        if max(width_px * f, height_px * f) > _MAX_WINDOW:  # int16 maps: split, the halves stitch exactly
+            if width_px >= height_px:
+                half = width_px // 2
+                return np.concatenate([
+                    self._resample(level, sx, sy, f, half, height_px, pad_value),
+                    self._resample(level, sx + half * f, sy, f, width_px - half, height_px, pad_value)], axis=1)
+            half = height_px // 2
+            return np.concatenate([
+                self._resample(level, sx, sy, f, width_px, half, pad_value),
+                self._resample(level, sx, sy + half * f, f, width_px, height_px - half, pad_value)], axis=0)
+        sigma = 0.5 * math.sqrt(f * f - 1) if f > 1 + _EPS else 0.0
+        radius = math.ceil(3 * sigma) if sigma else 0
+        margin = 2 + radius
+        bx, by = math.floor(sx) - margin, math.floor(sy) - margin
+        bw = math.ceil(sx + width_px * f) + margin - bx
+        bh = math.ceil(sy + height_px * f) + margin - by
         img = self.read_level(level, bx, by, bw, bh, pad_value)
-        if f > 1 + _EPS:
-            sigma = 0.5 * math.sqrt(f * f - 1)
-            img = cv2.GaussianBlur(img, (0, 0), sigmaX=sigma, sigmaY=sigma)
-        # output pixel centre u + 0.5 sits at source position (sx - bx) + (u + 0.5) * f, a pixel centre at +0.5
-        matrix = np.array([[f, 0, sx - bx + 0.5 * f - 0.5], [0, f, sy - by + 0.5 * f - 0.5]], dtype=np.float64)
-        return cv2.warpAffine(img, matrix, (width_px, height_px),
-                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                              borderMode=cv2.BORDER_CONSTANT, borderValue=(pad_value,) * 3)
+        if sigma:
+            img = cv2.GaussianBlur(img, (2 * radius + 1, 2 * radius + 1), sigmaX=sigma, sigmaY=sigma)
+        # output pixel centre u + 0.5 sits at source position sx + (u + 0.5) * f, a pixel centre at +0.5
+        ix, fx = _sample_grid(sx, width_px, f)
+        iy, fy = _sample_grid(sy, height_px, f)
+        map1 = np.empty((height_px, width_px, 2), np.int16)
+        map1[..., 0] = (ix - bx)[None, :]
+        map1[..., 1] = (iy - by)[:, None]
+        map2 = (fy[:, None] * _INTER_TAB + fx[None, :]).astype(np.uint16)
+        return cv2.remap(img, map1, map2, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                         borderValue=(pad_value,) * 3)
 
     def thumbnail(self, max_size: int = 1024) -> tuple[np.ndarray, float]:
         """The whole slide fitting in `max_size` pixels, and its scale (level-0 px per pixel)."""
@@ -187,6 +217,17 @@ class Slide:
         rows = max(1, int(4096 / scale))
         strips = [self.read_region(0, y * scale, w, min(rows, h - y), scale) for y in range(0, h, rows)]
         return np.concatenate(strips, axis=0), scale
+
+
+_INTER_TAB = 1 << 5  # OpenCV's interpolation grid: 1/32 pixel (INTER_BITS = 5)
+_MAX_WINDOW = 30_000  # source pixels along one axis of one remap (its integer map is int16)
+
+
+def _sample_grid(start: float, n: int, f: float) -> tuple[np.ndarray, np.ndarray]:
+    """Integer source pixel and 1/32 fraction of the centres of `n` output pixels of size `f` from
+    `start`, in the level's own coordinates (so they do not depend on where a read begins)."""
+    q = np.round((start + (np.arange(n) + 0.5) * f - 0.5) * _INTER_TAB).astype(np.int64)
+    return q >> 5, q & (_INTER_TAB - 1)
 
 
 def _as_rgb8(arr: np.ndarray) -> np.ndarray:

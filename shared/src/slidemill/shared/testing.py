@@ -13,7 +13,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import tifffile
 from shapely import affinity
@@ -57,26 +56,51 @@ def _polygon_rings(geom: Polygon | MultiPolygon) -> Iterator[tuple[np.ndarray, l
         yield np.asarray(poly.exterior.coords), [np.asarray(r.coords) for r in poly.interiors]
 
 
+def centre_mask(geom: Polygon | MultiPolygon, x0: float, y0: float, w: int, h: int, scale: float) -> np.ndarray:
+    """Boolean (h, w) mask of the pixels whose centre lies inside `geom` (level-0 coordinates), for
+    pixel (i, j) covering [x0 + i*scale, x0 + (i+1)*scale) x [y0 + j*scale, ...): its centre is
+    (x0 + (i + 0.5) * scale, y0 + (j + 0.5) * scale).
+
+    Exact scanline rasterisation by the even-odd rule over every ring (shells and holes): along each
+    row of pixel centres, the crossings of the ring edges are found in closed form and a pixel is
+    inside when an odd number of crossings lie at or left of its centre. Half-open conventions (an
+    edge covers centre rows in [y_min, y_max), a crossing at x counts for centres >= x) make a
+    centre on a shared edge belong to exactly one of two shapes that share the edge.
+    """
+    toggles = np.zeros((h, w + 1), np.int32)
+    for exterior, holes in _polygon_rings(geom):
+        for ring in [exterior, *holes]:
+            pts = (np.asarray(ring, np.float64)[:, :2] - (x0, y0)) / scale
+            ax, ay, bx, by = pts[:-1, 0], pts[:-1, 1], pts[1:, 0], pts[1:, 1]
+            lo, hi = np.minimum(ay, by), np.maximum(ay, by)
+            # centre rows j with lo <= j + 0.5 < hi
+            j0 = np.clip(np.ceil(lo - 0.5), 0, h).astype(np.int64)
+            j1 = np.clip(np.ceil(hi - 0.5), 0, h).astype(np.int64)
+            n = np.maximum(j1 - j0, 0)
+            if not n.any():
+                continue
+            edge = np.repeat(np.arange(len(n)), n)
+            rows = j0[edge] + (np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n))
+            yc = rows + 0.5
+            t = (yc - ay[edge]) / (by[edge] - ay[edge])
+            xc = ax[edge] + t * (bx[edge] - ax[edge])
+            cols = np.clip(np.ceil(xc - 0.5), 0, w).astype(np.int64)  # first centre i + 0.5 >= xc
+            np.add.at(toggles, (rows, cols), 1)
+    return (np.cumsum(toggles[:, :w], axis=1) & 1).astype(bool)
+
+
 def render_tile(x0: float, y0: float, w: int, h: int, scale: float, shapes: Sequence[SyntheticShape],
                 *, seed: int = 0, noise: float = 6.0) -> np.ndarray:
     """RGB pixels [x0, x0 + w*scale) x [y0, ...) of the synthetic slide at `scale` level-0 px per pixel.
-    Pixel (i, j) is inside a shape when its centre is (cv2 fills by centre with sub-pixel shift)."""
+    Pixel (i, j) takes a shape's colour exactly when its centre lies inside the shape
+    (`centre_mask`; later shapes are drawn over earlier ones)."""
     img = np.empty((h, w, 3), np.uint8)
     img[:] = BACKGROUND_RGB
-    shift = 4
-    factor = 1 << shift
     window = box(x0, y0, x0 + w * scale, y0 + h * scale)
     for s in shapes:
         if not s.geometry.intersects(window):
             continue
-        for exterior, holes in _polygon_rings(s.geometry):
-            mask = np.zeros((h, w), np.uint8)
-            pts = np.round(((exterior - (x0, y0)) / scale - 0.5) * factor).astype(np.int32)
-            cv2.fillPoly(mask, [pts], 1, lineType=cv2.LINE_8, shift=shift)
-            for hole in holes:
-                hp = np.round(((hole - (x0, y0)) / scale - 0.5) * factor).astype(np.int32)
-                cv2.fillPoly(mask, [hp], 0, lineType=cv2.LINE_8, shift=shift)
-            img[mask.astype(bool)] = s.color
+        img[centre_mask(s.geometry, x0, y0, w, h, scale)] = s.color
     if noise:
         rng = np.random.default_rng([seed, int(x0), int(y0), int(scale * 1000)])
         jitter = rng.normal(0, noise, (h, w, 1)).astype(np.float32)
@@ -129,19 +153,15 @@ def write_synthetic_slide(
 
 def truth_mask(shapes: Sequence[SyntheticShape], class_labels: dict[str, int], width: int, height: int,
                scale: float = 1.0, *, fill: int = 0) -> np.ndarray:
-    """Label raster of the shapes at `scale` (later shapes drawn over earlier ones)."""
+    """Label raster (ceil(height / scale) x ceil(width / scale), uint8) of the shapes at `scale`
+    level-0 px per pixel: a pixel takes a shape's label exactly when its centre lies inside the shape
+    (`centre_mask`; later shapes drawn over earlier ones, `fill` elsewhere)."""
     h, w = math.ceil(height / scale), math.ceil(width / scale)
     out = np.full((h, w), fill, np.uint8)
-    shift, factor = 4, 16
     for s in shapes:
         if s.class_name not in class_labels:
             continue
-        for exterior, holes in _polygon_rings(s.geometry):
-            mask = np.zeros((h, w), np.uint8)
-            cv2.fillPoly(mask, [np.round((exterior / scale - 0.5) * factor).astype(np.int32)], 1, shift=shift)
-            for hole in holes:
-                cv2.fillPoly(mask, [np.round((hole / scale - 0.5) * factor).astype(np.int32)], 0, shift=shift)
-            out[mask.astype(bool)] = class_labels[s.class_name]
+        out[centre_mask(s.geometry, 0.0, 0.0, w, h, scale)] = class_labels[s.class_name]
     return out
 
 

@@ -16,16 +16,11 @@ from slidemill.shared.contracts import Prediction, Provenance
 from slidemill.shared.errors import InputError
 from slidemill.shared.files import prepare_output_file
 from slidemill.shared.report import ReportBuilder
-from slidemill.shared.shapes import (
-    annotation_objects,
-    drop_small,
-    fill_small_holes,
-    report_path_for,
-    simplify_polygons,
-)
+from slidemill.shared.shapes import annotation_objects, drop_small, report_path_for
 
+from . import cleanup
 from .config import PostprocessConfig
-from .raster import load_prediction, open_labels
+from .raster import combine_shards, load_prediction, open_labels
 from .vectorise import MaskOps, chunk_windows, vectorise_file
 
 log = logging.getLogger(__name__)
@@ -86,11 +81,22 @@ def to_level0(polygons: list[Polygon], prediction: Prediction) -> list[Polygon]:
     return list(shapely.transform(arr, lambda c: origin + c * m.scale))
 
 
+def clip_rect(prediction: Prediction) -> cleanup.Rect:
+    """The level-0 region the prediction covers (the slide, or its `--region`), in raster pixel
+    corners: the raster's last row and column may reach past it by under one pixel."""
+    m, r = prediction.mapping, prediction.region
+    x0, y0 = m.to_raster(r.x, r.y)
+    x1, y1 = m.to_raster(r.x + r.width, r.y + r.height)
+    return (max(x0, 0.0), max(y0, 0.0), min(x1, prediction.labels.width), min(y1, prediction.labels.height))
+
+
 def run(config: PostprocessConfig, *, argv: list[str] | None = None) -> PostprocessResult:
-    """Vectorise a prediction's label raster into an `annotations` file (see the package docs)."""
+    """Vectorise a prediction's label raster (or the stacked rasters of all shards of one sharded
+    prediction) into an `annotations` file (see the package docs)."""
     version = package_version(TOOL)
     report = ReportBuilder(TOOL, version, argv)
-    folder, prediction = load_prediction(config.prediction)
+    shards = [load_prediction(path) for path in config.prediction]
+    prediction, shards = combine_shards(shards)
     classes, background_left_out = selected_classes(prediction, config.classes, config.include_background)
     out = prepare_output_file(config.out, overwrite=config.overwrite)
     report_path = report_path_for(out)
@@ -99,39 +105,49 @@ def run(config: PostprocessConfig, *, argv: list[str] | None = None) -> Postproc
                          fix="Use a .geojson name")
     ops = mask_ops(config, prediction.mpp)
     px_area = prediction.mpp ** 2  # µm² per raster pixel
-    with open_labels(folder, prediction) as raster:  # checked (exists, readable, right size) before any work
-        raster_path = raster.path
-    report.inputs = [str(config.prediction)]
+    parts = []
+    for shard_folder, shard in shards:  # each checked (exists, readable, right size) before any work
+        with open_labels(shard_folder, shard) as raster:
+            parts.append((raster.path, shard.labels))
+    inputs = [str(path) for path in config.prediction]
+    report.inputs = inputs
     spec = prediction.labels
+    if len(shards) == 1 and prediction.shard is not None and prediction.shard.count > 1 and (
+            config.min_area_um2 or config.fill_holes_um2 or config.simplify_um or not ops.identity):
+        report.warn(f"shard {prediction.shard.index}/{prediction.shard.count} post-processed alone: shapes "
+                    "cut by the shard border are filtered, filled and smoothed as the pieces they are here; "
+                    "give every shard's folder to one run to clean the slide as a whole")
     workers = worker_count(config.workers)
     log.info("vectorising %s (%d x %d raster px, %d classes, chunks of %d px, halo %d px, %d worker(s))",
              prediction.slide.name, spec.width, spec.height, len(classes), config.chunk_px, ops.halo_px, workers)
     windows = chunk_windows(spec.height, spec.width, config.chunk_px)
     with report.timed("vectorise"), Progress(len(windows), "vectorising", "chunks") as progress:
-        by_label, stats = vectorise_file(raster_path, spec, [v for _, v in classes], ops, chunk_px=config.chunk_px,
+        by_label, stats = vectorise_file(parts, [v for _, v in classes], ops, chunk_px=config.chunk_px,
                                          workers=workers, on_chunk=progress.advance)
-    polygons_by_class: dict[str, list[Polygon]] = {}
-    holes_filled = dropped = 0
+    rect = clip_rect(prediction)
+    clipped = dropped = 0
     with report.timed("clean"):
-        for name, value in classes:
-            polys = by_label[value]
-            polys, filled = fill_small_holes(polys, config.fill_holes_um2 / px_area)
+        # clipped first, so every measurement and size threshold sees the shape as it is written
+        for value in by_label:
+            polys = cleanup.densify(by_label[value]) if config.simplify_um > 0 else by_label[value]
+            polys, reached = cleanup.clip(polys, rect)
+            clipped += reached
             polys, small = drop_small(polys, config.min_area_um2 / px_area)
-            if config.simplify_um > 0:
-                polys = simplify_polygons(polys, config.simplify_um / prediction.mpp)
-                polys, more = drop_small(polys, max(config.min_area_um2 / px_area, 1e-9))
-                small += more
-            holes_filled += filled
             dropped += small
-            polygons_by_class[name] = to_level0(polys, prediction)
+            by_label[value] = polys
+        by_label, holes_filled = cleanup.fill_holes(by_label, config.fill_holes_um2 / px_area)
+        by_label, degenerate, vanished_simplify = cleanup.simplify(by_label, config.simplify_um / prediction.mpp,
+                                                                   rect)
+        polygons_by_class = {name: to_level0(by_label[value], prediction) for name, value in classes}
     mpp0 = level0_mpp(prediction)
-    provenance = Provenance(tool=TOOL, version=version, inputs=[str(config.prediction)], parameters={
+    provenance = Provenance(tool=TOOL, version=version, inputs=inputs, parameters={
         "smooth_sigma_px": ops.smooth_sigma_px, "open_radius_px": ops.open_radius_px,
         "close_radius_px": ops.close_radius_px, "min_area_um2": config.min_area_um2,
         "fill_holes_um2": config.fill_holes_um2, "simplify_um": config.simplify_um,
         "classes": [n for n, _ in classes],
         "background_not_vectorised": background_left_out, "raster_mpp": prediction.mpp, "model": prediction.model.name,
         "shard": None if prediction.shard is None else f"{prediction.shard.index}/{prediction.shard.count}",
+        "shards": len(shards),
     })
     if background_left_out:
         report.warn(f"background class(es) {', '.join(repr(n) for n in background_left_out)} were not vectorised "
@@ -151,6 +167,12 @@ def run(config: PostprocessConfig, *, argv: list[str] | None = None) -> Postproc
     report.count("pieces_stitched", stats.pieces_stitched)
     report.count("holes_filled", holes_filled)
     report.count("shapes_dropped_small", dropped)
+    report.count("shapes_clipped", clipped)
+    report.count("shapes_below_one_pixel_after_simplify", degenerate)
+    report.count("shapes_vanished_on_simplify", vanished_simplify)
+    if degenerate or vanished_simplify:
+        report.warn(f"--simplify-um {config.simplify_um}: {degenerate} shape(s) became smaller than one raster "
+                    f"pixel and {vanished_simplify} vanished; a smaller tolerance keeps small shapes")
     report.count("shapes_vanished_on_snap", vanished)
     report.write(report_path)
     log.info("wrote %d features to %s", written.written, out)

@@ -25,9 +25,9 @@ app = tool_app("slidemill-postprocess", "Turn a prediction's label raster into c
 
 @app.command()
 def main(
-    prediction: Annotated[Path, typer.Argument(help="Output folder of slidemill-infer (holds prediction.json).",
-                                               metavar="PREDICTION_DIR",
-                                               show_default=False)],
+    prediction: Annotated[list[Path], typer.Argument(
+        help="Output folder of slidemill-infer (holds prediction.json); for a sharded slide, every shard's "
+        "folder, post-processed together as one raster.", metavar="PREDICTION_DIR...", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Annotations file to write (.geojson); the report "
                                       "goes to the same name ending in .report.json.", show_default=False)],
     smooth_um: Annotated[float | None, typer.Option(min=0.0, help="Gaussian smoothing sigma in microns.")] = None,
@@ -41,8 +41,9 @@ def main(
     close_px: Annotated[int | None, typer.Option(min=0, help="Closing radius in raster pixels.")] = None,
     min_area_um2: Annotated[float, typer.Option(min=0.0, help="Drop shapes smaller than this (µm²).")] = 0.0,
     fill_holes_um2: Annotated[float, typer.Option(min=0.0, help="Fill holes smaller than this (µm²).")] = 0.0,
-    simplify_um: Annotated[float, typer.Option(min=0.0, help="Simplification tolerance in microns (0 keeps "
-                                               "the exact pixel outline).")] = 0.0,
+    simplify_um: Annotated[float, typer.Option(min=0.0, help="Coverage simplification tolerance in microns: "
+                                               "borders two classes share stay shared (0 keeps the exact pixel "
+                                               "outline).")] = 0.0,
     classes: Annotated[list[str] | None, typer.Option(
         "--classes", help="Only this class; repeat the option for several. Each value is one class name, exactly "
         "as the class table spells it (commas, colons and spaces included).")] = None,

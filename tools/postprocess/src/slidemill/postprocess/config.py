@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class PostprocessConfig(BaseModel):
@@ -12,7 +12,9 @@ class PostprocessConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prediction: Path = Field(description="prediction folder written by slidemill-infer (or its prediction.json)")
+    prediction: list[Path] = Field(
+        min_length=1, description="prediction folder written by slidemill-infer (or its prediction.json); or every "
+        "shard's folder of one sharded run, post-processed together as one raster")
     out: Path = Field(description="output annotations file (.geojson); the report goes beside it")
     smooth_um: float | None = Field(None, ge=0, le=10_000, description="Gaussian smoothing sigma in microns")
     smooth_px: float | None = Field(None, ge=0, le=1_000, description="Gaussian smoothing sigma in raster pixels")
@@ -25,7 +27,8 @@ class PostprocessConfig(BaseModel):
     min_area_um2: float = Field(0.0, ge=0, description="shapes smaller than this area (µm²) are dropped")
     fill_holes_um2: float = Field(0.0, ge=0, description="holes smaller than this area (µm²) are filled")
     simplify_um: float = Field(0.0, ge=0, le=10_000,
-                               description="Douglas-Peucker tolerance in microns (0 keeps the pixel outline)")
+                               description="coverage simplification tolerance in microns, about the square root of "
+                               "the area of the corners cut off (0 keeps the pixel outline)")
     classes: list[str] | None = Field(None, description="class names to vectorise (each exactly as the class "
                                       "table spells it); all trainable classes but background ones if unset")
     include_background: bool = Field(False, description="also vectorise the classes marked background (glass)")
@@ -33,6 +36,11 @@ class PostprocessConfig(BaseModel):
                           description="side of the square raster chunk processed at a time (bounds memory)")
     workers: int = Field(1, ge=0, le=256, description="processes vectorising chunks at once; 0 = one per CPU core")
     overwrite: bool = Field(False, description="replace an existing output file")
+
+    @field_validator("prediction", mode="before")
+    @classmethod
+    def _one_or_more(cls, value):
+        return [value] if isinstance(value, (str, Path)) else value
 
     @model_validator(mode="after")
     def _one_unit_each(self) -> PostprocessConfig:

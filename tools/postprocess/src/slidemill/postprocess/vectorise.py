@@ -2,9 +2,10 @@
 
 Coordinates here are raster pixel corners: pixel (i, j) (column i, row j) is the square
 [i, i+1] x [j, j+1]. A labelled block of pixels becomes a polygon whose vertices are exactly those
-corners; holes are interior rings. Each class is handled on its own binary mask (so classes never
-bleed into each other's masks; where two classes touch, closing can make them overlap by at most
-the closing radius). Pixels labelled 255 belong to no class.
+corners; holes are interior rings. Smoothing blurs every label at once and gives each pixel the
+label blurred highest; opening and closing work on each class's own binary mask, and a pixel that
+several classes' closings claim goes to one of them, so the classes never overlap. Pixels labelled
+255 belong to no class.
 
 Chunking: every chunk's core is processed with a halo wide enough for the smoothing and morphology
 to see every pixel they depend on, so a core's cleaned mask is identical to the same pixels of the
@@ -76,6 +77,60 @@ def clean_mask(mask: np.ndarray, ops: MaskOps) -> np.ndarray:
         out = cv2.morphologyEx(out, cv2.MORPH_CLOSE, _disk(ops.close_radius_px), borderType=cv2.BORDER_CONSTANT,
                                borderValue=0)
     return out
+
+
+def smooth_labels(labels: np.ndarray, sigma_px: float, inside: np.ndarray | None = None) -> np.ndarray:
+    """A label raster smoothed as a partition: every label present (255 "not predicted" too) is
+    blurred as a 0/1 mask (Gaussian, `sigma_px`, radius ceil(3 sigma)) and each pixel takes the label
+    whose blurred mask is highest there (a tie keeps the pixel's own label if it is among the
+    highest, else the lowest label). With two labels this is the "blurred mask above one half" rule;
+    with more, classes still never overlap nor leave a gap. Pixels outside the raster (not
+    `inside`, and beyond the array) count for no label, so the raster's edge is no competitor.
+    """
+    present = np.flatnonzero(np.bincount(labels.ravel() if inside is None else labels[inside], minlength=256))
+    if len(present) < 2 or sigma_px <= 0:
+        return labels
+    radius = int(math.ceil(3 * sigma_px))
+    k = 2 * radius + 1
+    best = np.zeros(labels.shape, np.uint8)
+    out = labels.copy()
+    own = np.zeros(labels.shape, np.uint8)  # the blurred value of each pixel's own label
+    for value in present.tolist():
+        # OpenCV blurs 8-bit images with bit-exact fixed-point arithmetic: fast, and the same value
+        # for a pixel whichever chunk it is computed in
+        mask = labels == value
+        if inside is not None:
+            mask &= inside
+        blurred = cv2.GaussianBlur(mask.view(np.uint8) * np.uint8(255), (k, k), sigma_px,
+                                   borderType=cv2.BORDER_CONSTANT)
+        higher = blurred > best  # strictly: the lowest label wins a tie between others
+        out[higher] = value
+        best = np.maximum(best, blurred)
+        mine = labels == value
+        own[mine] = blurred[mine]
+    keep = own == best  # a pixel whose own label ties for the highest keeps it
+    out[keep] = labels[keep]
+    if inside is not None:
+        out[~inside] = labels[~inside]
+    return out
+
+
+def resolve_claims(masks: dict[int, np.ndarray], labels: np.ndarray) -> None:
+    """Where the closings of several classes claim the same pixel, one keeps it (in place): the
+    pixel's own label if it is among them, else the lowest label, so the classes never overlap."""
+    count = np.zeros(labels.shape, np.uint8)
+    for mask in masks.values():
+        count += mask
+    multi = count > 1
+    if not multi.any():
+        return
+    owner = np.full(labels.shape, NOT_PREDICTED, np.uint8)
+    for value in sorted(masks, reverse=True):
+        owner[multi & masks[value]] = value  # the lowest claimant last, so it wins
+    for value, mask in masks.items():
+        owner[multi & mask & (labels == value)] = value  # but a pixel's own label first
+    for value, mask in masks.items():
+        mask &= ~multi | (owner == value)
 
 
 def _ring(contour: np.ndarray) -> np.ndarray:
@@ -181,20 +236,32 @@ def process_chunk(
     wy0, wy1, wx0, wx1 = y0 - halo, y1 + halo, x0 - halo, x1 + halo
     ry0, ry1, rx0, rx1 = max(wy0, 0), min(wy1, height), max(wx0, 0), min(wx1, width)
     data = read(ry0, ry1, rx0, rx1)
+    inside = None
     if halo and (ry0, ry1, rx0, rx1) != (wy0, wy1, wx0, wx1):
         window = np.full((wy1 - wy0, wx1 - wx0), NOT_PREDICTED, np.uint8)
         window[ry0 - wy0:ry1 - wy0, rx0 - wx0:rx1 - wx0] = data
+        inside = np.zeros(window.shape, bool)
+        inside[ry0 - wy0:ry1 - wy0, rx0 - wx0:rx1 - wx0] = True
     else:
         window = data
     oy, ox = y0 - (ry0 if window is data else wy0), x0 - (rx0 if window is data else wx0)
     present = set(np.flatnonzero(np.bincount(window.ravel(), minlength=256)).tolist())
     out: ChunkPieces = {}
+    if ops.smooth_sigma_px > 0:  # all classes at once, so they stay a partition of the raster
+        window = smooth_labels(window, ops.smooth_sigma_px, inside)
+        present = set(np.flatnonzero(np.bincount(window.ravel(), minlength=256)).tolist())
+    morph = MaskOps(open_radius_px=ops.open_radius_px, close_radius_px=ops.close_radius_px)
+    masks = {}
     for value in labels:
         if value not in present:
             continue
         mask = window == value
-        if not ops.identity:
-            mask = clean_mask(mask, ops)
+        if not morph.identity:
+            mask = clean_mask(mask, morph).view(bool)
+        masks[value] = mask
+    if morph.close_radius_px > 0 and len(masks) > 1:
+        resolve_claims(masks, window)
+    for value, mask in masks.items():
         final, seam = out.setdefault(value, ([], []))
         for poly in vectorise_mask(mask[oy:oy + (y1 - y0), ox:ox + (x1 - x0)], offset=(x0, y0)):
             minx, miny, maxx, maxy = poly.bounds
@@ -248,13 +315,14 @@ def vectorise_raster(
 _WORKER: dict = {}
 
 
-def _worker_init(path: str, spec_json: str, height: int, width: int, labels: list[int], ops: MaskOps) -> None:
+def _worker_init(parts_json: list[tuple[str, str]], height: int, width: int, labels: list[int],
+                 ops: MaskOps) -> None:
     from slidemill.shared.contracts import RasterFile
 
-    from .raster import LabelRaster
+    from .raster import StackedLabels
 
-    _WORKER.update(raster=LabelRaster(Path(path), RasterFile.model_validate_json(spec_json)), height=height,
-                   width=width, labels=labels, ops=ops)
+    parts = [(Path(path), RasterFile.model_validate_json(spec)) for path, spec in parts_json]
+    _WORKER.update(raster=StackedLabels(parts), height=height, width=width, labels=labels, ops=ops)
 
 
 def _worker_chunk(core: tuple[int, int, int, int]) -> ChunkPieces:
@@ -263,8 +331,7 @@ def _worker_chunk(core: tuple[int, int, int, int]) -> ChunkPieces:
 
 
 def vectorise_file(
-    path: Path,
-    spec: RasterFile,
+    parts: Sequence[tuple[Path, RasterFile]],
     labels: Sequence[int],
     ops: MaskOps,
     *,
@@ -272,21 +339,24 @@ def vectorise_file(
     workers: int = 1,
     on_chunk: Callable[[], None] | None = None,
 ) -> tuple[dict[int, list[Polygon]], VectoriseStats]:
-    """`vectorise_raster` of a label TIFF, its chunks spread over `workers` processes (at most two
-    chunks in flight per worker, so memory stays bounded by the chunk size times the workers)."""
-    from .raster import LabelRaster
+    """`vectorise_raster` of label TIFFs stacked top to bottom as one raster (one TIFF, or the
+    shards of one prediction), its chunks spread over `workers` processes (at most two chunks in
+    flight per worker, so memory stays bounded by the chunk size times the workers)."""
+    from .raster import StackedLabels
 
     wanted = [int(v) for v in labels]
-    cores = chunk_windows(spec.height, spec.width, chunk_px)
+    parts = list(parts)
+    height, width = sum(spec.height for _, spec in parts), parts[0][1].width
+    cores = chunk_windows(height, width, chunk_px)
     if workers <= 1 or len(cores) < 2:
-        with LabelRaster(path, spec) as raster:
-            return vectorise_raster(raster.read, spec.height, spec.width, wanted, ops, chunk_px=chunk_px,
+        with StackedLabels(parts) as raster:
+            return vectorise_raster(raster.read, height, width, wanted, ops, chunk_px=chunk_px,
                                     on_chunk=on_chunk)
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     context = multiprocessing.get_context("spawn")  # no fork of a process holding open files and threads
-    init = (str(path), spec.model_dump_json(), spec.height, spec.width, wanted, ops)
+    init = ([(str(path), spec.model_dump_json()) for path, spec in parts], height, width, wanted, ops)
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init,
                              initargs=init) as pool:
         return stitch(_bounded_map(pool, _worker_chunk, cores, 2 * workers), wanted, on_chunk)
