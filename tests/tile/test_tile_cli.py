@@ -11,6 +11,7 @@ from shapely.geometry import box
 
 from slidemill.shared.contracts import TileSet, load_contract
 from slidemill.shared.testing import SyntheticShape, qupath_geojson, write_synthetic_slide
+from slidemill.tile import TileConfig
 
 CMD = str(Path(sys.executable).parent / "slidemill-tile")
 
@@ -128,8 +129,20 @@ def test_invalid_class_table_and_options(tmp_path, synthetic, synthetic_geojson)
     out = tmp_path / "out"
     assert_user_error(tile(synthetic, "--out", out, "--annotations", synthetic_geojson, "--classes", classes), out,
                       "classes.json", "0..0")
-    assert_user_error(tile(synthetic, "--out", out, "--mpp", 0.5, "--magnification", 20), out, "either mpp or")
-    assert_user_error(tile(synthetic, "--out", out, "--tile-size", 64, "--overlap", 64), out, "overlap")
+    assert_user_error(tile(synthetic, "--out", out, "--mpp", 0.5, "--magnification", 20), out,
+                      "either --mpp or --magnification")
+    assert_user_error(tile(synthetic, "--out", out, "--tile-size", 64, "--overlap", 64), out,
+                      "--overlap 64 must be smaller than --tile-size 64")
+
+
+def test_default_overlap_follows_the_tile_size(tmp_path, synthetic):
+    """--tile-size alone works for every allowed size: the default overlap is an eighth of it."""
+    out = tmp_path / "out"
+    result = tile(synthetic, "--out", out, "--tile-size", 64, "--mpp", 2.0, "--all-tiles")
+    assert result.returncode == 0, result.stderr
+    params = json.loads((out / "tileset.json").read_text())["params"]
+    assert (params["tile_size_px"], params["overlap_px"]) == (64, 8)
+    assert TileConfig(slide=synthetic, tile_size_px=16).overlap_px == 2
 
 
 def test_unclassified_annotations(tmp_path, synthetic, handout):

@@ -29,6 +29,8 @@ _EPS = 1e-6
 # looser (10 um/px, 1000 px/cm), as microscopy writers use centimetres and editors rarely do.
 MAX_INCH_TAG_MPP = 1.0
 MAX_CM_TAG_MPP = 10.0
+_MPP_SOURCES = {"vendor": "the scanner's metadata", "ome": "the OME-XML PhysicalSizeX",
+                "tiff-resolution": "the TIFF resolution tags", "user": "--slide-mpp"}
 # A target resolution finer than the slide's by more than this factor is refused unless asked for.
 MAX_UPSAMPLING = 2.0
 WINDOW_PERCENTILES = (0.1, 99.9)
@@ -124,7 +126,7 @@ class Slide:
 
     def __init__(self, path: Path, source, *, mpp: float | None = None, channels: list[str] | None = None,
                  z: int | None = None, t: int | None = None, series: str | None = None,
-                 facts: dict | None = None):
+                 facts: dict | None = None, pixels: PixelMeaning | None = None):
         self.path = path
         self.source = source
         meta = source.getMetadata()
@@ -140,9 +142,13 @@ class Slide:
             self.mpp, self.mpp_source = float(mpp), "user"
         else:
             self.mpp, self.mpp_source, self._mpp_note = _resolution(self.reader, meta, facts)
-        self.pixels = _decide_pixels(path, meta, facts, channels=channels, z=z, t=t)
+        if pixels is not None:  # decided before (a tileset, a worker of the same run): apply it as recorded
+            _check_recorded(path, pixels, meta)
+            self.pixels = pixels
+        else:
+            self.pixels = _decide_pixels(path, meta, facts, channels=channels, z=z, t=t)
         self._frames = sorted({c.frame for c in self.pixels.channels})
-        if self.pixels.window_source == "slide-percentiles":
+        if self.pixels.window_source == "slide-percentiles" and self.pixels.channels[0].window is None:
             self.pixels = self.pixels.model_copy(update={"channels": self._percentile_windows()})
 
     @property
@@ -191,7 +197,8 @@ class Slide:
         if scale < 1 / MAX_UPSAMPLING - _EPS and not allow_upsampling:
             raise SlideError(
                 f"{option} {target_mpp:g} um/px is {1 / scale:.3g}x finer than the slide's own {slide_mpp:g} "
-                f"um/px (from {self.mpp_source}): the slide would be upsampled", path=self.path,
+                f"um/px (from {_MPP_SOURCES.get(self.mpp_source, self.mpp_source)}): the slide would be upsampled",
+                path=self.path,
                 fix=f"Choose {option} of at least {slide_mpp / MAX_UPSAMPLING:g}, correct --slide-mpp if the "
                     "slide's resolution is wrong, or pass --allow-upsampling")
         return scale
@@ -432,6 +439,16 @@ def _decide_pixels(path: Path, meta: dict, facts: dict, *, channels: list[str] |
                         z=z if n_z > 1 else None, t=t if n_t > 1 else None, window_source=source)
 
 
+def _check_recorded(path: Path, pixels: PixelMeaning, meta: dict) -> None:
+    """A recorded PixelMeaning must describe this file's samples."""
+    have = (str(meta.get("dtype") or "uint8"), int(meta.get("bandCount") or 3), max(1, len(meta.get("frames") or [])))
+    want = (pixels.dtype, pixels.bands, pixels.frames)
+    if have != want:
+        raise SlideError(f"holds {have[2]} frame(s) of {have[1]} {have[0]} band(s), but the recorded pixel meaning "
+                         f"is for {want[2]} frame(s) of {want[1]} {want[0]} band(s)", path=path,
+                         fix="Give the slide the tileset or model was made from, or choose --channel, --z, --t anew")
+
+
 def _stored_levels(source, width: int, count: int, frame: int) -> list[bool]:
     """Which of large-image's levels (finest first) the file stores."""
     dicom = getattr(source, "_dicom", None)
@@ -590,12 +607,14 @@ def _sniff(path: Path) -> str:
 
 
 def open_slide(path: str | Path, *, mpp: float | None = None, channels: list[str] | None = None,
-               z: int | None = None, t: int | None = None, dicom_series: str | None = None) -> Slide:
+               z: int | None = None, t: int | None = None, dicom_series: str | None = None,
+               pixels: PixelMeaning | None = None) -> Slide:
     """Open any slide large-image can read, a DICOM series folder, or a plain PNG/JPEG image.
 
     `mpp` overrides (or supplies) the level-0 microns per pixel (--slide-mpp); `channels` chooses
     channels by name or 0-based index (1: grey, 3: R, G, B; --channel), `z`/`t` the plane (--z, --t),
-    `dicom_series` the SeriesInstanceUID in a folder of several (--dicom-series). Raises SlideError
+    `dicom_series` the SeriesInstanceUID in a folder of several (--dicom-series); `pixels` applies a
+    pixel meaning decided before (recorded in a tileset) instead of deciding anew. Raises SlideError
     (exit 2) naming the file, what it holds and the option that resolves it when any of these is
     needed and missing, or when no reader takes the file.
     """
@@ -635,7 +654,7 @@ def open_slide(path: str | Path, *, mpp: float | None = None, channels: list[str
         raise
     except Exception:  # noqa: BLE001 - tags that tifffile cannot read: decide from large-image alone
         facts = {}
-    slide = Slide(path, source, mpp=mpp, channels=channels, z=z, t=t, series=series, facts=facts)
+    slide = Slide(path, source, mpp=mpp, channels=channels, z=z, t=t, series=series, facts=facts, pixels=pixels)
     log.debug("opened %s with %s: %dx%d, %d levels, mpp=%s (%s), pixels %s", path, slide.reader,
               slide.width, slide.height, len(slide.levels), slide.mpp, slide.mpp_source,
               slide.pixels.model_dump(exclude_none=True))
