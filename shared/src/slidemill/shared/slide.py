@@ -199,8 +199,8 @@ class Slide:
                 f"{option} {target_mpp:g} um/px is {1 / scale:.3g}x finer than the slide's own {slide_mpp:g} "
                 f"um/px (from {_MPP_SOURCES.get(self.mpp_source, self.mpp_source)}): the slide would be upsampled",
                 path=self.path,
-                fix=f"Choose {option} of at least {slide_mpp / MAX_UPSAMPLING:g}, correct --slide-mpp if the "
-                    "slide's resolution is wrong, or pass --allow-upsampling")
+                fix=(f"Choose {option} of at least {slide_mpp / MAX_UPSAMPLING:g}, c" if option.startswith("--")
+                     else "C") + "orrect --slide-mpp if the slide's resolution is wrong, or pass --allow-upsampling")
         return scale
 
     def best_level(self, scale: float) -> int:
