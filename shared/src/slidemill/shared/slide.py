@@ -384,7 +384,8 @@ def _decide_pixels(path: Path, meta: dict, facts: dict, *, channels: list[str] |
     axes = {k: v for k, v in axes.items() if v > 1}
     alpha = n_c == 1 and bands in (2, 4)
     if n_c > 1:
-        names = [str(c) for c in (meta.get("channels") or [])][:n_c]
+        names = [str(c) for c in (meta.get("channels") or facts.get("channel_names") or [])][:n_c]
+        names = [n or f"channel {i}" for i, n in enumerate(names)]
         names += [f"channel {i}" for i in range(len(names), n_c)]
     else:
         colour = bands - int(alpha)
@@ -493,7 +494,22 @@ def _tiff_facts(path: Path) -> dict:
             facts["resolution"] = (num / den if den else 0.0, int(tags["ResolutionUnit"].value))
         if tif.is_ome and tif.ome_metadata:
             facts["ome"] = _ome_mpp(tif.ome_metadata)
+            facts["channel_names"] = _ome_channel_names(tif.ome_metadata)
     return facts
+
+
+def _ome_channel_names(xml_text: str) -> list[str]:
+    """The Name of each Channel of the first image's Pixels ('' where unnamed)."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(xml_text)
+    except ET.ParseError:
+        return []
+    pixels = next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    if pixels is None:
+        return []
+    return [el.attrib.get("Name", "") for el in pixels if el.tag.rsplit("}", 1)[-1] == "Channel"]
 
 
 def _ome_mpp(xml_text: str) -> tuple[float | None, str]:
