@@ -183,3 +183,15 @@ def test_plan_pickles_for_dataloader_workers(synthetic, synthetic_geojson):
     a, b = plan.tile(len(plan) - 1), clone.tile(len(plan) - 1)
     assert np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask)
     assert a.class_fractions == b.class_fractions
+
+
+def test_an_all_tissue_image_keeps_its_edge_tiles(tmp_path):
+    """Padding past the slide is neither tissue nor glass: the partial edge tiles of an image that is
+    all tissue pass the default threshold (44 of 128 px inside would fail it if padding counted)."""
+    from PIL import Image
+
+    path = tmp_path / "all-tissue.png"
+    Image.fromarray(np.full((200, 300, 3), (200, 100, 150), np.uint8)).save(path)
+    plan = plan_tiles(TileConfig(slide=path, slide_mpp=0.5, mpp=0.5, tile_size_px=128, overlap_px=0))
+    assert [(s.row, s.col) for s in plan.specs] == [(r, c) for r in range(2) for c in range(3)]
+    assert all(s.tissue_fraction == 1.0 for s in plan.specs)

@@ -652,16 +652,14 @@ def open_slide(path: str | Path, *, mpp: float | None = None, channels: list[str
     except Exception as exc:  # noqa: BLE001 - large-image raises many types for unreadable files
         reason = str(exc).replace(str(target), "").strip(" :") or type(exc).__name__
         ext = target.suffix.lower().lstrip(".")
-        known = {e.lower() for e in large_image.tilesource.listExtensions()}
+        shown = f"extension .{ext}" if ext else "no extension"
         what = _sniff(target)
-        if ext not in known:
-            shown = f"extension .{ext}" if ext else "no extension"
-            raise SlideError(f"is {what} ({shown}), a format no slide reader here supports", path=path,
-                             fix=f"Convert it to a pyramidal (OME-)TIFF, e.g. with bfconvert or vips; supported are "
-                                 f"{SUPPORTED_FORMATS}") from None
         if "No available tilesource" in reason:
-            reason = f"no reader takes this .{ext} file"
-        raise SlideError(f"is {what} that cannot be opened as a slide ({reason})", path=path,
+            raise SlideError(f"is {what} ({shown}) and cannot be opened as a slide: no reader here supports it",
+                             path=path, fix=f"Supported are {SUPPORTED_FORMATS}; convert other formats to a "
+                             "pyramidal (OME-)TIFF (e.g. with bfconvert or vips), and copy a file of a supported "
+                             "format again if it may be truncated or damaged") from None
+        raise SlideError(f"is {what} ({shown}) that cannot be opened as a slide ({reason})", path=path,
                          fix="Check that the file is a complete whole-slide image or PNG/JPEG "
                              "(not truncated, not an archive) in a format large-image reads") from None
     try:

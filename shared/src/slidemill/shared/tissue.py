@@ -130,9 +130,10 @@ class TissueMap:
         h, w = self.mask.shape
         i0, j0 = math.floor(x / self.scale + 1e-9), math.floor(y / self.scale + 1e-9)
         i1, j1 = math.ceil((x + width) / self.scale - 1e-9), math.ceil((y + height) / self.scale - 1e-9)
-        total = max(1, (i1 - i0) * (j1 - j0))
         ci0, cj0 = min(max(i0, 0), w), min(max(j0, 0), h)
         ci1, cj1 = min(max(i1, 0), w), min(max(j1, 0), h)
+        # mask pixels only: the mask's rounded size may end a fraction of a pixel short of the slide
+        total = max(1, (ci1 - ci0) * (cj1 - cj0))
         s = self._integral
         inside = s[cj1, ci1] - s[cj0, ci1] - s[cj1, ci0] + s[cj0, ci0]
         return float(min(1.0, inside / total))

@@ -22,7 +22,7 @@ from slidemill.shared.errors import InputError
 from slidemill.shared.files import require_file
 from slidemill.shared.geometry import PixelMapping, grid_starts
 from slidemill.shared.slide import Slide, open_slide
-from slidemill.shared.tissue import TissueMap, detect_tissue, resolve_tissue_mode
+from slidemill.shared.tissue import TissueMap, detect_tissue, resolve_tissue_mode, tissue_mode
 
 from .config import TileConfig
 from .rasterize import LabelledShape
@@ -224,10 +224,10 @@ def make_plan(config: TileConfig) -> TilePlan:
     tissue_scale = max(config.tissue_mpp / slide_mpp, max(slide.width, slide.height) / MAX_TISSUE_SIDE_PX, 1.0)
     side = max(1, round(max(slide.width, slide.height) / tissue_scale))
     thumbnail, tissue_scale = slide.thumbnail(side)
-    tissue_mode = resolve_tissue_mode(config.tissue_mode, thumbnail)
-    log.info("%s: tissue detection %s (%s)", slide.name, tissue_mode,
+    mode = resolve_tissue_mode(config.tissue_mode, thumbnail)
+    log.info("%s: tissue detection %s (%s)", slide.name, mode,
              "--tissue-mode" if config.tissue_mode != "auto" else "auto: median grey of the thumbnail")
-    tissue = TissueMap(detect_tissue(thumbnail, slide_mpp * tissue_scale, mode=tissue_mode), tissue_scale,
+    tissue = TissueMap(detect_tissue(thumbnail, slide_mpp * tissue_scale, mode=mode), tissue_scale,
                        slide_size=(slide.width, slide.height))
 
     # the grid, in tile pixels
@@ -261,15 +261,20 @@ def make_plan(config: TileConfig) -> TilePlan:
     return TilePlan(config=config, slide_ref=slide.ref(), scale=scale, mapping=PixelMapping(scale=scale),
                     classes=classes, renderer=renderer, tissue=tissue, thumbnail=thumbnail, specs=specs,
                     grid_cols=len(cols), grid_rows=len(rows), annotation_shapes=labelled, stats=stats,
-                    warnings=warnings, tissue_mode=tissue_mode, empty_reason=_empty_reason(config, tissue, tissue_mode)
+                    warnings=warnings, tissue_mode=mode, empty_reason=_empty_reason(config, tissue, mode, thumbnail)
                     if not specs else None)
 
 
-def _empty_reason(config: TileConfig, tissue: TissueMap, mode: str) -> str:
+def _empty_reason(config: TileConfig, tissue: TissueMap, mode: str, thumbnail: np.ndarray) -> str:
     """Why no tile was kept, in words a user can act on."""
     covered = float(tissue.mask.mean())
     if config.annotated_only:
         return "no tile with tissue touches an annotation (--annotated-only)"
+    looks = tissue_mode(thumbnail)
+    if looks != mode:
+        return (f"{mode} tissue detection (--tissue-mode {config.tissue_mode}) found {covered:.1%} of the slide, but "
+                f"the slide looks {looks} (its median grey level decides): pass --tissue-mode {looks}, "
+                "or --all-tiles to keep every tile")
     if covered == 0:
         other = "darkfield" if mode == "brightfield" else "brightfield"
         return (f"no tissue was found ({mode} tissue detection); if the slide is {other} (e.g. fluorescence "
