@@ -326,6 +326,23 @@ def apply_pixels(pixels: PixelMeaning, raw: dict[int, np.ndarray]) -> np.ndarray
     """RGB uint8 (H, W, 3) from the stored samples of each frame, (H, W, bands) arrays keyed by frame:
     the chosen channels, each through its window, grey repeated to RGB, alpha composited onto white.
     A pure function of the samples: equal inputs give equal bytes in every tile."""
+    picks = pixels.channels
+    first = raw[picks[0].frame]
+    if (len(picks) == 3 and all(p.window is None and p.frame == picks[0].frame and p.band == i
+                                for i, p in enumerate(picks))):
+        rgb = first[:, :, :3].astype(np.uint8, copy=False)  # plain RGB(A): no copy per channel
+    else:
+        rgb = _channels_rgb(pixels, raw)
+    if pixels.alpha:
+        a = first[:, :, pixels.bands - 1]
+        a_max = _alpha_max(pixels.dtype)
+        if a.min(initial=a_max) < a_max:
+            f = np.clip(a.astype(np.float64) / a_max, 0.0, 1.0)[:, :, None]
+            rgb = np.rint(rgb * f + 255.0 * (1.0 - f)).astype(np.uint8)
+    return np.ascontiguousarray(rgb)
+
+
+def _channels_rgb(pixels: PixelMeaning, raw: dict[int, np.ndarray]) -> np.ndarray:
     planes = []
     for pick in pixels.channels:
         v = raw[pick.frame][:, :, pick.band]
@@ -335,14 +352,7 @@ def apply_pixels(pixels: PixelMeaning, raw: dict[int, np.ndarray]) -> np.ndarray
             lo, hi = pick.window
             f = (v.astype(np.float64) - lo) * (255.0 / (hi - lo))
             planes.append(np.clip(np.rint(np.nan_to_num(f, nan=0.0)), 0, 255).astype(np.uint8))
-    rgb = np.repeat(planes[0][:, :, None], 3, axis=2) if len(planes) == 1 else np.dstack(planes)
-    if pixels.alpha:
-        a = raw[pixels.channels[0].frame][:, :, pixels.bands - 1]
-        a_max = _alpha_max(pixels.dtype)
-        if a.min(initial=a_max) < a_max:
-            f = np.clip(a.astype(np.float64) / a_max, 0.0, 1.0)[:, :, None]
-            rgb = np.rint(rgb * f + 255.0 * (1.0 - f)).astype(np.uint8)
-    return np.ascontiguousarray(rgb)
+    return np.repeat(planes[0][:, :, None], 3, axis=2) if len(planes) == 1 else np.dstack(planes)
 
 
 def _alpha_max(dtype: str) -> float:
