@@ -177,3 +177,24 @@ def test_fp16_on_cpu_warns_and_runs_in_float32(slide_path, oracle_dir, tmp_path)
                              region=Region(x=300, y=300, width=300, height=300)))
     assert any("--fp16 is only used on CUDA" in w for w in result.report.warnings)
     assert result.report.environment["fp16"] == "false"
+
+
+def test_the_slide_options_of_tile_work_here_too(oracle_dir, tmp_path, handout):
+    """A slide finer than 2x the model needs --allow-upsampling; several channels need --channel; the
+    pixel meaning read is the one recorded in prediction.json."""
+    fine = write_synthetic_slide(tmp_path / "coarse.tiff", 300, 200, mpp=2.0)  # model at 0.5 um/px: 4x finer
+    out = tmp_path / "out"
+    assert_refused(invoke(fine, oracle_dir, "--out", out), out, "4x finer", "--allow-upsampling")
+    assert_refused(invoke(fine, oracle_dir, "--out", out, "--overlap", "0.95"), out, "--overlap")
+    cases = handout / "cases"
+    if not cases.is_dir():
+        pytest.skip("no cases folder in the handout")
+    multi = cases / "multichannel" / "multi-channel.ome.tif"
+    assert_refused(invoke(multi, oracle_dir, "--out", out, "--slide-mpp", "0.25"), out, "3 channel(s)", "--channel")
+    result = invoke(multi, oracle_dir, "--out", out, "--slide-mpp", "0.25", "--channel", "2", "--everywhere")
+    assert result.exit_code == 0, result.output
+    pixels = load_contract(out / "prediction.json", Prediction).slide.pixels
+    assert [(c.name, c.frame) for c in pixels.channels] == [("channel 2", 2)]
+    folder = cases / "two-dicom-series"
+    assert_refused(invoke(folder, oracle_dir, "--out", tmp_path / "d"), tmp_path / "d", "2 DICOM series",
+                   "--dicom-series")

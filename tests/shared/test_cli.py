@@ -93,3 +93,28 @@ def test_user_error_in_both_formats(tmp_path, fmt):
     result = runner.invoke(app, [str(tmp_path / "x"), "--log-format", fmt])
     assert result.exit_code == 2
     assert "x: does not exist" in result.output
+
+
+def test_option_errors_name_options_as_typed():
+    from pydantic import BaseModel, Field, ValidationError, model_validator
+
+    from slidemill.shared.cli import option_error
+
+    class Config(BaseModel):
+        tile_size_px: int = Field(512, ge=16)
+        overlap_px: int = 64
+
+        @model_validator(mode="after")
+        def _fits(self):
+            if self.overlap_px >= self.tile_size_px:
+                raise ValueError(f"overlap_px {self.overlap_px} must be smaller than tile_size_px {self.tile_size_px}")
+            return self
+
+    names = {"tile_size_px": "--tile-size", "overlap_px": "--overlap"}
+    with pytest.raises(ValidationError) as err:
+        Config(tile_size_px=64, overlap_px=64)
+    error = option_error(err.value, names, tool="slidemill-tile")
+    assert error.paragraph() == "--overlap 64 must be smaller than --tile-size 64. See slidemill-tile --help."
+    with pytest.raises(ValidationError) as err:
+        Config(tile_size_px=8)
+    assert option_error(err.value, names).paragraph().startswith("--tile-size 8: input should be greater than")

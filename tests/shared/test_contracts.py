@@ -7,6 +7,7 @@ from slidemill.shared.contracts import (
     CONTRACTS,
     AnnotationSet,
     ModelCard,
+    Prediction,
     TileSet,
     dump_contract,
     load_contract,
@@ -25,7 +26,7 @@ def test_round_trip(kind, tmp_path):
     assert loaded == sample
     data = json.loads(path.read_text())
     assert data["schema"] == f"slidemill/{kind}"
-    assert data["schema_version"] == CONTRACTS[kind].VERSION  # 1.1 for the kinds issue 12 changed
+    assert data["schema_version"] == CONTRACTS[kind].VERSION
     assert dump_contract(loaded) == path.read_text()
 
 
@@ -40,6 +41,20 @@ def test_minor_version_accepted_major_refused():
     data["schema_version"] = "2.0"
     with pytest.raises(ContractError, match=r"schema_version 2.0 is not supported.*version 1.x"):
         parse_contract(json.dumps(data), TileSet, path="x/tileset.json")
+
+
+def test_a_1_0_tileset_and_prediction_still_read():
+    """Written before pixel meaning, resolution sources and tissue modes were recorded."""
+    data = _tileset_dict()
+    data["schema_version"] = "1.0"
+    data["slide"] = {k: v for k, v in data["slide"].items() if k not in ("pixels", "series")} | {"mpp_source": "file"}
+    data["params"].pop("tissue_mode", None)
+    old = parse_contract(json.dumps(data), TileSet)
+    assert old.slide.pixels is None and old.params.tissue_mode is None and old.slide.mpp_source == "file"
+    prediction = json.loads(dump_contract(SAMPLES["prediction"]()))
+    prediction["schema_version"] = "1.0"
+    prediction["slide"].pop("pixels", None)
+    assert parse_contract(json.dumps(prediction), Prediction).slide.pixels is None
 
 
 def test_wrong_kind_is_named():

@@ -60,7 +60,7 @@ def test_every_reader_reads_a_real_pyramid(reader, slide_name, pyramid, handout)
 
 def test_synthetic_pyramid_metadata(pyramid):
     slide = open_slide(pyramid)
-    assert (slide.width, slide.height, slide.mpp, slide.mpp_source) == (2400, 1800, 0.25, "file")
+    assert (slide.width, slide.height, slide.mpp, slide.mpp_source) == (2400, 1800, 0.25, "tiff-resolution")
     assert [lv.downsample for lv in slide.levels[:3]] == [1, 2, 4]
     assert open_slide(pyramid, mpp=0.5).mpp_source == "user"
 

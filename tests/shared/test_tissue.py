@@ -47,4 +47,14 @@ def test_tissue_map_fractions():
     assert tmap.fraction(0, 0, 20, 40) == 1.0
     assert tmap.fraction(20, 0, 20, 40) == 0.0
     assert tmap.fraction(0, 0, 40, 40) == pytest.approx(0.5)
-    assert tmap.fraction(0, 20, 40, 40) == pytest.approx(0.25)  # half of it lies outside the slide
+    # half of it lies outside the slide: only the inside half counts, and half of that is tissue
+    assert tmap.fraction(0, 20, 40, 40) == pytest.approx(0.5)
+    assert tmap.fraction(-20, 0, 40, 40) == 1.0  # left of the slide is padding, the inside is all tissue
+    assert tmap.fraction(40, 0, 40, 40) == 0.0  # nothing of it inside
+
+
+def test_an_all_tissue_slide_keeps_its_edge_tiles():
+    """A slide of 30 x 30 level-0 px, all tissue, cut into 20 px tiles: the edge tiles are mostly
+    padding but their inside part is all tissue, so they pass any threshold."""
+    tmap = TissueMap(np.ones((3, 3), bool), scale=10.0, slide_size=(30, 30))
+    assert [tmap.fraction(x, y, 20, 20) for y in (0, 20) for x in (0, 20)] == [1.0, 1.0, 1.0, 1.0]

@@ -18,7 +18,7 @@ TILE = 256
 def written(tmp_path_factory, synthetic, synthetic_geojson):
     out = tmp_path_factory.mktemp("run") / "tiles-out"
     config = TileConfig(slide=synthetic, out=out, annotations=[synthetic_geojson], mpp=0.37, tile_size_px=TILE,
-                        overlap_px=32, tissue_threshold=0.3, workers=1)
+                        overlap_px=32, tissue_threshold=0.55, workers=1)
     result = run(config, argv=["slidemill-tile", "test"])
     return config, result, out
 
@@ -32,12 +32,12 @@ def test_output_folder_and_manifest(written, repo):
     jsonschema.validate(json.loads((out / "tileset.json").read_text()), schema)
     assert len(tileset.tiles) == result.tiles_written > 0
     assert tileset.params.tile_size_px == TILE and tileset.params.overlap_px == 32
-    assert tileset.params.tissue_threshold == 0.3 and tileset.params.mpp == 0.37
+    assert tileset.params.tissue_threshold == 0.55 and tileset.params.mpp == 0.37
     assert tileset.mapping.scale == pytest.approx(0.37 / 0.25)
     assert tileset.slide.name == "synthetic.tiff" and tileset.slide.mpp == 0.25
     assert [c.name for c in tileset.classes.classes] == ["Immune cells", "Stroma", "Tissue", "Tumor", "Ignore*"]
     for record in tileset.tiles:
-        assert record.tissue_fraction >= 0.3
+        assert record.tissue_fraction >= 0.55
         assert (out / record.image).is_file() and (out / record.mask).is_file()
         assert record.image == f"tiles/r{record.row:05d}_c{record.col:05d}.png"
         stride = TILE - 32
@@ -45,7 +45,7 @@ def test_output_folder_and_manifest(written, repo):
         assert record.width == pytest.approx(TILE * tileset.mapping.scale)
     # exactly the grid tiles with enough tissue were kept, and some were not
     every = plan_tiles(config.model_copy(update={"all_tiles": True}))
-    enough = [(s.row, s.col) for s in every.specs if s.tissue_fraction >= 0.3]
+    enough = [(s.row, s.col) for s in every.specs if s.tissue_fraction >= 0.55]
     assert [(r.row, r.col) for r in tileset.tiles] == enough
     assert len(tileset.tiles) < tileset_grid(out) == len(every)
     tissue = cv2.imread(str(out / "tissue.png"), cv2.IMREAD_GRAYSCALE)
@@ -183,3 +183,15 @@ def test_plan_pickles_for_dataloader_workers(synthetic, synthetic_geojson):
     a, b = plan.tile(len(plan) - 1), clone.tile(len(plan) - 1)
     assert np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask)
     assert a.class_fractions == b.class_fractions
+
+
+def test_an_all_tissue_image_keeps_its_edge_tiles(tmp_path):
+    """Padding past the slide is neither tissue nor glass: the partial edge tiles of an image that is
+    all tissue pass the default threshold (44 of 128 px inside would fail it if padding counted)."""
+    from PIL import Image
+
+    path = tmp_path / "all-tissue.png"
+    Image.fromarray(np.full((200, 300, 3), (200, 100, 150), np.uint8)).save(path)
+    plan = plan_tiles(TileConfig(slide=path, slide_mpp=0.5, mpp=0.5, tile_size_px=128, overlap_px=0))
+    assert [(s.row, s.col) for s in plan.specs] == [(r, c) for r in range(2) for c in range(3)]
+    assert all(s.tissue_fraction == 1.0 for s in plan.specs)

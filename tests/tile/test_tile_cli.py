@@ -11,6 +11,7 @@ from shapely.geometry import box
 
 from slidemill.shared.contracts import TileSet, load_contract
 from slidemill.shared.testing import SyntheticShape, qupath_geojson, write_synthetic_slide
+from slidemill.tile import TileConfig
 
 CMD = str(Path(sys.executable).parent / "slidemill-tile")
 
@@ -128,8 +129,20 @@ def test_invalid_class_table_and_options(tmp_path, synthetic, synthetic_geojson)
     out = tmp_path / "out"
     assert_user_error(tile(synthetic, "--out", out, "--annotations", synthetic_geojson, "--classes", classes), out,
                       "classes.json", "0..0")
-    assert_user_error(tile(synthetic, "--out", out, "--mpp", 0.5, "--magnification", 20), out, "either mpp or")
-    assert_user_error(tile(synthetic, "--out", out, "--tile-size", 64, "--overlap", 64), out, "overlap")
+    assert_user_error(tile(synthetic, "--out", out, "--mpp", 0.5, "--magnification", 20), out,
+                      "either --mpp or --magnification")
+    assert_user_error(tile(synthetic, "--out", out, "--tile-size", 64, "--overlap", 64), out,
+                      "--overlap 64 must be smaller than --tile-size 64")
+
+
+def test_default_overlap_follows_the_tile_size(tmp_path, synthetic):
+    """--tile-size alone works for every allowed size: the default overlap is an eighth of it."""
+    out = tmp_path / "out"
+    result = tile(synthetic, "--out", out, "--tile-size", 64, "--mpp", 2.0, "--all-tiles")
+    assert result.returncode == 0, result.stderr
+    params = json.loads((out / "tileset.json").read_text())["params"]
+    assert (params["tile_size_px"], params["overlap_px"]) == (64, 8)
+    assert TileConfig(slide=synthetic, tile_size_px=16).overlap_px == 2
 
 
 def test_unclassified_annotations(tmp_path, synthetic, handout):
@@ -186,3 +199,53 @@ def test_sigterm_leaves_nothing(tmp_path):
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["big.tiff"]
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@pytest.fixture()
+def cases(handout):
+    folder = handout / "cases"
+    if not folder.is_dir():
+        pytest.skip("no cases folder in the handout")
+    return folder
+
+
+def test_slides_that_cannot_be_read_as_they_are_exit_2_leaving_nothing(tmp_path, cases, synthetic):
+    out = tmp_path / "out"
+    assert_user_error(tile(cases / "dpi-resolution" / "crop-300dpi.tif", "--out", out), out, "300 dpi",
+                      "--slide-mpp")
+    assert_user_error(tile(cases / "multichannel" / "multi-channel.ome.tif", "--out", out, "--slide-mpp", 1), out,
+                      "3 channel(s)", "--channel")
+    assert_user_error(tile(cases / "two-dicom-series", "--out", out), out, "2 DICOM series", "--dicom-series")
+    assert_user_error(tile(synthetic, "--out", out, "--mpp", 0.1), out, "finer", "--allow-upsampling")
+    odd = tmp_path / "slide.czi"
+    odd.write_bytes(b"ZISRAWFILE" + bytes(100))
+    assert_user_error(tile(odd, "--out", out), out, "Zeiss CZI", ".czi", ".svs")
+    assert not out.exists()
+
+
+def test_fluorescence_slide_is_tiled_darkfield(tmp_path, cases):
+    out = tmp_path / "out"
+    result = tile(cases / "fluorescence" / "DAPI-387.ndpi", "--out", out, "--mpp", 4, "--tile-size", 64)
+    assert result.returncode == 0, result.stderr
+    tileset = load_contract(out / "tileset.json", TileSet)
+    assert tileset.params.tissue_mode == "darkfield" and len(tileset.tiles) > 0
+    assert tileset.slide.mpp_source == "vendor" and tileset.slide.pixels.alpha
+    assert json.loads((out / "report.json").read_text())["environment"]["tissue_mode"] == "darkfield"
+    # forcing brightfield finds nothing, and the empty tileset says why and what to do
+    empty = tmp_path / "empty"
+    result = tile(cases / "fluorescence" / "DAPI-387.ndpi", "--out", empty, "--mpp", 4, "--tile-size", 64,
+                  "--tissue-mode", "brightfield")
+    assert result.returncode == 0, result.stderr
+    assert load_contract(empty / "tileset.json", TileSet).tiles == []
+    warning = " ".join(json.loads((empty / "report.json").read_text())["warnings"])
+    assert "tileset is empty" in warning and "--tissue-mode darkfield" in warning
+
+
+def test_channel_choice_and_window_are_recorded(tmp_path, cases):
+    out = tmp_path / "out"
+    result = tile(cases / "multichannel" / "multi-channel.ome.tif", "--out", out, "--slide-mpp", 1, "--mpp", 1,
+                  "--tile-size", 64, "--all-tiles", "--channel", "0", "--channel", "1", "--channel", "2")
+    assert result.returncode == 0, result.stderr
+    pixels = load_contract(out / "tileset.json", TileSet).slide.pixels
+    assert [c.frame for c in pixels.channels] == [0, 1, 2] and pixels.window_source == "slide-percentiles"
+    assert all(c.window is not None for c in pixels.channels)

@@ -224,7 +224,7 @@ def test_refuses_bad_options(tmp_path, small_tileset):
     _refused(invoke(small_tileset, "--out", out, "--val-slides", "x.svs", "--val-fraction", "0.3"), out,
              "both given")
     _refused(invoke(small_tileset, "--out", out, "--val-slides", "x.svs"), out, "x.svs")
-    _refused(invoke(small_tileset, "--out", out, "--class-weights", "sometimes"), out, "class_weights")
+    _refused(invoke(small_tileset, "--out", out, "--class-weights", "sometimes"), out, "--class-weights sometimes")
     _refused(invoke(small_tileset, "--out", out, "--resume"), out, "no checkpoint to continue from")
 
 

@@ -83,6 +83,63 @@ SlideMppOption = Annotated[float | None, typer.Option(
     "(or to override it).")]
 
 
+class TissueMode(StrEnum):
+    auto = "auto"
+    brightfield = "brightfield"
+    darkfield = "darkfield"
+
+
+# what a pixel of the slide means (slidemill.shared.slide.open_slide), the same in every tool that opens slides
+ChannelOption = Annotated[list[str] | None, typer.Option(
+    "--channel", help="Channel to read, by name or 0-based index: once for a grey image, three times for R, G, B "
+    "(fluorescence, OME-TIFF/QPTIFF channels). Needed when the file is not plain grey or RGB.",
+    show_default=False)]
+ZOption = Annotated[int | None, typer.Option("--z", min=0, help="Z plane to read (0-based), for files with several.",
+                                             show_default=False)]
+TOption = Annotated[int | None, typer.Option("--t", min=0, help="Time point to read (0-based), for files with "
+                                             "several.", show_default=False)]
+DicomSeriesOption = Annotated[str | None, typer.Option(
+    "--dicom-series", metavar="UID", help="SeriesInstanceUID to read from a DICOM folder holding several series.",
+    show_default=False)]
+AllowUpsamplingOption = Annotated[bool, typer.Option(
+    "--allow-upsampling", help="Allow a target resolution more than 2x finer than the slide's (refused otherwise).")]
+TissueModeOption = Annotated[TissueMode, typer.Option(
+    "--tissue-mode", help="Tissue is darker than glass (brightfield) or brighter than a dark background "
+    "(darkfield, fluorescence); auto: darkfield when the thumbnail's median grey level is below 100.")]
+
+
+def option_error(exc, options: dict[str, str] | None = None, *, tool: str = "") -> SlidemillError:
+    """A pydantic ValidationError of a tool's config as an InputError (exit 2) that names options as
+    the user types them: `options` maps config field names to their spellings (`{"tile_size_px":
+    "--tile-size"}`); a field without an entry is spelled `--field-name`. Field names inside a
+    message are replaced too, so "overlap_px 64 must be smaller than tile_size_px 64" reads
+    "--overlap 64 must be smaller than --tile-size 64" (only names in `options` are replaced)."""
+    import re
+
+    from .errors import InputError
+
+    options = options or {}
+
+    def spell(field: str) -> str:
+        return options.get(field, "--" + field.replace("_", "-"))
+
+    problems = []
+    for err in exc.errors()[:3]:
+        msg = err["msg"].removeprefix("Value error, ")
+        if options:
+            msg = re.sub(r"\b(" + "|".join(re.escape(k) for k in sorted(options, key=len, reverse=True)) + r")\b",
+                         lambda m: spell(m.group(0)), msg)
+        fields = [str(p) for p in err["loc"] if isinstance(p, str)]
+        if fields:
+            value = err.get("input")
+            shown = f" {value}" if isinstance(value, (int, float, str)) and not isinstance(value, bool) else ""
+            msg = f"{spell(fields[0])}{shown}: {msg[:1].lower()}{msg[1:]}"
+        problems.append(msg)
+    more = len(exc.errors()) - 3
+    text = "; ".join(problems) + (f"; and {more} more problem(s)" if more > 0 else "")
+    return InputError(text, fix=f"See {tool} --help" if tool else None)
+
+
 def split_names(values: list[str] | None) -> list[str]:
     """A repeatable option of slide names: `--val-slides A --val-slides B` or `--val-slides A,B` (spaces
     trimmed). Never for class names: a class name may contain commas, so class options take one name each."""

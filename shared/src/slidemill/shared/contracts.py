@@ -60,6 +60,39 @@ class Contract(Strict):
 # --- shared pieces -----------------------------------------------------------------------------
 
 
+class ChannelPick(Strict):
+    """One sample plane of the slide that becomes one output channel (grey, or R, G or B)."""
+
+    name: str = Field(description="the channel's name in the file (or 'band N' / 'channel N' when it has none)")
+    frame: int = Field(0, ge=0, description="large-image frame index the plane is read from (0: single-frame file)")
+    band: int = Field(0, ge=0, description="band (sample) of that frame")
+    window: tuple[float, float] | None = Field(
+        None, description="stored values mapped linearly to 0 and 255 (clipped, rounded); null: uint8 as stored")
+
+
+class PixelMeaning(Strict):
+    """How the file's samples become the RGB uint8 pixels every tool sees: decided once per slide from
+    its metadata (never per region), so one stored value gives one output value everywhere."""
+
+    dtype: str = Field(description="numpy dtype of the stored samples (uint8, uint16, int8, float32, ...)")
+    bands: int = Field(ge=1, description="bands per frame as the reader gives them, alpha included")
+    frames: int = Field(1, ge=1, description="frames (channel/plane images) in the file")
+    alpha: bool = Field(False, description="the frame's last band is alpha: pixels are composited onto white")
+    channels: list[ChannelPick] = Field(
+        min_length=1, max_length=3, description="1 pick: grey (repeated to RGB); 3 picks: R, G, B")
+    z: int | None = Field(None, ge=0, description="Z plane read (IndexZ); null when the file has one")
+    t: int | None = Field(None, ge=0, description="time point read (IndexT); null when the file has one")
+    window_source: Literal["sample-value-tags", "bits-per-sample", "slide-percentiles"] | None = Field(
+        None, description="where the windows come from: the TIFF SMin/SMaxSampleValue tags, the declared "
+        "BitsPerSample, or the 0.1 and 99.9 percentiles of each channel over the slide's coarsest stored level")
+
+    @model_validator(mode="after")
+    def _one_or_three(self) -> PixelMeaning:
+        if len(self.channels) not in (1, 3):
+            raise ValueError("pixels.channels must hold 1 (grey) or 3 (RGB) picks")
+        return self
+
+
 class SlideRef(Strict):
     """Which slide a file is about. The slide itself is given to each tool on its command line."""
 
@@ -67,9 +100,13 @@ class SlideRef(Strict):
     width: int = Field(gt=0, description="level-0 width in pixels")
     height: int = Field(gt=0, description="level-0 height in pixels")
     mpp: float | None = Field(None, gt=0, description="level-0 microns per pixel; null when unknown")
-    mpp_source: Literal["file", "user"] | None = Field(None, description="where mpp came from")
+    mpp_source: Literal["vendor", "ome", "tiff-resolution", "user", "file"] | None = Field(
+        None, description="where mpp came from: vendor metadata, OME-XML PhysicalSizeX, a TIFF resolution tag "
+        "that cannot be an image editor's dpi, or --slide-mpp ('file': written before 1.1, source unknown)")
     vendor: str = Field("unknown", description="scanner vendor or file format")
     reader: str = Field("", description="the large-image source that read it")
+    series: str | None = Field(None, description="DICOM SeriesInstanceUID read, for a DICOM folder or file")
+    pixels: PixelMeaning | None = Field(None, description="how stored samples became RGB (null: before 1.1)")
 
     @model_validator(mode="after")
     def _plain_name(self) -> SlideRef:
@@ -99,6 +136,9 @@ class TilingParams(Strict):
         None, description="class given to unannotated pixels; null means they are ignore (sparse)")
     image_format: Literal["png", "jpeg", "tiff"] = "png"
     pad_value: int = Field(255, ge=0, le=255, description="value of padding pixels in images")
+    tissue_mode: Literal["brightfield", "darkfield"] | None = Field(
+        None, description="how tissue was told from background: darker than glass, or brighter than a dark "
+        "background (fluorescence); null: before 1.1 (brightfield)")
 
     @model_validator(mode="after")
     def _overlap_fits(self) -> TilingParams:
@@ -126,7 +166,7 @@ class TileRecord(Strict):
 
 class TileSet(Contract):
     KIND: ClassVar[str] = "tileset"
-    VERSION: ClassVar[str] = "1.1"  # 1.1: classes may be marked background
+    VERSION: ClassVar[str] = "1.1"  # 1.1: background classes; slide pixel meaning, series, mpp sources
     schema_id: Literal["slidemill/tileset"] = Field("slidemill/tileset", alias="schema")
     schema_version: str = Field("1.1", pattern=r"^1\.\d+$")
     slide: SlideRef
@@ -242,7 +282,7 @@ class Prediction(Contract):
     Probability raster: one band per trainable class in label order, 0-255 for 0-1."""
 
     KIND: ClassVar[str] = "prediction"
-    VERSION: ClassVar[str] = "1.1"  # 1.1: classes may be marked background
+    VERSION: ClassVar[str] = "1.1"  # 1.1: background classes; slide pixel meaning, series, mpp sources
     schema_id: Literal["slidemill/prediction"] = Field("slidemill/prediction", alias="schema")
     schema_version: str = Field("1.1", pattern=r"^1\.\d+$")
     slide: SlideRef
@@ -344,7 +384,7 @@ class AnnotationSet(Contract):
     """A GeoJSON FeatureCollection in level-0 pixels; extra top-level members carry slidemill's data."""
 
     KIND: ClassVar[str] = "annotations"
-    VERSION: ClassVar[str] = "1.1"  # 1.1: derived classes (`names`), planes, cells' nucleusGeometry
+    VERSION: ClassVar[str] = "1.1"  # 1.1: derived classes, planes, nucleusGeometry; slide pixels
     schema_id: Literal["slidemill/annotations"] = Field("slidemill/annotations", alias="schema")
     schema_version: str = Field("1.1", pattern=r"^1\.\d+$")
     type: Literal["FeatureCollection"] = "FeatureCollection"

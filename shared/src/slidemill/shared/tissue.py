@@ -8,6 +8,13 @@ grey levels) or clearly more saturated (GLASS_SAT_MARGIN, and at least MIN_SAT),
 which is then lost. The raw mask is closed (bridging gaps between nuclei and stroma), small specks
 (dust, debris) are removed and small holes (lumina, fat) are filled, with sizes in square microns so
 the result does not depend on the scale.
+
+Dark-field (fluorescence) slides are the other way round: tissue is brighter than a dark background.
+There a pixel is tissue when its brightest channel is DARKFIELD_MARGIN grey levels above the
+background (the 5th percentile of that channel), followed by the same closing and clean-up.
+`tissue_mode(rgb)` chooses automatically: dark-field when the image's median grey level is below
+DARKFIELD_MEDIAN_GREY (glass-dominated brightfield slides sit near 230, tissue-filled H&E near 150-200,
+fluorescence near 0-30).
 """
 
 from __future__ import annotations
@@ -25,15 +32,41 @@ GLASS_SAT_MARGIN = 20  # ... or at least this much more saturated
 MIN_SAT = 25  # and saturation below this is never enough on its own
 MAX_GLASS_SAT = 30  # saturation (of 255) above which a pixel is never glass
 DARK_LIMIT = 15  # grey levels at or below this are scanner padding, not tissue
+DARKFIELD_MEDIAN_GREY = 100  # auto mode: a median grey level below this is a dark-field slide
+DARKFIELD_MARGIN = 6  # dark-field tissue is at least this much brighter than the background
+TISSUE_MODES = ("brightfield", "darkfield")
 
 
-def detect_tissue(rgb: np.ndarray, mpp: float, *, min_object_um2: float = 10_000.0,
+def tissue_mode(rgb: np.ndarray) -> str:
+    """'darkfield' when the median grey level of the RGB image is below DARKFIELD_MEDIAN_GREY, else
+    'brightfield' (the rule of `--tissue-mode auto`)."""
+    grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+    return "darkfield" if float(np.median(grey)) < DARKFIELD_MEDIAN_GREY else "brightfield"
+
+
+def resolve_tissue_mode(mode: str, rgb: np.ndarray) -> str:
+    """`mode` itself, or for 'auto' the mode `tissue_mode` measures on `rgb`."""
+    if mode == "auto":
+        return tissue_mode(rgb)
+    if mode not in TISSUE_MODES:
+        raise ValueError(f"tissue mode must be auto, brightfield or darkfield, not {mode!r}")
+    return mode
+
+
+def detect_tissue(rgb: np.ndarray, mpp: float, *, mode: str = "brightfield", min_object_um2: float = 10_000.0,
                   max_hole_um2: float = 10_000.0, close_um: float = 32.0) -> np.ndarray:
-    """A boolean tissue mask of the RGB image `rgb` whose pixels are `mpp` microns wide."""
+    """A boolean tissue mask (H, W) of the RGB uint8 image `rgb` (H, W, 3) whose pixels are `mpp`
+    microns wide; `mode` is 'brightfield', 'darkfield' or 'auto' (see `tissue_mode`)."""
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError("expected an RGB image")
+    mode = resolve_tissue_mode(mode, rgb)
     # a light blur first: single noisy glass pixels must not pass the margins (and be closed into tissue)
     smooth = cv2.GaussianBlur(rgb, (0, 0), sigmaX=1.0)
+    if mode == "darkfield":
+        signal = smooth.max(axis=2)
+        background = float(np.percentile(signal, 5))
+        return _clean((signal > background + DARKFIELD_MARGIN).astype(np.uint8), mpp, min_object_um2,
+                      max_hole_um2, close_um)
     grey = cv2.cvtColor(smooth, cv2.COLOR_RGB2GRAY)
     sat = cv2.cvtColor(smooth, cv2.COLOR_RGB2HSV)[:, :, 1]
     valid = grey > DARK_LIMIT
@@ -44,7 +77,11 @@ def detect_tissue(rgb: np.ndarray, mpp: float, *, min_object_um2: float = 10_000
     glass_sat = min(float(np.median(sat[valid & (grey >= glass_grey - 5)])), MAX_GLASS_SAT)
     t_sat = max(MIN_SAT, glass_sat + GLASS_SAT_MARGIN)
     mask = ((grey < glass_grey - GLASS_GREY_MARGIN) | (sat > t_sat)) & valid
-    mask = mask.astype(np.uint8)
+    return _clean(mask.astype(np.uint8), mpp, min_object_um2, max_hole_um2, close_um)
+
+
+def _clean(mask: np.ndarray, mpp: float, min_object_um2: float, max_hole_um2: float, close_um: float) -> np.ndarray:
+    """Close gaps, drop specks, fill small holes (sizes in microns)."""
     radius = max(1, round(close_um / mpp / 2))
     if radius >= 1:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
@@ -74,19 +111,29 @@ def _remove_small(mask: np.ndarray, min_px: int, *, keep_border: bool = False) -
 class TissueMap:
     """The tissue mask and the fraction of tissue under any level-0 rectangle (integral image)."""
 
-    def __init__(self, mask: np.ndarray, scale: float):
+    def __init__(self, mask: np.ndarray, scale: float, slide_size: tuple[float, float] | None = None):
         self.mask = mask.astype(bool)
         self.scale = scale  # level-0 pixels per mask pixel
+        # level-0 width and height of the slide; default: what the mask covers
+        self.slide_size = slide_size or (mask.shape[1] * scale, mask.shape[0] * scale)
         self._integral = cv2.integral(self.mask.astype(np.uint8), sdepth=cv2.CV_64F)
 
     def fraction(self, x: float, y: float, width: float, height: float) -> float:
-        """Tissue fraction of the level-0 rectangle; what lies outside the slide counts as no tissue."""
+        """Tissue fraction of the part of the level-0 rectangle inside the slide: padding past the
+        slide's edge is neither tissue nor glass (0 when nothing of it is inside)."""
+        sw, sh = self.slide_size
+        x0, y0 = max(x, 0.0), max(y, 0.0)
+        x1, y1 = min(x + width, sw), min(y + height, sh)
+        if x1 <= x0 or y1 <= y0:
+            return 0.0
+        x, y, width, height = x0, y0, x1 - x0, y1 - y0
         h, w = self.mask.shape
         i0, j0 = math.floor(x / self.scale + 1e-9), math.floor(y / self.scale + 1e-9)
         i1, j1 = math.ceil((x + width) / self.scale - 1e-9), math.ceil((y + height) / self.scale - 1e-9)
-        total = max(1, (i1 - i0) * (j1 - j0))
         ci0, cj0 = min(max(i0, 0), w), min(max(j0, 0), h)
         ci1, cj1 = min(max(i1, 0), w), min(max(j1, 0), h)
+        # mask pixels only: the mask's rounded size may end a fraction of a pixel short of the slide
+        total = max(1, (ci1 - ci0) * (cj1 - cj0))
         s = self._integral
         inside = s[cj1, ci1] - s[cj0, ci1] - s[cj1, ci0] + s[cj0, ci0]
         return float(min(1.0, inside / total))

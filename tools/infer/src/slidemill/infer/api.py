@@ -26,7 +26,7 @@ from slidemill.shared.files import prepare_output_dir, staged_dir, write_bytes_a
 from slidemill.shared.geometry import PixelMapping, Region
 from slidemill.shared.report import ReportBuilder
 from slidemill.shared.slide import Slide, open_slide
-from slidemill.shared.tissue import TISSUE_MPP, detect_tissue
+from slidemill.shared.tissue import TISSUE_MPP, detect_tissue, resolve_tissue_mode
 
 from .config import BLOCK_PX, InferConfig
 from .grid import chunk_blocks, count_tiles, make_grid, shard_band
@@ -97,10 +97,12 @@ def run(config: InferConfig, argv: list[str] | None = None) -> InferResult:
     t_start = time.perf_counter()
     # --- every input is checked before any work ---------------------------------------------------
     bound_tile_cache()
-    slide = open_slide(config.slide, mpp=config.slide_mpp)
+    slide = open_slide(config.slide, mpp=config.slide_mpp, channels=config.channels, z=config.z, t=config.t,
+                       dicom_series=config.dicom_series)
     slide_mpp = slide.require_mpp()
     model = load_model(config.model_dir)
     card = model.card
+    slide.scale_for(card.input.mpp, allow_upsampling=config.allow_upsampling, option="the model's resolution")
     region = _region(config, slide, report)
     prepare_output_dir(config.out, overwrite=config.overwrite)
     cores = worker_count(0)
@@ -122,12 +124,15 @@ def run(config: InferConfig, argv: list[str] | None = None) -> InferResult:
     with report.timed("tissue"):
         if config.tissue_only:
             thumb, thumb_scale = tissue_thumbnail(slide, TISSUE_THUMBNAIL_PX)
-            mask = detect_tissue(thumb, slide_mpp * thumb_scale)
+            tissue_mode = resolve_tissue_mode(config.tissue_mode, thumb)
+            log.info("%s: tissue detection %s", slide.name, tissue_mode)
+            report.environment["tissue_mode"] = tissue_mode
+            mask = detect_tissue(thumb, slide_mpp * thumb_scale, mode=tissue_mode)
             run_cells = cell_tissue(mask, thumb_scale, grid, full_mapping)
             tissue_pixels = TissuePixels(mask, thumb_scale, full_mapping)
             if not run_cells.any():
-                report.warn("no tissue was found in the region: every pixel is 'not predicted' (255); "
-                            "use --everywhere to predict regardless")
+                report.warn(f"no tissue was found in the region ({tissue_mode} tissue detection): every pixel is "
+                            "'not predicted' (255); use --tissue-mode, or --everywhere to predict regardless")
         else:
             run_cells = np.ones((grid.n_rows, grid.n_cols), bool)
             tissue_pixels = None

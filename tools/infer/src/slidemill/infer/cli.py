@@ -10,14 +10,21 @@ from typing import Annotated
 import typer
 
 from slidemill.shared.cli import (
+    AllowUpsamplingOption,
+    ChannelOption,
     DebugOption,
     Device,
     DeviceOption,
+    DicomSeriesOption,
     LogFormat,
     LogFormatOption,
     OverwriteOption,
     SlideMppOption,
+    TissueMode,
+    TissueModeOption,
+    TOption,
     WorkersOption,
+    ZOption,
     cli_run,
     existing_path,
     tool_app,
@@ -59,23 +66,37 @@ def main(
     fp16: Annotated[bool, typer.Option("--fp16", help="On CUDA, run the model in float16.")] = False,
     workers: WorkersOption = 0,
     slide_mpp: SlideMppOption = None,
+    channel: ChannelOption = None,
+    z: ZOption = None,
+    t: TOption = None,
+    dicom_series: DicomSeriesOption = None,
+    allow_upsampling: AllowUpsamplingOption = False,
+    tissue_mode: TissueModeOption = TissueMode.auto,
     overwrite: OverwriteOption = False,
     version: version_option("slidemill-infer") = False,
     log_format: LogFormatOption = LogFormat.text,
     debug: DebugOption = False,
 ) -> None:
     with cli_run("slidemill-infer", log_format=log_format, debug=debug):
+        from pydantic import ValidationError
+
+        from slidemill.shared.cli import option_error
+
         from .api import run
-        from .config import InferConfig, parse_region, parse_shard
+        from .config import OPTIONS, InferConfig, parse_region, parse_shard
 
         existing_path(slide, "slide")
         existing_path(model_dir, "model folder")
-        config = InferConfig(
-            slide=slide, model_dir=model_dir, out=out, overlap=overlap, batch_size=batch_size,
-            tissue_only=tissue_only, tta=tta.value, region=parse_region(region) if region else None,
-            shard=parse_shard(shard) if shard else None, device=device.value, fp16=fp16, workers=workers,
-            slide_mpp=slide_mpp, overwrite=overwrite,
-        )
+        try:
+            config = InferConfig(
+                slide=slide, model_dir=model_dir, out=out, overlap=overlap, batch_size=batch_size,
+                tissue_only=tissue_only, tta=tta.value, region=parse_region(region) if region else None,
+                shard=parse_shard(shard) if shard else None, device=device.value, fp16=fp16, workers=workers,
+                slide_mpp=slide_mpp, overwrite=overwrite, channels=channel or None, z=z, t=t,
+                dicom_series=dicom_series, allow_upsampling=allow_upsampling, tissue_mode=tissue_mode.value,
+            )
+        except ValidationError as exc:
+            raise option_error(exc, OPTIONS, tool="slidemill-infer") from None
         result = run(config, argv=sys.argv)
         p = result.prediction
         typer.echo(f"{result.out}: labels {p.labels.width} x {p.labels.height} at {p.mpp} um/px, "

@@ -34,6 +34,14 @@ class InferConfig(BaseModel):
     fp16: bool = Field(False, description="on CUDA, run the model in float16 (inputs and outputs stay float32)")
     workers: int = Field(0, ge=0, le=256, description="tile reading threads; 0 means one per CPU core")
     slide_mpp: float | None = Field(None, gt=0, description="level-0 microns per pixel of the slide (override)")
+    channels: list[str] | None = Field(
+        None, description="channels to read, by name or 0-based index: 1 (grey) or 3 (R, G, B), as when tiling")
+    z: int | None = Field(None, ge=0, description="Z plane to read (files with several)")
+    t: int | None = Field(None, ge=0, description="time point to read (files with several)")
+    dicom_series: str | None = Field(None, description="SeriesInstanceUID to read from a folder of several")
+    allow_upsampling: bool = Field(False, description="allow a model more than 2x finer than the slide")
+    tissue_mode: Literal["auto", "brightfield", "darkfield"] = Field(
+        "auto", description="tissue detection for --tissue-only: brightfield, darkfield (fluorescence) or auto")
     overwrite: bool = Field(False, description="replace an existing output folder")
     memory_budget_mb: int = Field(
         64, ge=8, le=65536, description="size of the probability accumulators in MB (sets the column chunk width)")
@@ -63,3 +71,10 @@ def parse_region(text: str) -> Region:
         raise InputError(f"--region {text!r} is not a level-0 rectangle X,Y,W,H ({reason})",
                          fix="Give four whole numbers: left, top, width, height in level-0 pixels, "
                              "with width and height above 0") from None
+
+
+# config field -> option, for error messages (slidemill.shared.cli.option_error)
+OPTIONS = {"overlap": "--overlap", "batch_size": "--batch-size", "tissue_only": "--tissue-only", "tta": "--tta",
+           "region": "--region", "shard": "--shard", "device": "--device", "fp16": "--fp16", "workers": "--workers",
+           "slide_mpp": "--slide-mpp", "channels": "--channel", "dicom_series": "--dicom-series",
+           "allow_upsampling": "--allow-upsampling", "tissue_mode": "--tissue-mode", "model_dir": "MODEL_DIR"}

@@ -48,8 +48,7 @@ def main(
     with cli_run("slidemill-merge-annotations", log_format=log_format, debug=debug):
         from pydantic import ValidationError
 
-        from slidemill.shared.contracts import describe_validation_error
-        from slidemill.shared.errors import InputError
+        from slidemill.shared.cli import option_error
 
         from .api import run
         from .config import MergeConfig
@@ -59,8 +58,7 @@ def main(
                                  classes=classes or None, min_area_um2=min_area_um2, slide_mpp=slide_mpp,
                                  overwrite=overwrite)
         except ValidationError as exc:
-            raise InputError(f"invalid options: {describe_validation_error(exc)}",
-                             fix="See slidemill-merge-annotations --help") from None
+            raise option_error(exc, tool="slidemill-merge-annotations") from None
         result = run(config, argv=sys.argv)
         typer.echo(f"{result.out}: {result.features} features from {result.shapes_in} shapes "
                    + ", ".join(f"{k} {v}" for k, v in result.features_per_class.items()))

@@ -61,8 +61,7 @@ def main(
     with cli_run("slidemill-postprocess", log_format=log_format, debug=debug):
         from pydantic import ValidationError
 
-        from slidemill.shared.contracts import describe_validation_error
-        from slidemill.shared.errors import InputError
+        from slidemill.shared.cli import option_error
 
         from .api import run
         from .config import PostprocessConfig
@@ -75,8 +74,7 @@ def main(
                 include_background=include_background,
                 chunk_px=chunk_px, workers=workers, overwrite=overwrite)
         except ValidationError as exc:
-            raise InputError(f"invalid options: {describe_validation_error(exc)}",
-                             fix="See slidemill-postprocess --help") from None
+            raise option_error(exc, tool="slidemill-postprocess") from None
         result = run(config, argv=sys.argv)
         typer.echo(f"{result.out}: {result.features} features "
                    + ", ".join(f"{k} {v}" for k, v in result.features_per_class.items()))

@@ -164,7 +164,7 @@ def run(config: TileConfig, *, argv: list[str] | None = None) -> TileResult:
         report.warn(message)
     workers = min(worker_count(config.workers), max(1, len(plan) // MIN_TILES_PER_WORKER))
     if not plan.specs:
-        report.warn("no tile passed the selection (tissue threshold / --annotated-only); the tileset is empty")
+        report.warn(f"the tileset is empty: {plan.empty_reason}")
     log.info("%s: %d of %d tiles to write (%d x %d px at %.4g um/px, %d worker(s))", plan.slide_ref.name,
              len(plan), plan.grid_cols * plan.grid_rows, config.tile_size_px, config.tile_size_px,
              config.target_mpp, workers)
@@ -192,7 +192,8 @@ def run(config: TileConfig, *, argv: list[str] | None = None) -> TileResult:
             params = TilingParams(mpp=config.target_mpp, tile_size_px=config.tile_size_px,
                                   overlap_px=config.overlap_px,
                                   tissue_threshold=None if config.all_tiles else config.tissue_threshold,
-                                  annotated_only=config.annotated_only, background_class=config.background_class)
+                                  annotated_only=config.annotated_only, background_class=config.background_class,
+                                  tissue_mode=plan.tissue_mode)
             tileset = TileSet(slide=plan.slide_ref, params=params, mapping=plan.mapping, classes=plan.classes,
                               tissue_mask="tissue.png", preview="preview.png", tiles=_records(plan, fractions))
             # readable when small; one line when large (100,000 tiles stay a quick read)
@@ -216,6 +217,7 @@ def run(config: TileConfig, *, argv: list[str] | None = None) -> TileResult:
         })
         report.counts["megapixels_per_s"] = round(megapixels / max(report.timings_s.get("tiles", 0), 1e-9), 3)
         report.environment["slide_reader"] = plan.slide_ref.reader
+        report.environment["tissue_mode"] = plan.tissue_mode
         report.write(stage / "report.json")
     log.info("wrote %d tiles (%.1f MP) to %s in %.1f s", len(plan), megapixels, out, seconds)
     return TileResult(out=out, tileset=tileset, tiles_written=len(plan), megapixels=megapixels, seconds=seconds,

@@ -11,17 +11,24 @@ from typing import Annotated
 import typer
 
 from slidemill.shared.cli import (
+    AllowUpsamplingOption,
+    ChannelOption,
     DebugOption,
+    DicomSeriesOption,
     LogFormat,
     LogFormatOption,
     OverwriteOption,
     SlideMppOption,
+    TissueMode,
+    TissueModeOption,
+    TOption,
     WorkersOption,
+    ZOption,
     cli_run,
+    option_error,
     tool_app,
     version_option,
 )
-from slidemill.shared.errors import InputError
 
 app = tool_app("slidemill-tile", "Cut a whole-slide image into tiles at a chosen resolution, keep the tissue, and "
                "turn QuPath GeoJSON (or ASAP / ImageScope XML) annotations into per-tile class masks.")
@@ -57,7 +64,9 @@ def main(
         "--magnification", help="Magnification of the tiles (20 means 0.5 um/px), instead of --mpp.", min=0.0)] = None,
     tile_size: Annotated[int, typer.Option("--tile-size", help="Tile width and height in pixels.", min=16,
                                            max=8192)] = 512,
-    overlap: Annotated[int, typer.Option("--overlap", help="Overlap of neighbouring tiles in pixels.", min=0)] = 64,
+    overlap: Annotated[int | None, typer.Option(
+        "--overlap", help="Overlap of neighbouring tiles in pixels [default: tile size / 8].", min=0,
+        show_default=False)] = None,
     tissue_threshold: Annotated[float, typer.Option(
         "--tissue-threshold", help="Keep tiles with at least this fraction of tissue.", min=0.0, max=1.0)] = 0.5,
     all_tiles: Annotated[bool, typer.Option("--all-tiles", help="Keep every tile, tissue or not.")] = False,
@@ -72,6 +81,12 @@ def main(
         min=0, max=12)] = 1,
     workers: WorkersOption = 0,  # an upper bound: small jobs (under 32 tiles a worker) use fewer
     slide_mpp: SlideMppOption = None,
+    channel: ChannelOption = None,
+    z: ZOption = None,
+    t: TOption = None,
+    dicom_series: DicomSeriesOption = None,
+    allow_upsampling: AllowUpsamplingOption = False,
+    tissue_mode: TissueModeOption = TissueMode.auto,
     overwrite: OverwriteOption = False,
     log_format: LogFormatOption = LogFormat.text,
     debug: DebugOption = False,
@@ -84,10 +99,10 @@ def main(
     with cli_run("slidemill-tile", log_format=log_format, debug=debug):
         from pydantic import ValidationError
 
-        from slidemill.shared.contracts import describe_validation_error
+        from slidemill.shared.errors import InputError
         from slidemill.shared.slide import open_slide  # noqa: F401 - fail fast on a broken install
 
-        from .config import TileConfig
+        from .config import OPTIONS, TileConfig
 
         if (slide is None) == (qupath_project is None):
             raise InputError("give either a SLIDE or --qupath-project PROJECT" if slide is None else
@@ -107,10 +122,11 @@ def main(
                                 magnification=magnification, tile_size_px=tile_size, overlap_px=overlap,
                                 tissue_threshold=tissue_threshold, all_tiles=all_tiles, annotated_only=annotated_only,
                                 background_class=background, unclassified_class=unclassified_class, workers=workers,
-                                slide_mpp=slide_mpp, png_compression=png_compression, overwrite=overwrite)
+                                slide_mpp=slide_mpp, png_compression=png_compression, overwrite=overwrite,
+                                channels=channel or None, z=z, t=t, dicom_series=dicom_series,
+                                allow_upsampling=allow_upsampling, tissue_mode=tissue_mode.value)
         except ValidationError as exc:
-            raise InputError(f"invalid options: {describe_validation_error(exc)}",
-                             fix="See slidemill-tile --help") from None
+            raise option_error(exc, OPTIONS, tool="slidemill-tile") from None
         if qupath_project is not None:
             from .project import run_project
 

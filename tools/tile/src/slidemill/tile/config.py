@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -29,7 +30,8 @@ class TileConfig(BaseModel):
     magnification: float | None = Field(
         None, gt=0, le=1000, description="objective magnification of the tiles (10x = 1 um/px); instead of mpp")
     tile_size_px: int = Field(512, ge=16, le=8192, description="tile width and height in tile pixels")
-    overlap_px: int = Field(64, ge=0, le=8191, description="overlap of neighbouring tiles in tile pixels")
+    overlap_px: int | None = Field(
+        None, ge=0, le=8191, description="overlap of neighbouring tiles in tile pixels; default: tile_size_px // 8")
     tissue_threshold: float = Field(0.5, ge=0, le=1, description="minimum tissue fraction of a kept tile")
     all_tiles: bool = Field(False, description="keep every tile of the grid, tissue or not")
     annotated_only: bool = Field(False, description="keep only tiles that touch an annotation")
@@ -39,6 +41,16 @@ class TileConfig(BaseModel):
         None, description="class of annotations without a class; default: such annotations are skipped")
     workers: int = Field(0, ge=0, le=512, description="worker processes; 0 = one per CPU core")
     slide_mpp: float | None = Field(None, gt=0, le=1000, description="level-0 microns per pixel, overriding the file")
+    channels: list[str] | None = Field(
+        None, description="channels to read, by name or 0-based index: 1 (grey) or 3 (R, G, B); default: the "
+        "file's own grey or RGB, and an error for a file of other channels")
+    z: int | None = Field(None, ge=0, description="Z plane to read (files with several)")
+    t: int | None = Field(None, ge=0, description="time point to read (files with several)")
+    dicom_series: str | None = Field(None, description="SeriesInstanceUID to read from a folder of several")
+    allow_upsampling: bool = Field(False, description="allow tiles more than 2x finer than the slide")
+    tissue_mode: Literal["auto", "brightfield", "darkfield"] = Field(
+        "auto", description="tissue darker than glass (brightfield) or brighter than a dark background "
+        "(darkfield, fluorescence); auto: darkfield when the thumbnail's median grey is below 100")
     tissue_mpp: float = Field(TISSUE_MPP, gt=0, le=1000, description="microns per pixel of the tissue detection")
     png_compression: int = Field(1, ge=0, le=12, description="PNG deflate level of tiles and masks (1 = fastest)")
     overwrite: bool = Field(False, description="replace an existing output folder")
@@ -47,8 +59,13 @@ class TileConfig(BaseModel):
     def _check(self) -> TileConfig:
         if self.mpp is not None and self.magnification is not None:
             raise ValueError("give either mpp or magnification, not both")
+        if self.channels is not None and len(self.channels) not in (1, 3):
+            raise ValueError(f"channels was given {len(self.channels)} times; give it once (grey) or three "
+                             "times (R, G, B)")
+        if self.overlap_px is None:
+            self.overlap_px = self.tile_size_px // 8
         if self.overlap_px >= self.tile_size_px:
-            raise ValueError(f"overlap_px ({self.overlap_px}) must be smaller than tile_size_px ({self.tile_size_px})")
+            raise ValueError(f"overlap_px {self.overlap_px} must be smaller than tile_size_px {self.tile_size_px}")
         return self
 
     @property
@@ -62,3 +79,13 @@ class TileConfig(BaseModel):
     @property
     def stride_px(self) -> int:
         return self.tile_size_px - self.overlap_px
+
+
+# config field -> option, for error messages (slidemill.shared.cli.option_error)
+OPTIONS = {"mpp": "--mpp", "magnification": "--magnification", "tile_size_px": "--tile-size",
+           "overlap_px": "--overlap", "tissue_threshold": "--tissue-threshold", "classes_file": "--classes",
+           "background_class": "--background", "unclassified_class": "--unclassified-class",
+           "slide_mpp": "--slide-mpp", "png_compression": "--png-compression", "channels": "--channel",
+           "dicom_series": "--dicom-series", "tissue_mode": "--tissue-mode", "allow_upsampling": "--allow-upsampling",
+           "all_tiles": "--all-tiles", "annotated_only": "--annotated-only", "workers": "--workers",
+           "z": "--z", "t": "--t"}

@@ -21,7 +21,7 @@ from slidemill.shared.errors import InputError
 from slidemill.shared.files import require_file
 from slidemill.shared.geometry import PixelMapping, grid_starts
 from slidemill.shared.slide import Slide, open_slide
-from slidemill.shared.tissue import TissueMap, detect_tissue
+from slidemill.shared.tissue import TissueMap, detect_tissue, resolve_tissue_mode, tissue_mode
 
 from .config import TileConfig
 from .rasterize import LabelledShape
@@ -172,6 +172,8 @@ class TilePlan:
     annotation_shapes: list[LabelledShape]
     stats: AnnotationStats
     warnings: list[str] = field(default_factory=list)
+    tissue_mode: str = "brightfield"
+    empty_reason: str | None = None  # why no tile was kept (None when some were)
 
     def __len__(self) -> int:
         return len(self.specs)
@@ -184,8 +186,11 @@ class TilePlan:
 
 def make_plan(config: TileConfig) -> TilePlan:
     """Validate every input and decide the tiles. Raises a SlidemillError (exit 2) on bad input."""
-    slide = open_slide(config.slide, mpp=config.slide_mpp)
+    slide = open_slide(config.slide, mpp=config.slide_mpp, channels=config.channels, z=config.z, t=config.t,
+                       dicom_series=config.dicom_series)
     slide_mpp = slide.require_mpp()
+    option = "--mpp" if config.mpp is not None or config.magnification is None else "--magnification"
+    slide.scale_for(config.target_mpp, allow_upsampling=config.allow_upsampling, option=option)
     for path in config.annotations:
         require_file(path, "annotation file")
     if config.classes_file is not None and config.class_table is None:
@@ -218,7 +223,11 @@ def make_plan(config: TileConfig) -> TilePlan:
     tissue_scale = max(config.tissue_mpp / slide_mpp, max(slide.width, slide.height) / MAX_TISSUE_SIDE_PX, 1.0)
     side = max(1, round(max(slide.width, slide.height) / tissue_scale))
     thumbnail, tissue_scale = slide.thumbnail(side)
-    tissue = TissueMap(detect_tissue(thumbnail, slide_mpp * tissue_scale), tissue_scale)
+    mode = resolve_tissue_mode(config.tissue_mode, thumbnail)
+    log.info("%s: tissue detection %s (%s)", slide.name, mode,
+             "--tissue-mode" if config.tissue_mode != "auto" else "auto: median grey of the thumbnail")
+    tissue = TissueMap(detect_tissue(thumbnail, slide_mpp * tissue_scale, mode=mode), tissue_scale,
+                       slide_size=(slide.width, slide.height))
 
     # the grid, in tile pixels
     t, stride = config.tile_size_px, config.stride_px
@@ -243,11 +252,31 @@ def make_plan(config: TileConfig) -> TilePlan:
     label_names.setdefault(IGNORE_LABEL, IGNORE_NAME)
     renderer = TileRenderer(slide_path=Path(config.slide), slide_mpp=config.slide_mpp, scale=scale,
                             tile_size_px=t, stride_px=stride, shapes=labelled if config.annotations else None,
-                            fill_label=fill, label_names=label_names)
+                            fill_label=fill, label_names=label_names,
+                            open_options={"pixels": slide.pixels, "dicom_series": slide.series})
     renderer._slide = slide  # reuse the open slide in this process
     if config.annotations:
         renderer.open()
     return TilePlan(config=config, slide_ref=slide.ref(), scale=scale, mapping=PixelMapping(scale=scale),
                     classes=classes, renderer=renderer, tissue=tissue, thumbnail=thumbnail, specs=specs,
                     grid_cols=len(cols), grid_rows=len(rows), annotation_shapes=labelled, stats=stats,
-                    warnings=warnings)
+                    warnings=warnings, tissue_mode=mode, empty_reason=_empty_reason(config, tissue, mode, thumbnail)
+                    if not specs else None)
+
+
+def _empty_reason(config: TileConfig, tissue: TissueMap, mode: str, thumbnail: np.ndarray) -> str:
+    """Why no tile was kept, in words a user can act on."""
+    covered = float(tissue.mask.mean())
+    if config.annotated_only:
+        return "no tile with tissue touches an annotation (--annotated-only)"
+    looks = tissue_mode(thumbnail)
+    if looks != mode:
+        return (f"{mode} tissue detection (--tissue-mode {config.tissue_mode}) found {covered:.1%} of the slide, but "
+                f"the slide looks {looks} (its median grey level decides): pass --tissue-mode {looks}, "
+                "or --all-tiles to keep every tile")
+    if covered == 0:
+        other = "darkfield" if mode == "brightfield" else "brightfield"
+        return (f"no tissue was found ({mode} tissue detection); if the slide is {other} (e.g. fluorescence "
+                f"for darkfield), pass --tissue-mode {other}, or --all-tiles to keep every tile")
+    return (f"tissue covers {covered:.1%} of the slide but no tile holds --tissue-threshold "
+            f"{config.tissue_threshold:g} of it; lower --tissue-threshold or pass --all-tiles")

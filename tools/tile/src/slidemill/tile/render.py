@@ -47,6 +47,7 @@ class TileRenderer:
     fill_label: int = IGNORE_LABEL
     pad_value: int = 255
     label_names: dict[int, str] = field(default_factory=dict)
+    open_options: dict = field(default_factory=dict)  # open_slide's keywords besides mpp (pixels, dicom_series)
     _slide: object = field(default=None, repr=False, compare=False)
     _raster: Rasterizer | None = field(default=None, repr=False, compare=False)
 
@@ -60,7 +61,7 @@ class TileRenderer:
         if self._slide is None:
             from slidemill.shared.slide import open_slide
 
-            self._slide = open_slide(self.slide_path, mpp=self.slide_mpp)
+            self._slide = open_slide(self.slide_path, mpp=self.slide_mpp, **self.open_options)
         if self.shapes is not None and self._raster is None:
             self._raster = Rasterizer(self.shapes, fill=self.fill_label)
         return self._slide

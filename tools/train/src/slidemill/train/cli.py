@@ -77,7 +77,7 @@ def main(
     with cli_run("slidemill-train", log_format=log_format, debug=debug):
         from pydantic import ValidationError
 
-        from slidemill.shared.contracts import describe_validation_error
+        from slidemill.shared.cli import option_error
         from slidemill.shared.errors import InputError
 
         from .api import run
@@ -97,8 +97,7 @@ def main(
         try:
             config = TrainConfig(**values)
         except ValidationError as exc:
-            raise InputError(f"invalid option: {describe_validation_error(exc)}",
-                             fix="See slidemill-train --help") from None
+            raise option_error(exc, tool="slidemill-train") from None
         result = run(config, argv=sys.argv)
         iou = "n/a" if result.mean_iou is None else f"{result.mean_iou:.4f}"
         typer.echo(f"{result.out}: {result.card.architecture}/{result.card.encoder}, {result.epochs_run} epoch(s), "
