@@ -109,11 +109,16 @@ def _remove_small(mask: np.ndarray, min_px: int, *, keep_border: bool = False) -
 
 
 class TissueMap:
-    """The tissue mask and the fraction of tissue under any level-0 rectangle (integral image)."""
+    """The tissue mask and the fraction of tissue under any level-0 rectangle (integral image).
 
-    def __init__(self, mask: np.ndarray, scale: float, slide_size: tuple[float, float] | None = None):
+    `slide_tissue` makes the one a slide has; `thumbnail` is the image it was detected on (None when
+    built from a mask alone) and `mode` the detection used."""
+
+    def __init__(self, mask: np.ndarray, scale: float, slide_size: tuple[float, float] | None = None, *,
+                 thumbnail: np.ndarray | None = None, mode: str | None = None):
         self.mask = mask.astype(bool)
         self.scale = scale  # level-0 pixels per mask pixel
+        self.thumbnail, self.mode = thumbnail, mode
         # level-0 width and height of the slide; default: what the mask covers
         self.slide_size = slide_size or (mask.shape[1] * scale, mask.shape[0] * scale)
         self._integral = cv2.integral(self.mask.astype(np.uint8), sdepth=cv2.CV_64F)
@@ -134,6 +139,40 @@ class TissueMap:
         ci1, cj1 = min(max(i1, 0), w), min(max(j1, 0), h)
         # mask pixels only: the mask's rounded size may end a fraction of a pixel short of the slide
         total = max(1, (ci1 - ci0) * (cj1 - cj0))
+        return float(min(1.0, self.count(cj0, cj1, ci0, ci1) / total))
+
+    def count(self, rows0, rows1, cols0, cols1):
+        """Tissue pixels of the mask in rows [rows0, rows1) x columns [cols0, cols1), clipped to the mask;
+        numbers or arrays that broadcast together (one integral-image look-up per rectangle)."""
+        h, w = self.mask.shape
+        r0, r1 = np.clip(rows0, 0, h), np.clip(rows1, 0, h)
+        c0, c1 = np.clip(cols0, 0, w), np.clip(cols1, 0, w)
         s = self._integral
-        inside = s[cj1, ci1] - s[cj0, ci1] - s[cj1, ci0] + s[cj0, ci0]
-        return float(min(1.0, inside / total))
+        return s[r1, c1] - s[r0, c1] - s[r1, c0] + s[r0, c0]
+
+
+MAX_TISSUE_SIDE_PX = 4096  # the tissue image never exceeds this, whatever the slide size
+
+
+def tissue_thumbnail(slide, *, tissue_mpp: float = TISSUE_MPP,
+                     max_side_px: int = MAX_TISSUE_SIDE_PX) -> tuple[np.ndarray, float]:
+    """The whole slide (a `slidemill.shared.slide.Slide`) as an RGB uint8 image (H, W, 3) at the
+    power-of-two downsample nearest to `tissue_mpp` (so a stored pyramid level is read as it is),
+    with at most `max_side_px` pixels a side; and its scale (level-0 pixels per pixel). Read in strips,
+    so a slide without a coarse level costs one strip of level 0 at a time."""
+    near = 2 ** round(math.log2(max(tissue_mpp / slide.require_mpp(), 1.0)))
+    fits = 2 ** math.ceil(math.log2(max(max(slide.width, slide.height) / max_side_px, 1.0)))
+    scale = float(max(near, fits))
+    w, h = max(1, math.ceil(slide.width / scale)), max(1, math.ceil(slide.height / scale))
+    rows = max(1, int(4096 / scale))
+    strips = [slide.read_region(0, y * scale, w, min(rows, h - y), scale) for y in range(0, h, rows)]
+    return np.concatenate(strips, axis=0), scale
+
+
+def slide_tissue(slide, *, mode: str = "auto", tissue_mpp: float = TISSUE_MPP) -> TissueMap:
+    """The tissue of a slide, the same in every tool: `detect_tissue` on `tissue_thumbnail`, with
+    `mode` resolved by `resolve_tissue_mode` (ValueError for an unknown mode)."""
+    thumbnail, scale = tissue_thumbnail(slide, tissue_mpp=tissue_mpp)
+    resolved = resolve_tissue_mode(mode, thumbnail)
+    mask = detect_tissue(thumbnail, slide.require_mpp() * scale, mode=resolved)
+    return TissueMap(mask, scale, (slide.width, slide.height), thumbnail=thumbnail, mode=resolved)

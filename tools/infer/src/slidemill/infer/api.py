@@ -26,7 +26,7 @@ from slidemill.shared.files import prepare_output_dir, staged_dir, write_bytes_a
 from slidemill.shared.geometry import PixelMapping, Region
 from slidemill.shared.report import ReportBuilder
 from slidemill.shared.slide import Slide, open_slide
-from slidemill.shared.tissue import TISSUE_MPP, detect_tissue, resolve_tissue_mode
+from slidemill.shared.tissue import slide_tissue
 
 from .config import BLOCK_PX, InferConfig
 from .grid import chunk_blocks, count_tiles, make_grid, shard_band
@@ -38,7 +38,6 @@ from .tissue import TissuePixels, cell_tissue
 log = logging.getLogger(__name__)
 
 TOOL = "slidemill-infer"
-TISSUE_THUMBNAIL_PX = 2048
 # large-image keeps decoded tiles in an LRU cache sized from the machine's memory (1/32 of it); the
 # overlapping reads only revisit the last rows of tiles, so a fixed number bounds memory instead
 TILE_CACHE_ITEMS = 256
@@ -123,13 +122,12 @@ def run(config: InferConfig, argv: list[str] | None = None) -> InferResult:
 
     with report.timed("tissue"):
         if config.tissue_only:
-            thumb, thumb_scale = tissue_thumbnail(slide, TISSUE_THUMBNAIL_PX)
-            tissue_mode = resolve_tissue_mode(config.tissue_mode, thumb)
+            tissue = slide_tissue(slide, mode=config.tissue_mode)
+            tissue_mode = tissue.mode
             log.info("%s: tissue detection %s", slide.name, tissue_mode)
             report.environment["tissue_mode"] = tissue_mode
-            mask = detect_tissue(thumb, slide_mpp * thumb_scale, mode=tissue_mode)
-            run_cells = cell_tissue(mask, thumb_scale, grid, full_mapping)
-            tissue_pixels = TissuePixels(mask, thumb_scale, full_mapping)
+            run_cells = cell_tissue(tissue, grid, full_mapping)
+            tissue_pixels = TissuePixels(tissue.mask, tissue.scale, full_mapping)
             if not run_cells.any():
                 report.warn(f"no tissue was found in the region ({tissue_mode} tissue detection): every pixel is "
                             "'not predicted' (255); use --tissue-mode, or --everywhere to predict regardless")
@@ -222,19 +220,6 @@ def run(config: InferConfig, argv: list[str] | None = None) -> InferResult:
     log.info("wrote %s: %d tiles in %d batches, %.1f%% of %d x %d pixels predicted", out, stats.tiles,
              stats.batches, 100.0 * predicted / max(1, width * (y1 - y0)), width, y1 - y0)
     return InferResult(out=out, prediction=prediction, report=final_report)
-
-
-def tissue_thumbnail(slide: Slide, max_px: int) -> tuple[np.ndarray, float]:
-    """The whole slide at the power-of-two downsample nearest to the tissue detector's resolution,
-    with at most `max_px` pixels a side (a stored pyramid level read as it is when there is one), in
-    strips; and its level-0 pixels per pixel."""
-    near_tissue_mpp = 2 ** round(math.log2(max(TISSUE_MPP / slide.require_mpp(), 1.0)))
-    fits = 2 ** math.ceil(math.log2(max(max(slide.width, slide.height) / max_px, 1.0)))
-    scale = float(max(near_tissue_mpp, fits))
-    w, h = max(1, math.ceil(slide.width / scale)), max(1, math.ceil(slide.height / scale))
-    rows = max(1, int(4096 / scale))
-    strips = [slide.read_region(0, y * scale, w, min(rows, h - y), scale) for y in range(0, h, rows)]
-    return np.concatenate(strips, axis=0), scale
 
 
 def _cells_in_band(run_cells: np.ndarray, grid, b0: int, b1: int) -> int:

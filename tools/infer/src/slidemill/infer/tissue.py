@@ -8,16 +8,16 @@ import cv2
 import numpy as np
 
 from slidemill.shared.geometry import PixelMapping
+from slidemill.shared.tissue import TissueMap
 
 from .grid import Grid
 
 log = logging.getLogger(__name__)
 
 
-def cell_tissue(mask: np.ndarray, thumb_scale: float, grid: Grid, mapping: PixelMapping) -> np.ndarray:
-    """Cells (n_rows x n_cols) whose level-0 footprint touches a tissue pixel of the thumbnail mask."""
-    integral = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), np.int64)
-    integral[1:, 1:] = np.cumsum(np.cumsum(mask.astype(np.int64), axis=0), axis=1)
+def cell_tissue(tissue: TissueMap, grid: Grid, mapping: PixelMapping) -> np.ndarray:
+    """Cells (n_rows x n_cols) whose level-0 footprint touches a tissue pixel of the slide's tissue mask."""
+    mask, thumb_scale = tissue.mask, tissue.scale
 
     def bounds(n: int, extent: int, origin: float, size: int) -> tuple[np.ndarray, np.ndarray]:
         start = np.arange(n) * grid.stride
@@ -30,9 +30,7 @@ def cell_tissue(mask: np.ndarray, thumb_scale: float, grid: Grid, mapping: Pixel
 
     r0, r1 = bounds(grid.n_rows, grid.height, mapping.origin_y, mask.shape[0])
     c0, c1 = bounds(grid.n_cols, grid.width, mapping.origin_x, mask.shape[1])
-    total = (integral[r1[:, None], c1[None, :]] - integral[r0[:, None], c1[None, :]]
-             - integral[r1[:, None], c0[None, :]] + integral[r0[:, None], c0[None, :]])
-    return total > 0
+    return tissue.count(r0[:, None], r1[:, None], c0[None, :], c1[None, :]) > 0
 
 
 class TissuePixels:

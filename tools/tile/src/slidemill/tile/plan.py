@@ -21,7 +21,7 @@ from slidemill.shared.errors import InputError
 from slidemill.shared.files import require_file
 from slidemill.shared.geometry import PixelMapping, grid_starts
 from slidemill.shared.slide import Slide, open_slide
-from slidemill.shared.tissue import TissueMap, detect_tissue, resolve_tissue_mode, tissue_mode
+from slidemill.shared.tissue import TissueMap, slide_tissue, tissue_mode
 
 from .config import TileConfig
 from .rasterize import LabelledShape
@@ -29,7 +29,6 @@ from .render import TileRenderer, TileSpec, valid_extent_px
 
 log = logging.getLogger(__name__)
 
-MAX_TISSUE_SIDE_PX = 4096  # the tissue image never exceeds this, whatever the slide size
 
 
 @dataclass
@@ -220,14 +219,10 @@ def make_plan(config: TileConfig) -> TilePlan:
                          fix="Pass --annotations FILE (QuPath GeoJSON, ASAP or ImageScope XML)")
 
     # tissue, at low resolution
-    tissue_scale = max(config.tissue_mpp / slide_mpp, max(slide.width, slide.height) / MAX_TISSUE_SIDE_PX, 1.0)
-    side = max(1, round(max(slide.width, slide.height) / tissue_scale))
-    thumbnail, tissue_scale = slide.thumbnail(side)
-    mode = resolve_tissue_mode(config.tissue_mode, thumbnail)
+    tissue = slide_tissue(slide, mode=config.tissue_mode, tissue_mpp=config.tissue_mpp)
+    thumbnail, mode = tissue.thumbnail, tissue.mode
     log.info("%s: tissue detection %s (%s)", slide.name, mode,
              "--tissue-mode" if config.tissue_mode != "auto" else "auto: median grey of the thumbnail")
-    tissue = TissueMap(detect_tissue(thumbnail, slide_mpp * tissue_scale, mode=mode), tissue_scale,
-                       slide_size=(slide.width, slide.height))
 
     # the grid, in tile pixels
     t, stride = config.tile_size_px, config.stride_px
