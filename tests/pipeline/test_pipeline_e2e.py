@@ -31,9 +31,9 @@ MPP = 1.0
 SHARDS = 2
 CLASSES = ["Tissue", "Tumor", "Stroma", "Immune cells"]
 BACKGROUND = "Background"  # tile --background: the glass is labelled too, so the model learns it
-TRAIN_ARGS = ["--arch", "linknet", "--encoder", "timm-mobilenetv3_small_minimal_100", "--encoder-weights", "none",
-              "--epochs", "25", "--batch-size", "4", "--lr", "0.01", "--augment", "none", "--class-weights", "auto",
-              "--seed", "0"]
+# the default recipe (architecture, learning rate, schedule, sampling, augmentation): only the budget is chosen,
+# in epochs rather than minutes so that CI's result does not depend on the machine's load
+TRAIN_ARGS = ["--epochs", "12", "--seed", "0"]
 
 
 def known_shapes() -> list[SyntheticShape]:
