@@ -246,3 +246,26 @@ def test_balanced_sampling_draws_rare_classes_more_often():
     # (a on 2 of 3 tiles: 1/sqrt(2/3); b on 1 of 3: sqrt(3))
     weights = balanced_tile_weights([{}, {"a": 1.0}, {"a": 0.5, "b": 0.5}], ["a", "b"])
     assert weights.tolist() == pytest.approx([1.5 ** 0.5, 1.5 ** 0.5, 3 ** 0.5])
+
+
+def test_channels_last_step_matches_the_default_layout(fast_encoder):
+    """The CUDA path's channels-last layout, run on the CPU: the same step gives the same loss and weights
+    (to float tolerance); gradient clipping keeps the update bounded."""
+    from slidemill.train.engine import Trainer
+
+    losses, weights = [], []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        model = build_model("fpn", fast_encoder, 3)
+        trainer = Trainer(model, num_classes=3, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+                          device=torch.device("cpu"), lr=1e-3, weight_decay=0.0, amp=False, class_weights=None,
+                          channels_last=channels_last)
+        trainer.set_schedule(10)
+        gen = torch.Generator().manual_seed(1)
+        images = torch.randint(0, 256, (2, 3, 64, 64), generator=gen, dtype=torch.uint8)
+        masks = torch.randint(0, 3, (2, 64, 64), generator=gen)
+        losses.append(trainer.step(*trainer._to_device(images, masks))[0])
+        weights.append(next(trainer.model.parameters()).detach().clone())
+        assert trainer.step_count == 1
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    assert torch.allclose(weights[0], weights[1], atol=1e-5)
