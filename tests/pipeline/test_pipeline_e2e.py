@@ -32,8 +32,10 @@ SHARDS = 2
 CLASSES = ["Tissue", "Tumor", "Stroma", "Immune cells"]
 BACKGROUND = "Background"  # tile --background: the glass is labelled too, so the model learns it
 # the default recipe (architecture, learning rate, schedule, sampling, augmentation): only the budget is chosen,
-# in epochs rather than minutes so that CI's result does not depend on the machine's load
-TRAIN_ARGS = ["--epochs", "12", "--seed", "0"]
+# in epochs rather than minutes so that CI's result does not depend on the machine's load, and one compute
+# thread so that it does not depend on the machine's core count either (and a shared machine is not
+# oversubscribed: two OpenMP threads on two busy cores run a step many times slower than one)
+TRAIN_ARGS = ["--epochs", "30", "--threads", "1", "--seed", "0"]
 
 
 def known_shapes() -> list[SyntheticShape]:
