@@ -214,7 +214,8 @@ def test_outputs_are_tiled_pyramids_with_manifest_and_report(unsharded):
         level1 = tif.series[0].levels[1].asarray()
     np.testing.assert_array_equal(level1, tifffile.imread(unsharded / "labels.tiff")[::2, ::2])
     preview = cv2.imread(str(unsharded / "preview.png"))
-    assert preview is not None and max(preview.shape[:2]) <= 1024
+    # two panels (slide, overlay) of at most 1024 px each under a title line, and the legend
+    assert preview is not None and preview.shape[0] <= 1024 + 40 and preview.shape[1] > 2 * 100
     assert report.tool == "slidemill-infer" and report.counts["tiles"] > 0
     assert report.environment["provider"] == "CPUExecutionProvider"
     assert report.counts["pixels_Tumor"] > 0

@@ -146,3 +146,20 @@ def test_large_tileset_loads_fast(tmp_path):
     elapsed = time.perf_counter() - t0
     assert len(loaded.tiles) == 100_000
     assert elapsed < 10, f"loading 100,000 tiles took {elapsed:.1f}s"
+
+
+def test_model_card_1_0_still_reads_and_1_1_adds_honest_metrics():
+    """A card written before 1.1 (no pixel counts, flags, confusion matrix, warnings) reads with the new
+    fields at their 'unknown' defaults; a new card says 1.1."""
+    from slidemill.shared.contracts import ModelCard, parse_contract
+
+    data = json.loads(dump_contract(SAMPLES["model"]()))
+    assert data["schema_version"] == "1.1"
+    old = {k: v for k, v in data.items() if k not in ("confusion_matrix", "majority_baseline_mean_iou", "warnings",
+                                                       "reproducibility")}
+    old["schema_version"] = "1.0"
+    old["metrics"] = {name: {"dice": m["dice"], "iou": m["iou"]} for name, m in data["metrics"].items()}
+    card = parse_contract(json.dumps(old), ModelCard)
+    assert card.schema_version == "1.0" and card.confusion_matrix is None and card.warnings == []
+    for m in card.metrics.values():
+        assert m.val_pixels is None and m.train_pixels is None and not m.no_validation_pixels

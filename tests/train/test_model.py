@@ -112,14 +112,27 @@ def test_every_offered_architecture_exports_to_onnx(arch, tmp_path, fast_encoder
 class _ScriptedTrainer:
     """Stands in for engine.Trainer: validation IoU follows a script, so fit()'s bookkeeping shows."""
 
-    def __init__(self, ious):
+    def __init__(self, ious, peak_lr=0.1):
+        from slidemill.train import engine
+
+        self.engine = engine
         self.ious = list(ious)
         self.amp = False
-        self.optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, 1)
+        self.peak_lr = peak_lr
+        self.step_count, self.total_steps, self.warmup_steps = 0, 1, 1
 
-    def train_epoch(self, loader, description=""):
-        self.optimizer.step()
+    def set_schedule(self, total_steps):
+        self.total_steps = total_steps
+        self.warmup_steps = self.engine.warmup_steps_for(total_steps)
+
+    def current_lr(self):
+        return self.engine.lr_at(self.step_count, self.total_steps, self.peak_lr, warmup_steps=self.warmup_steps)
+
+    def train_epoch(self, loader, description="", on_step=None):
+        for i, _ in enumerate(loader):
+            self.step_count += 1
+            if on_step is not None:
+                on_step(i + 1, 0.01 * (i + 1))
         return 1.0, 0.5, 0.5, 8, 1.0
 
     def evaluate(self, loader):
@@ -131,13 +144,13 @@ class _ScriptedTrainer:
         return {"epoch": state.epoch, "best_epoch": state.best_epoch}
 
 
-def _fit(tmp_path, ious, epochs, patience):
+def _fit(tmp_path, ious, epochs, patience, steps_per_epoch=1):
     from slidemill.train import engine
 
     trainer = _ScriptedTrainer(ious)
     sampler = type("S", (), {"set_epoch": lambda self, e: None})()
-    return engine.fit(trainer, engine.FitState(), train_loader=None, train_sampler=sampler,
-                      train_generator=torch.Generator(), val_loader=None, epochs=epochs, patience=patience, seed=0,
+    return engine.fit(trainer, engine.FitState(), train_loader=[0] * steps_per_epoch, train_sampler=sampler,
+                      train_generator=torch.Generator(), val_loader=[], epochs=epochs, patience=patience, seed=0,
                       checkpoint_dir=tmp_path, identity={}, class_names=["a", "b"])
 
 
@@ -147,6 +160,112 @@ def test_best_checkpoint_and_early_stopping(tmp_path):
     assert state.best_mean_iou == pytest.approx(0.6 / 1.4, abs=1e-3)  # iou = tp / (tp + 2 (1000 - tp))
     assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 2
     assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 4
-    assert [round(row["lr"], 6) for row in state.history] == [0.1, 0.01, 0.001, 0.0001]
+    # the schedule spans the 6 epochs asked for (not the 4 run): warmup 1 step, then cosine from 0.1 to 0.001
+    from slidemill.train.engine import lr_at
+
+    assert [row["lr"] for row in state.history] == [lr_at(i, 6, 0.1, warmup_steps=1) for i in range(4)]
     never = _fit(tmp_path / "never", [0.5, 0.4, 0.3], epochs=3, patience=0)
     assert not never.stopped_early and never.epoch == 3 and never.best_epoch == 1
+
+
+def test_lr_schedule_warmup_then_cosine_to_one_percent():
+    from slidemill.train.engine import lr_at, warmup_steps_for
+
+    assert warmup_steps_for(100) == 5 and warmup_steps_for(10) == 1 and warmup_steps_for(100_000) == 500
+    lrs = [lr_at(s, 100, 1.0, warmup_steps=5) for s in range(101)]
+    assert lrs[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])  # linear warmup, peak at its last step
+    assert lrs[5] == 1.0  # the decay starts at the peak
+    assert lrs[5 + 95 // 2] == pytest.approx(0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * 47 / 95)))
+    assert lrs[100] == pytest.approx(0.01)  # 1% of the peak at the end, and after it
+    assert all(a >= b for a, b in zip(lrs[5:], lrs[6:], strict=False))
+
+
+def test_budget_plans_whole_epochs_then_a_partial_one():
+    from slidemill.train.engine import Budget
+
+    budget = Budget(100.0)
+    budget.step_s, budget.overhead_s = 1.0, 5.0
+    budget.started -= 0.0
+    # epochs of 10 steps cost 15 s: 6 whole epochs (90 s), then 10 s left: 5 s of validation and 5 steps
+    total = budget.plan(0, 10, 10_000, val_batches=3)
+    assert total in (65, 64)  # 64 when the clock has moved by a step's time since the budget started
+    assert budget.plan(0, 10, 30, val_batches=3) == 30  # never beyond --epochs
+
+
+def test_fit_without_budget_runs_the_whole_schedule(tmp_path):
+    state = _fit(tmp_path, [0.5] * 3, epochs=3, patience=0, steps_per_epoch=4)
+    assert state.epoch == 3 and state.step == 12 and state.total_steps == 12 and not state.stopped_by_time
+
+
+def test_dice_term_averages_over_present_classes_unlike_smp_default():
+    """One class of three labelled, predicted with a known Dice: slidemill's term is 1 - Dice, smp's own
+    DiceLoss divides the same by all 3 classes (the two absent ones count as perfect)."""
+    import segmentation_models_pytorch as smp
+
+    target = torch.full((1, 4, 4), 255)
+    target[0, :2] = 0  # 8 pixels of class 0
+    logits = torch.full((1, 3, 4, 4), -30.0)
+    logits[0, 0, :2, :2] = 30.0  # class 0 on 4 of its 8 pixels, class 1 on the other 4
+    logits[0, 1, :2, 2:] = 30.0
+    logits[0, 1, 2:] = 30.0  # ignored pixels: whatever is predicted there does not count
+    # smp computes Dice as Tversky(0.5, 0.5) with the smoothing on the intersection: (tp + 1) / (tp + fp/2 + fn/2 + 1)
+    tp, fp, fn = 4, 0, 4
+    dice = (tp + 1) / (tp + fp / 2 + fn / 2 + 1)
+    ours = CrossEntropyDiceLoss(3)(logits, target)[2].item()
+    theirs = smp.losses.DiceLoss("multiclass", from_logits=True, smooth=1.0, ignore_index=255)(logits, target).item()
+    assert ours == pytest.approx(1 - dice, abs=1e-5)
+    assert theirs == pytest.approx((1 - dice) / 3, abs=1e-5)
+
+
+def test_scores_leave_out_classes_without_validation_pixels():
+    # class 2 is predicted on one pixel but has no truth pixel: unknown (None), not 0, and not in the mean
+    matrix = np.array([[3, 0, 1], [0, 2, 0], [0, 0, 0]])
+    dice, iou = scores(matrix)
+    assert iou == [pytest.approx(0.75), 1.0, None] and dice[2] is None
+    assert mean_iou(iou) == pytest.approx((0.75 + 1.0) / 2)
+
+
+def test_balanced_sampling_draws_rare_classes_more_often():
+    from slidemill.train.loader import EpochSampler, balanced_tile_weights
+
+    # 90 tiles of class a only, 10 tiles holding b: b is on 10% of the tiles, a on all of them
+    fractions = [{"a": 1.0}] * 90 + [{"a": 0.5, "b": 0.5}] * 10
+    weights = balanced_tile_weights(fractions, ["a", "b"])
+    assert weights[:90] == pytest.approx([1.0] * 90) and weights[90:] == pytest.approx([10 ** 0.5] * 10)
+    sampler = EpochSampler(100, seed=0, shuffle=True, weights=weights)
+    sampler.set_epoch(1)
+    draws = [i for i, _ in sampler]
+    assert len(draws) == 100
+    share = np.mean([i >= 90 for i in draws])
+    expected = 10 * 10 ** 0.5 / (90 + 10 * 10 ** 0.5)  # 0.26 instead of 0.10
+    assert abs(share - expected) < 0.1
+    again = EpochSampler(100, seed=0, shuffle=True, weights=weights)
+    again.set_epoch(1)
+    assert [i for i, _ in again] == draws  # the same (seed, epoch), the same draws
+    # tiles without labelled pixels keep the smallest weight, never zero
+    # (a on 2 of 3 tiles: 1/sqrt(2/3); b on 1 of 3: sqrt(3))
+    weights = balanced_tile_weights([{}, {"a": 1.0}, {"a": 0.5, "b": 0.5}], ["a", "b"])
+    assert weights.tolist() == pytest.approx([1.5 ** 0.5, 1.5 ** 0.5, 3 ** 0.5])
+
+
+def test_channels_last_step_matches_the_default_layout(fast_encoder):
+    """The CUDA path's channels-last layout, run on the CPU: the same step gives the same loss and weights
+    (to float tolerance); gradient clipping keeps the update bounded."""
+    from slidemill.train.engine import Trainer
+
+    losses, weights = [], []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        model = build_model("fpn", fast_encoder, 3)
+        trainer = Trainer(model, num_classes=3, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+                          device=torch.device("cpu"), lr=1e-3, weight_decay=0.0, amp=False, class_weights=None,
+                          channels_last=channels_last)
+        trainer.set_schedule(10)
+        gen = torch.Generator().manual_seed(1)
+        images = torch.randint(0, 256, (2, 3, 64, 64), generator=gen, dtype=torch.uint8)
+        masks = torch.randint(0, 3, (2, 64, 64), generator=gen)
+        losses.append(trainer.step(*trainer._to_device(images, masks))[0])
+        weights.append(next(trainer.model.parameters()).detach().clone())
+        assert trainer.step_count == 1
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    assert torch.allclose(weights[0], weights[1], atol=1e-5)

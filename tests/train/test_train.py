@@ -22,6 +22,7 @@ torch = pytest.importorskip("torch")
 
 from slidemill.train.api import work_dir_for  # noqa: E402
 from slidemill.train.cli import app  # noqa: E402
+from slidemill.train.config import DEFAULT_ARCH, DEFAULT_LR  # noqa: E402
 
 BIN = Path(sys.executable).parent / "slidemill-train"
 ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # as the in-process runs (see conftest.py)
@@ -56,7 +57,7 @@ def test_model_card_describes_the_model(trained, tileset):
     out, _ = trained
     card = load_contract(out / "model-card.json", ModelCard)
     ts = load_contract(tileset / "tileset.json", TileSet)
-    assert card.architecture == "unet" and card.encoder == "tu-mobilenetv3_small_100"
+    assert card.architecture == DEFAULT_ARCH and card.encoder == "tu-mobilenetv3_small_100"
     assert card.classes == ts.classes
     assert card.input.mpp == 0.5 and card.input.tile_size_px == 64
     assert card.input.normalization.mean == (0.485, 0.456, 0.406)
@@ -79,7 +80,8 @@ def test_model_card_describes_the_model(trained, tileset):
 def test_model_folder_contents(trained):
     out, _ = trained
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["model.onnx", "model-card.json", "checkpoints", "metrics.csv", "curves.png", "report.json"])
+        ["model.onnx", "model-card.json", "checkpoints", "metrics.csv", "curves.png", "report.json", "confusion.csv",
+         "confusion.png"])
     assert not work_dir_for(out).exists()
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5, 6]
@@ -90,7 +92,7 @@ def test_model_folder_contents(trained):
     assert curves is not None and curves.shape[0] > 200 and curves.std() > 10
     for name in ("last.pt", "best.pt"):
         ckpt = torch.load(out / "checkpoints" / name, map_location="cpu", weights_only=True)
-        for key in ("model", "optimizer", "scheduler", "rng", "epoch", "history", "identity"):
+        for key in ("model", "optimizer", "schedule", "rng", "epoch", "history", "identity"):
             assert key in ckpt, (name, key)
     assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 6
     report = load_contract(out / "report.json", Report)
@@ -166,9 +168,9 @@ def test_killed_run_resumes_to_the_same_result(small_tileset, tmp_path, fast_enc
 
     # a checkpoint of another architecture cannot be continued: exit 2, the model folder untouched
     before = (out / "model-card.json").read_bytes()
-    other = invoke(small_tileset, "--out", out, *args, "--arch", "fpn", "--resume")
+    other = invoke(small_tileset, "--out", out, *args, "--arch", "unet", "--resume")
     assert other.exit_code == 2
-    assert "arch is 'unet' in the checkpoint but 'fpn' now" in other.output
+    assert f"arch is '{DEFAULT_ARCH}' in the checkpoint but 'unet' now" in other.output
     assert (out / "model-card.json").read_bytes() == before and not work.exists()
 
     # a finished run continues to more epochs (--resume on the model folder)
@@ -177,8 +179,8 @@ def test_killed_run_resumes_to_the_same_result(small_tileset, tmp_path, fast_enc
     assert more.exit_code == 0, more.output
     assert load_contract(out / "model-card.json", ModelCard).training.epochs == 5
     warnings = load_contract(out / "report.json", Report).warnings
-    assert any("lr was 0.001 before the resume and is 0.002 now; the optimiser state of the checkpoint keeps 0.001"
-               in w for w in warnings), warnings
+    assert any(f"lr was {DEFAULT_LR!r} before the resume and is 0.002 now; the result will differ" in w
+               for w in warnings), warnings
     assert "schedule is stretched" in more.output
 
 
@@ -301,5 +303,78 @@ def test_loader_workers_do_not_change_the_result(tmp_path, small_tileset, fast_e
         results[workers] = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     for key, value in results[0]["model"].items():
         assert torch.equal(results[2]["model"][key], value), key
-    assert results[0]["history"] == [{**row, "train_tiles_per_s": results[0]["history"][0]["train_tiles_per_s"]}
-                                     for row in results[2]["history"]]
+    timing = ("train_tiles_per_s", "seconds")
+    assert ([{k: v for k, v in row.items() if k not in timing} for row in results[0]["history"]]
+            == [{k: v for k, v in row.items() if k not in timing} for row in results[2]["history"]])
+    cards = [json.loads((tmp_path / f"w{w}" / "model-card.json").read_text())["reproducibility"] for w in (0, 2)]
+    assert cards[0]["torch_threads"] == cards[1]["torch_threads"] == torch.get_num_threads()
+    assert cards[0]["torch"] == torch.__version__ and cards[0]["device"] == "cpu"
+    assert cards[0]["deterministic_algorithms"] is True and cards[1]["workers"] == 2
+
+
+def test_time_limit_fits_the_schedule_and_keeps_the_best(tmp_path, tileset, fast_encoder):
+    """A budget of 9 s: the schedule is planned from the measured steps, ends within the budget (and
+    the export after it), and the learning rate decays to its floor at the end instead of being cut off."""
+    from slidemill.train import TrainConfig, run
+    from slidemill.train.engine import lr_at, warmup_steps_for
+
+    out = tmp_path / "budget"
+    started = time.monotonic()
+    result = run(TrainConfig(tilesets=[tileset], out=out, encoder=fast_encoder, time_limit_min=0.15, batch_size=8,
+                             seed=0))
+    spent = time.monotonic() - started
+    card = load_contract(out / "model-card.json", ModelCard)
+    p = card.training.parameters
+    assert p["time_limit_min"] == 0.15 and p["epochs_requested"] is None
+    assert p["steps"] == p["schedule_steps"] > 0  # the run ended where its schedule ends
+    assert card.training.epochs == len(result.history) >= 1
+    assert spent < 9 + 60  # the budget, plus start-up and export on a loaded machine
+    last = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    total = last["schedule"]["total_steps"]
+    assert last["schedule"]["step"] == total
+    floor = lr_at(total, total, DEFAULT_LR, warmup_steps=warmup_steps_for(total))
+    assert floor == pytest.approx(0.01 * DEFAULT_LR)
+    best = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
+    assert best["epoch"] == card.training.best_epoch
+    assert card.mean_iou == max(r["mean_iou"] for r in result.history)
+
+
+def test_model_card_counts_pixels_and_flags_unscored_classes(tmp_path, fast_encoder):
+    """Stroma only on the training side: the validation reports it as unscored (null + flag), not as 0."""
+    a = make_tileset(tmp_path / "a", slide="a.svs", width=192, height=192, seed=21)
+    b = make_tileset(tmp_path / "b", slide="b.svs", width=192, height=192, seed=22)
+    for mask in (a / "masks").iterdir():  # a.svs (validation): relabel Stroma as ignore
+        m = cv2.imread(str(mask), cv2.IMREAD_UNCHANGED)
+        m[m == 2] = 255
+        cv2.imwrite(str(mask), m)
+    manifest = json.loads((a / "tileset.json").read_text())
+    for tile in manifest["tiles"]:
+        tile["class_fractions"] = {k: v for k, v in tile.get("class_fractions", {}).items() if k != "Stroma"}
+    (a / "tileset.json").write_text(json.dumps(manifest))
+    out = tmp_path / "m"
+    result = invoke(a, b, "--out", out, "--encoder", fast_encoder, "--epochs", 1, "--val-slides", "a.svs",
+                    "--batch-size", 6)
+    assert result.exit_code == 0, result.output
+    card = load_contract(out / "model-card.json", ModelCard)
+    names = [c.name for c in card.classes.trainable]
+    stroma = card.metrics["Stroma"]
+    assert stroma.no_validation_pixels and stroma.iou is None and stroma.dice is None and stroma.val_pixels == 0
+    assert stroma.train_pixels > 0
+    matrix = np.array(card.confusion_matrix)
+    for c, name in enumerate(names):
+        assert card.metrics[name].val_pixels == matrix[c].sum()
+        assert card.metrics[name].predicted_pixels == matrix[:, c].sum()
+        masks = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted((a / "masks").iterdir())]
+        assert card.metrics[name].val_pixels == sum(int((m == c).sum()) for m in masks)
+    assert any("['Stroma'] have no labelled validation pixels" in w for w in card.warnings)
+    rows = matrix.sum(1)
+    assert card.majority_baseline_mean_iou == pytest.approx(rows.max() / rows.sum() / (rows > 0).sum())
+    lines = (out / "confusion.csv").read_text().splitlines()
+    assert lines[0].split(",")[1:] == [*names, "total"] and len(lines) == 1 + len(names)
+    assert cv2.imread(str(out / "confusion.png")) is not None
+
+
+def test_refuses_batch_of_one_for_architectures_that_cannot_train_on_it(tmp_path, small_tileset):
+    out = tmp_path / "m"
+    _refused(invoke(small_tileset, "--out", out, "--arch", "deeplabv3plus", "--encoder", "resnet18",
+                    "--batch-size", 1), out, "deeplabv3plus cannot train with --batch-size 1", "--batch-size 2")

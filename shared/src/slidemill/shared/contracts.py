@@ -206,8 +206,20 @@ class OnnxFile(Strict):
 
 
 class ClassMetrics(Strict):
+    """Validation scores of one class (of the best epoch). dice and iou are null when the class has no
+    labelled validation pixel (`no_validation_pixels` true): unknown, not 0. The pixel counts are new in
+    model card 1.1 (null in older cards)."""
+
     dice: float | None = Field(None, ge=0, le=1)
     iou: float | None = Field(None, ge=0, le=1)
+    train_pixels: int | None = Field(None, ge=0, description="labelled training pixels of the class (from "
+                                     "the tilesets' class fractions)")
+    val_pixels: int | None = Field(None, ge=0, description="labelled validation pixels of the class")
+    predicted_pixels: int | None = Field(None, ge=0, description="labelled validation pixels predicted as "
+                                         "the class")
+    no_validation_pixels: bool = Field(False, description="the class has no labelled validation pixel, so it "
+                                       "was not scored")
+    never_predicted: bool = Field(False, description="the model predicts the class on no validation pixel")
 
 
 class DataSplit(Strict):
@@ -232,7 +244,7 @@ class TrainingSummary(Strict):
 
 class ModelCard(Contract):
     KIND: ClassVar[str] = "model"
-    VERSION: ClassVar[str] = "1.1"  # 1.1: classes may be marked background
+    VERSION: ClassVar[str] = "1.1"  # 1.1: background classes; per-class validation, confusion, reproducibility
     schema_id: Literal["slidemill/model"] = Field("slidemill/model", alias="schema")
     schema_version: str = Field("1.1", pattern=r"^1\.\d+$")
     name: str
@@ -245,7 +257,20 @@ class ModelCard(Contract):
     training: TrainingSummary = Field(default_factory=TrainingSummary)
     split: DataSplit = Field(default_factory=lambda: DataSplit(strategy="none"))
     metrics: dict[str, ClassMetrics] = Field(default_factory=dict, description="validation metrics per class")
-    mean_iou: float | None = Field(None, ge=0, le=1)
+    mean_iou: float | None = Field(None, ge=0, le=1, description="mean IoU over the classes with validation "
+                                   "pixels (classes without any are left out, not counted as 0)")
+    # new in 1.1 (absent from 1.0 cards)
+    confusion_matrix: list[list[int]] | None = Field(
+        None, description="validation pixel counts of the best epoch: rows truth, columns prediction, in label "
+        "order of the trainable classes")
+    majority_baseline_mean_iou: float | None = Field(
+        None, ge=0, le=1, description="the mean IoU a model predicting the most common validation class "
+        "everywhere would get")
+    warnings: list[str] = Field(default_factory=list, description="what a reader of the metrics must know: "
+                                "classes never predicted, classes not validated, a result near the baseline")
+    reproducibility: dict[str, Any] = Field(
+        default_factory=dict, description="what the same seed's result depends on: torch version, compute "
+        "threads, device, deterministic flags")
 
 
 # --- prediction --------------------------------------------------------------------------------

@@ -21,8 +21,8 @@ import numpy as np
 
 from slidemill.shared.cli import package_version, worker_count
 from slidemill.shared.contracts import ModelRef, Prediction, RasterFile, Report, save_contract
-from slidemill.shared.errors import InputError, OutputError
-from slidemill.shared.files import prepare_output_dir, staged_dir, write_bytes_atomic
+from slidemill.shared.errors import InputError
+from slidemill.shared.files import prepare_output_dir, staged_dir
 from slidemill.shared.geometry import PixelMapping, Region
 from slidemill.shared.report import ReportBuilder
 from slidemill.shared.slide import Slide, open_slide
@@ -228,7 +228,8 @@ def _cells_in_band(run_cells: np.ndarray, grid, b0: int, b1: int) -> int:
 
 
 def write_preview(path: Path, labels_tiff: Path, slide: Slide, mapping: PixelMapping, classes, max_px: int) -> None:
-    """The predicted region at about `max_px` pixels with the labels overlaid in the class colours."""
+    """The predicted region at about `max_px` pixels, beside the same with the labels overlaid in the class
+    colours, and a legend naming each class's colour (the shared renderer, slidemill.shared.preview)."""
     import tifffile
 
     with tifffile.TiffFile(labels_tiff) as tif:
@@ -242,15 +243,11 @@ def write_preview(path: Path, labels_tiff: Path, slide: Slide, mapping: PixelMap
         level_scale = mapping.scale * 2**level
     h, w = labels.shape
     image = slide.read_region(mapping.origin_x, mapping.origin_y, w, h, level_scale)
-    lut = np.zeros((256, 3), np.float32)
-    has = np.zeros(256, bool)
-    for entry in classes.classes:
-        lut[entry.label] = entry.color
-        has[entry.label] = not entry.ignore
-    overlay = has[labels]
-    blended = image.astype(np.float32)
-    blended[overlay] = 0.55 * blended[overlay] + 0.45 * lut[labels[overlay]]
-    ok, png = cv2.imencode(".png", cv2.cvtColor(blended.round().astype(np.uint8), cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise OutputError("cannot encode the preview image", path=path)
-    write_bytes_atomic(path, png.tobytes())
+    from slidemill.shared.preview import blend_labels, class_entries, compose
+    from slidemill.shared.preview import write_preview as write_png
+
+    entries = class_entries(classes)
+    if (labels == 255).any():
+        entries.append(("not predicted", (255, 255, 255)))
+    write_png(path, compose([("slide", image), ("prediction", blend_labels(image, labels, classes))],
+                            entries, legend_title="predicted class"))

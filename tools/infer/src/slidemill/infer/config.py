@@ -45,7 +45,8 @@ class InferConfig(BaseModel):
     overwrite: bool = Field(False, description="replace an existing output folder")
     memory_budget_mb: int = Field(
         64, ge=8, le=65536, description="size of the probability accumulators in MB (sets the column chunk width)")
-    preview_size_px: int = Field(1024, ge=64, le=8192, description="longest side of preview.png in pixels")
+    preview_size_px: int = Field(1024, ge=64, le=8192, description="longest side of each of preview.png's two "
+                                 "panels (slide, overlay) in pixels")
 
 
 def parse_shard(text: str) -> Shard:

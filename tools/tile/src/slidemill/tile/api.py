@@ -15,6 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from slidemill.shared.classes import IGNORE_LABEL
 from slidemill.shared.cli import Progress, package_version, worker_count
 from slidemill.shared.contracts import TileRecord, TileSet, TilingParams, save_contract
 from slidemill.shared.errors import InputError
@@ -105,8 +106,13 @@ def iter_tiles(slide: TileConfig | str | Path, *, workers: int = 1, plan: TilePl
 # --- preview -----------------------------------------------------------------------------------
 
 
+TISSUE_OUTLINE_RGB = (0, 160, 0)
+TILE_RGB = (40, 90, 220)
+
+
 def draw_preview(plan: TilePlan) -> np.ndarray:
-    """Thumbnail with the tissue outline (green), the kept tiles (blue) and the annotations (class colours)."""
+    """Thumbnail with the tissue outline (green), the kept tiles (blue) and the annotations (class colours),
+    beside a legend naming each colour (the shared renderer, slidemill.shared.preview)."""
     slide = plan.renderer.open()
     side = min(PREVIEW_MAX_PX, max(slide.width, slide.height))
     if side <= max(plan.thumbnail.shape[:2]):
@@ -116,7 +122,7 @@ def draw_preview(plan: TilePlan) -> np.ndarray:
     tissue = cv2.resize(plan.tissue.mask.astype(np.uint8), (img.shape[1], img.shape[0]),
                         interpolation=cv2.INTER_NEAREST)
     contours, _ = cv2.findContours(tissue, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
-    cv2.drawContours(img, contours, -1, (0, 160, 0), 2)
+    cv2.drawContours(img, contours, -1, TISSUE_OUTLINE_RGB, 2)
     if plan.classes is not None and plan.annotation_shapes:
         overlay = img.copy()
         palette = plan.classes.palette()
@@ -134,8 +140,16 @@ def draw_preview(plan: TilePlan) -> np.ndarray:
     for spec in plan.specs:
         x0, y0 = round(spec.x / scale), round(spec.y / scale)
         x1, y1 = round((spec.x + spec.width) / scale), round((spec.y + spec.height) / scale)
-        cv2.rectangle(img, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), (40, 90, 220), 1)
-    return img
+        cv2.rectangle(img, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), TILE_RGB, 1)
+    from slidemill.shared.preview import class_entries, compose
+
+    entries = [("tissue (detected)", TISSUE_OUTLINE_RGB), (f"kept tile ({len(plan.specs)})", TILE_RGB)]
+    if plan.classes is not None and plan.annotation_shapes:
+        entries += class_entries(plan.classes, labels={s.label for s in plan.annotation_shapes})
+        if any(s.label == IGNORE_LABEL for s in plan.annotation_shapes):
+            color = plan.classes.palette().get(IGNORE_LABEL, (180, 180, 180))
+            entries.append(("ignored (not trained)", tuple(int(v) for v in color)))
+    return compose([(f"{plan.slide_ref.name}: tiles and annotations", img)], entries, legend_title="legend")
 
 
 # --- the command -------------------------------------------------------------------------------

@@ -62,6 +62,21 @@ def resolve_workers(requested: int, device_type: str) -> int:
     return worker_count(0) if device_type == "cuda" else 0
 
 
+def reproducibility(device, trainer, workers: int, config: TrainConfig) -> dict[str, Any]:
+    """What the same seed's model depends on (and what it does not: the worker count)."""
+    import torch
+
+    return {"seed": config.seed, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "cudnn_deterministic": bool(torch.backends.cudnn.deterministic), "amp": trainer.amp,
+            "workers": workers, "depends_on": "seed, torch version, torch_threads, device (and on CUDA the GPU "
+            "model and cuDNN); not on workers",
+            "time_limit": "a --time-limit run's length follows the measured speed, so it repeats only "
+            "with --epochs instead" if config.time_limit_min is not None else None}
+
+
 def work_dir_for(out: Path) -> Path:
     """Where checkpoints live while a run is in progress (kept when it is killed, for --resume)."""
     return out.parent / f".{out.name}.training"
@@ -118,7 +133,8 @@ def prepare(config: TrainConfig) -> Prepared:
         "tile_size_px": data.tile_size_px, "mpp": data.mpp,
         "split": {"strategy": split.strategy, "train": split.train, "val": split.val},
         "settings": {"batch_size": config.batch_size, "lr": config.lr, "weight_decay": config.weight_decay,
-                     "augment": config.augment, "class_weights": config.class_weights, "amp": config.amp},
+                     "augment": config.augment, "class_weights": config.class_weights, "amp": config.amp,
+                     "sampling": config.sampling, "grad_clip": config.grad_clip},
     }
     out, work = Path(config.out), work_dir_for(Path(config.out))
     if out.exists() and not out.is_dir():
@@ -147,6 +163,33 @@ def prepare(config: TrainConfig) -> Prepared:
     return Prepared(config, data, split, weights, identity, resume_from, warnings)
 
 
+def check_trainable(model, config: TrainConfig, *, batch: int, tile_size_px: int) -> None:
+    """Refuse, before any work, settings the network cannot train with: a batch of one tile through an
+    architecture with batch norm over globally pooled (1 x 1) features (deeplabv3, deeplabv3plus, pan,
+    upernet) fails in the first step. Probed with one training-mode forward pass, so any such layer is
+    found whatever the architecture."""
+    if batch > 1:
+        return
+    import torch
+
+    saved = {k: v.clone() for k, v in model.state_dict().items()}  # the probe moves batch-norm statistics
+    model.train()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            model(torch.zeros(1, 3, tile_size_px, tile_size_px))
+    except ValueError as exc:
+        if "Expected more than 1 value per channel" not in str(exc):
+            raise
+        why = ("--batch-size 1" if config.batch_size == 1 else
+               f"one training tile (the batch is at most the {batch} training tile)")
+        raise InputError(f"--arch {config.arch} cannot train with {why}: it has batch-norm layers over globally "
+                         "pooled features, which need two or more tiles per batch",
+                         fix="Give --batch-size 2 or more (with more training tiles), or another --arch "
+                         "(fpn, unet, linknet, ...)") from None
+    finally:
+        model.load_state_dict(saved)
+
+
 def run(config: TrainConfig, *, argv: list[str] | None = None) -> TrainResult:
     """Train, export to ONNX, check the export and write the model folder."""
     report = ReportBuilder(TOOL, package_version(TOOL), argv)
@@ -161,7 +204,7 @@ def _train(prepared: Prepared, report: ReportBuilder) -> TrainResult:
     import torch
 
     from . import engine
-    from .loader import TileDataset, make_loader
+    from .loader import TileDataset, balanced_tile_weights, make_loader
     from .model import IMAGENET_MEAN, IMAGENET_STD, build_model
 
     config, data, split = prepared.config, prepared.data, prepared.split
@@ -169,6 +212,10 @@ def _train(prepared: Prepared, report: ReportBuilder) -> TrainResult:
     device = engine.resolve_device(config.device)
     if config.amp and device.type != "cuda":
         report.warn("--amp is for CUDA; training on the CPU in float32")
+    amp = device.type == "cuda" if config.amp is None else config.amp
+    # the compute threads never follow --workers: the same seed gives the same model whatever the worker count
+    if config.threads:
+        torch.set_num_threads(config.threads)
     engine.configure_determinism(device)
     engine.seed_everything(config.seed)
     num_classes = data.classes.num_trainable
@@ -176,9 +223,10 @@ def _train(prepared: Prepared, report: ReportBuilder) -> TrainResult:
 
     with report.timed("build_model"):
         model = build_model(config.arch, config.encoder, num_classes, config.encoder_weights)
+    check_trainable(model, config, batch=min(config.batch_size, len(split.train)), tile_size_px=data.tile_size_px)
     trainer = engine.Trainer(model, num_classes=num_classes, mean=IMAGENET_MEAN, std=IMAGENET_STD, device=device,
-                             lr=config.lr, weight_decay=config.weight_decay, epochs=config.epochs, amp=config.amp,
-                             class_weights=prepared.class_weights)
+                             lr=config.lr, weight_decay=config.weight_decay, amp=amp,
+                             class_weights=prepared.class_weights, grad_clip=config.grad_clip)
     state = engine.FitState()
     if config.overwrite and not config.resume and work.exists():
         shutil.rmtree(work)
@@ -190,38 +238,45 @@ def _train(prepared: Prepared, report: ReportBuilder) -> TrainResult:
             for name in ("last.pt", "best.pt"):
                 if (prepared.resume_from.parent / name).exists():
                     shutil.copy2(prepared.resume_from.parent / name, checkpoints / name)
-        state = trainer.restore(payload, epochs=config.epochs)
-        if state.stopped_early and state.epoch < config.epochs:
+        state = trainer.restore(payload)
+        if state.stopped_early and state.epoch < config.max_epochs:
             state.stopped_early = False
             state.since_best = 0
         log.info("resuming from %s after epoch %d", prepared.resume_from, state.epoch)
         del payload
 
     workers = resolve_workers(config.workers, device.type)
-    if device.type == "cpu" and workers:
-        # worker processes and the model's threads share the cores: leave the workers theirs
-        torch.set_num_threads(max(1, worker_count(0) - workers))
     pin = device.type == "cuda"
     augment = AUGMENTATIONS[config.augment]
-    train_set = TileDataset([data.samples[i] for i in split.train], data.tile_size_px, num_classes,
-                            augment=augment, seed=config.seed)
+    train_samples = [data.samples[i] for i in split.train]
+    train_set = TileDataset(train_samples, data.tile_size_px, num_classes, augment=augment, seed=config.seed)
+    weights = None
+    if config.sampling == "balanced":
+        weights = balanced_tile_weights([dict(s.class_fractions) for s in train_samples], class_names)
     val_set = TileDataset([data.samples[i] for i in split.val], data.tile_size_px, num_classes,
                           augment=None, seed=config.seed)
     train_loader, train_sampler, train_generator = make_loader(
-        train_set, batch_size=config.batch_size, shuffle=True, seed=config.seed, workers=workers, pin_memory=pin)
+        train_set, batch_size=config.batch_size, shuffle=True, seed=config.seed, workers=workers, pin_memory=pin,
+        weights=weights)
     val_loader, _, _ = make_loader(val_set, batch_size=config.batch_size, shuffle=False, seed=config.seed,
                                    workers=min(workers, 1), pin_memory=pin)
     log.info("training %s-%s on %s (%d classes; %d training and %d validation tiles, split by %s; %d worker(s))",
              config.arch, config.encoder, device, num_classes, len(split.train), len(split.val), split.strategy,
              workers)
+    budget = None if config.time_limit_min is None else engine.Budget(config.time_limit_min * 60.0)
+    if prepared.resume_from is not None and budget is None and state.total_steps != config.max_epochs * max(
+            1, len(train_loader)):
+        report.warn(f"the checkpoint's learning-rate schedule spans {state.total_steps} steps, now "
+                    f"{config.max_epochs * len(train_loader)} ({config.max_epochs} epochs): the schedule is "
+                    "stretched and the result will differ from an uninterrupted run")
     t0 = time.perf_counter()
     epochs_before = state.epoch
     try:
         with report.timed("train"):
             state = engine.fit(trainer, state, train_loader=train_loader, train_sampler=train_sampler,
-                               train_generator=train_generator, val_loader=val_loader, epochs=config.epochs,
+                               train_generator=train_generator, val_loader=val_loader, epochs=config.max_epochs,
                                patience=config.early_stopping_patience, seed=config.seed, checkpoint_dir=checkpoints,
-                               identity=prepared.identity, class_names=class_names)
+                               identity=prepared.identity, class_names=class_names, budget=budget)
     except BaseException:
         if not (checkpoints / "last.pt").exists():  # nothing to resume from: leave nothing behind
             shutil.rmtree(work, ignore_errors=True)
@@ -242,8 +297,15 @@ def _train(prepared: Prepared, report: ReportBuilder) -> TrainResult:
             if (checkpoints / name).exists():
                 shutil.copy2(checkpoints / name, stage / "checkpoints" / name)
         with report.timed("export"):
-            card, diff = _export(model, stage, prepared, best_row, state, val_set)
-        from .outputs import write_curves, write_metrics_csv
+            card, diff = _export(model, stage, prepared, best_row, state, val_set,
+                                 reproducibility=reproducibility(device, trainer, workers, config))
+        from .outputs import write_confusion, write_curves, write_metrics_csv
+
+        if card.confusion_matrix is not None:
+            write_confusion(stage, card.confusion_matrix, class_names,
+                            title=f"validation, best epoch {best_row['epoch']}")
+        for message in card.warnings:
+            report.warn(message)
 
         write_metrics_csv(stage / "metrics.csv", state.history, class_names)
         write_curves(stage / "curves.png", state.history, class_names, best_epoch=state.best_epoch,
@@ -252,7 +314,8 @@ def _train(prepared: Prepared, report: ReportBuilder) -> TrainResult:
         save_contract(card, stage / "model-card.json")
         report.inputs = [str(p) for p in config.tilesets]
         report.outputs = [str(out / n) for n in ("model.onnx", "model-card.json", "checkpoints/last.pt",
-                                                  "checkpoints/best.pt", "metrics.csv", "curves.png")]
+                                                  "checkpoints/best.pt", "metrics.csv", "curves.png",
+                                                  "confusion.csv", "confusion.png")]
         report.count("tiles", len(data.samples))
         report.count("train_tiles", len(split.train))
         report.count("val_tiles", len(split.val))
@@ -280,8 +343,61 @@ def _train(prepared: Prepared, report: ReportBuilder) -> TrainResult:
                        mean_iou=card.mean_iou, history=state.history, warnings=list(report.warnings))
 
 
-def _export(model, stage: Path, prepared: Prepared, best_row: dict[str, Any], state,
-            val_set) -> tuple[ModelCard, float]:
+@dataclass
+class Validation:
+    metrics: dict[str, ClassMetrics]
+    matrix: list[list[int]] | None
+    baseline: float | None
+    warnings: list[str]
+
+
+# a best mean IoU within this of the majority-class baseline is reported as not learnt
+BASELINE_MARGIN = 0.05
+
+
+def train_pixels(prepared: Prepared) -> dict[str, int]:
+    """Labelled training pixels per class, from the tile manifests' class fractions."""
+    area = prepared.data.tile_size_px ** 2
+    totals: dict[str, float] = {}
+    for i in prepared.split.train:
+        for name, fraction in prepared.data.samples[i].class_fractions:
+            totals[name] = totals.get(name, 0.0) + fraction * area
+    return {name: int(round(v)) for name, v in totals.items()}
+
+
+def validation_summary(row: dict[str, Any], names: list[str], train: dict[str, int]) -> Validation:
+    """Per-class metrics, pixel counts and the warnings a reader needs, from one epoch's history row."""
+    matrix = row.get("confusion") or None
+    m = np.asarray(matrix, np.int64) if matrix else None
+    metrics, warnings = {}, []
+    baseline = None
+    for c, name in enumerate(names):
+        val = int(m[c].sum()) if m is not None else None
+        predicted = int(m[:, c].sum()) if m is not None else None
+        metrics[name] = ClassMetrics(dice=row["dice"][c], iou=row["iou"][c], train_pixels=train.get(name, 0),
+                                     val_pixels=val, predicted_pixels=predicted,
+                                     no_validation_pixels=val == 0, never_predicted=predicted == 0)
+    if m is not None and m.sum() > 0:
+        unscored = [n for n in names if metrics[n].no_validation_pixels]
+        if unscored:
+            warnings.append(f"class(es) {unscored} have no labelled validation pixels: they are not scored (null), "
+                            "and the mean IoU leaves them out")
+        never = [n for n in names if metrics[n].never_predicted and not metrics[n].no_validation_pixels]
+        if never:
+            warnings.append(f"the model never predicts class(es) {never} on the validation pixels")
+        rows = m.sum(1)
+        present = rows > 0
+        baseline = float(rows.max() / m.sum() / present.sum())
+        miou = row.get("mean_iou")
+        if miou is not None and miou <= baseline + BASELINE_MARGIN:
+            warnings.append(f"mean validation IoU {miou:.3f} is near what predicting the most common class "
+                            f"({names[int(rows.argmax())]}) everywhere gives ({baseline:.3f}): the model has "
+                            "not learnt to tell the classes apart")
+    return Validation(metrics, matrix, baseline, warnings)
+
+
+def _export(model, stage: Path, prepared: Prepared, best_row: dict[str, Any], state, val_set, *,
+            reproducibility: dict[str, Any]) -> tuple[ModelCard, float]:
     from .model import IMAGENET_MEAN, IMAGENET_STD, export_onnx, onnx_max_abs_diff
 
     config, data, split = prepared.config, prepared.data, prepared.split
@@ -304,12 +420,17 @@ def _export(model, stage: Path, prepared: Prepared, best_row: dict[str, Any], st
     opset = next((o.version for o in onnx.load(str(onnx_path), load_external_data=False).opset_import
                   if o.domain in ("", "ai.onnx")), config.onnx_opset)
     names = [c.name for c in data.classes.trainable]
-    metrics = {n: ClassMetrics(dice=d, iou=i) for n, d, i in zip(names, best_row["dice"], best_row["iou"], strict=True)}
+    validation = validation_summary(best_row, names, train_pixels(prepared))
+    metrics = validation.metrics
     weights = config.encoder_weights
     if weights is not None and Path(weights).exists():
         weights = f"file:{Path(weights).name}"
-    parameters = {"epochs_requested": config.epochs, "batch_size": config.batch_size, "lr": config.lr,
-                  "weight_decay": config.weight_decay, "optimizer": "AdamW", "schedule": "cosine per epoch",
+    parameters = {"epochs_requested": config.epochs, "time_limit_min": config.time_limit_min,
+                  "stopped_by_time_limit": state.stopped_by_time, "steps": state.step,
+                  "schedule_steps": state.total_steps, "batch_size": config.batch_size, "lr": config.lr,
+                  "weight_decay": config.weight_decay, "optimizer": "AdamW", "grad_clip": config.grad_clip,
+                  "schedule": "linear warmup (5% of the steps, at most 500), cosine decay to 1% per step",
+                  "sampling": config.sampling,
                   "val_fraction": config.val_fraction, "val_slides": config.val_slides,
                   "class_weights": config.class_weights, "augment": config.augment, "seed": config.seed,
                   "amp": config.amp, "early_stopping_patience": config.early_stopping_patience,
@@ -326,11 +447,14 @@ def _export(model, stage: Path, prepared: Prepared, best_row: dict[str, Any], st
         onnx=OnnxFile(file="model.onnx", sha256=sha256_of(onnx_path), opset=opset, max_abs_diff=diff),
         training=TrainingSummary(tilesets=[str(p) for p in config.tilesets], slides=data.slides,
                                  tiles=len(data.samples), epochs=state.epoch, best_epoch=state.best_epoch,
-                                 loss="cross-entropy + dice (ignore pixels skipped)", parameters=parameters),
+                                 loss="cross-entropy + smp DiceLoss over present classes (ignore pixels skipped)",
+                                 parameters=parameters),
         split=DataSplit(strategy=split.strategy, train_slides=split.train_slides, val_slides=split.val_slides,
                         train_tiles=len(split.train), val_tiles=len(split.val), block_size_px=split.block_size_px,
                         seed=config.seed),
-        metrics=metrics, mean_iou=best_row["mean_iou"],
+        metrics=metrics, mean_iou=best_row["mean_iou"], confusion_matrix=validation.matrix,
+        majority_baseline_mean_iou=validation.baseline, warnings=validation.warnings,
+        reproducibility=reproducibility,
     )
     json.dumps(card.model_dump(mode="json"))  # fail here, not in a reader, if anything is not JSON
     return card, diff

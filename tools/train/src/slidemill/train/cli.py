@@ -21,7 +21,7 @@ from slidemill.shared.cli import (
     version_option,
 )
 
-from .config import DEFAULT_ARCH, DEFAULT_ENCODER
+from .config import DEFAULT_ARCH, DEFAULT_ENCODER, DEFAULT_EPOCHS, DEFAULT_LR
 
 app = tool_app(
     "slidemill-train",
@@ -44,9 +44,16 @@ def main(
     encoder_weights: Annotated[str, typer.Option(
         "--encoder-weights", help="none (random), imagenet (downloaded by the library; needs internet once) or "
         "PATH of a local encoder state-dict file.")] = "none",
-    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Epochs (passes over the training tiles).")] = 50,
+    epochs: Annotated[int | None, typer.Option(
+        "--epochs", min=1, help=f"Epochs (passes over the training tiles) [default: {DEFAULT_EPOCHS}; with "
+        "--time-limit as many as fit, and --epochs is then an upper bound].", show_default=False)] = None,
+    time_limit: Annotated[float | None, typer.Option(
+        "--time-limit", min=0.01, help="Minutes of training (validation included) for this call: the learning-rate "
+        "schedule is fitted to the budget from the first steps' measured time and stops at its end; the best "
+        "checkpoint is kept. With --resume, the budget of the continued part.", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Tiles per optimisation step.")] = 8,
-    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (AdamW, cosine decay).")] = 1e-3,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (AdamW; linear warmup over 5% of "
+                                      "the steps, then cosine decay per step).")] = DEFAULT_LR,
     val_fraction: Annotated[float | None, typer.Option(
         "--val-fraction", min=0.0, max=1.0, help="Fraction of tiles held out for validation [default: 0.2].",
         show_default=False)] = None,
@@ -54,12 +61,20 @@ def main(
         "--val-slides", help="Slide name(s) to validate on, instead of --val-fraction (repeat the option or "
         "separate names by commas).", show_default=False)] = None,
     class_weights: Annotated[str, typer.Option(
-        "--class-weights", help="none, or auto: cross-entropy weights from the training tiles' class "
-        "fractions.")] = "none",
+        "--class-weights", help="auto: cross-entropy weights from the training tiles' class fractions "
+        "(median-frequency balancing), or none.")] = "auto",
+    sampling: Annotated[str, typer.Option(
+        "--sampling", help="balanced: tiles holding rare classes are drawn more often; uniform: every tile "
+        "once per epoch.")] = "balanced",
     augment: Annotated[str, typer.Option(
         "--augment", help="standard (flips, 90-degree rotations, H&E stain jitter, blur) or none.")] = "standard",
     device: DeviceOption = Device.auto,
-    amp: Annotated[bool, typer.Option("--amp", help="Mixed precision on CUDA (float16 autocast).")] = False,
+    amp: Annotated[bool | None, typer.Option(
+        "--amp/--no-amp", help="Mixed precision (float16 autocast) [default: on with CUDA, off on the CPU].",
+        show_default=False)] = None,
+    threads: Annotated[int, typer.Option(
+        "--threads", min=0, help="torch compute threads; 0 = torch's default (OMP_NUM_THREADS, else one per "
+        "core). Results are bitwise repeatable for one thread count, whatever --workers.")] = 0,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue from the last checkpoint of an interrupted (or finished) run into --out.")] = False,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of every random choice.")] = 0,
@@ -88,7 +103,8 @@ def main(
             raise InputError("--val-fraction and --val-slides were both given",
                              fix="Give one: a fraction of tiles, or the slides to validate on")
         values = {"tilesets": tilesets, "out": out, "arch": arch, "encoder": encoder,
-                  "encoder_weights": encoder_weights, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                  "encoder_weights": encoder_weights, "epochs": epochs, "time_limit_min": time_limit,
+                  "batch_size": batch_size, "lr": lr, "sampling": sampling, "threads": threads,
                   "val_slides": names, "class_weights": class_weights, "augment": augment,
                   "device": device.value, "amp": amp, "resume": resume, "seed": seed, "workers": workers,
                   "early_stopping_patience": early_stopping_patience, "overwrite": overwrite}

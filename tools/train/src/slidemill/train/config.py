@@ -7,8 +7,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-DEFAULT_ARCH = "unet"
-DEFAULT_ENCODER = "efficientnet-b0"
+DEFAULT_ARCH = "fpn"
+DEFAULT_ENCODER = "resnet18"
+DEFAULT_LR = 3e-3
+DEFAULT_EPOCHS = 50  # without --time-limit
+MAX_EPOCHS = 100_000
 
 
 class TrainConfig(BaseModel):
@@ -22,19 +25,32 @@ class TrainConfig(BaseModel):
     encoder_weights: str | None = Field(
         None, description="None (random init), 'imagenet' (downloaded by the library, needs internet) or a "
         "local state-dict file of the encoder")
-    epochs: int = Field(50, ge=1, le=100_000, description="number of epochs (passes over the training tiles)")
+    epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="number of epochs (passes over the training "
+                               "tiles); None: 50, or with time_limit_min as many as the budget fits")
+    time_limit_min: float | None = Field(
+        None, gt=0, le=10_000_000, description="minutes of training (this call; validation included, export not): "
+        "the schedule is fitted to the budget from measured step times; epochs then is an upper bound")
     batch_size: int = Field(8, ge=1, le=4096, description="tiles per optimisation step")
-    lr: float = Field(1e-3, gt=0, le=10, description="peak learning rate of AdamW (cosine decay per epoch)")
+    lr: float = Field(DEFAULT_LR, gt=0, le=10, description="peak learning rate of AdamW (linear warmup over 5% of "
+                      "the steps, then cosine decay to 1% per step)")
+    grad_clip: float = Field(1.0, ge=0, description="clip the gradients' global L2 norm to this; 0 = no clipping")
     weight_decay: float = Field(1e-4, ge=0, le=1, description="AdamW weight decay")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="fraction of tiles held out for validation")
     val_slides: list[str] = Field(default_factory=list,
                                   description="slide names to validate on (instead of --val-fraction)")
     class_weights: Literal["none", "auto"] = Field(
-        "none", description="auto: cross-entropy weights from the training tiles' class fractions")
+        "auto", description="auto: cross-entropy weights from the training tiles' class fractions")
     augment: Literal["standard", "none"] = Field(
         "standard", description="standard: flips, 90-degree rotations, H&E stain/colour jitter, blur")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto uses CUDA when present")
-    amp: bool = Field(False, description="mixed precision (float16 autocast + gradient scaling) on CUDA")
+    amp: bool | None = Field(None, description="mixed precision (float16 autocast + gradient scaling) on CUDA; "
+                             "None: on for CUDA, off on the CPU")
+    sampling: Literal["balanced", "uniform"] = Field(
+        "balanced", description="balanced: tiles holding rare classes are drawn more often (each epoch as many "
+        "draws as tiles, with replacement); uniform: every tile once per epoch")
+    threads: int = Field(0, ge=0, le=1024, description="torch compute threads; 0 = torch's default "
+                         "(OMP_NUM_THREADS, else one per core). Never follows workers, so the same seed gives the "
+                         "same model whatever the worker count")
     resume: bool = Field(False, description="continue from the last checkpoint of an interrupted (or finished) run")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of every random generator (split, order, "
                       "augmentation, initialisation)")
@@ -58,6 +74,12 @@ class TrainConfig(BaseModel):
     @classmethod
     def _arch(cls, value: str) -> str:
         return value.strip().lower()
+
+    @property
+    def max_epochs(self) -> int:
+        if self.epochs is not None:
+            return self.epochs
+        return MAX_EPOCHS if self.time_limit_min is not None else DEFAULT_EPOCHS
 
     @model_validator(mode="after")
     def _unique(self) -> TrainConfig:

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "slidemill-train-checkpoint/1"
 # what must be the same for a checkpoint to continue: the network and what it learns from
-OPTIMIZER_SETTINGS = ("lr", "weight_decay")  # restored with the optimiser's state on resume
+OPTIMIZER_SETTINGS = ("weight_decay",)  # restored with the optimiser's state on resume (the lr is set per step)
 IDENTITY_KEYS = ("arch", "encoder", "num_classes", "classes", "tile_size_px", "mpp")
 
 
@@ -119,6 +119,24 @@ def check_compatible(payload: dict[str, Any], identity: dict[str, Any], path: Pa
     return messages
 
 
+def lr_at(step: int, total_steps: int, peak: float, *, warmup_steps: int, final_fraction: float = 0.01) -> float:
+    """The learning rate of optimisation step `step` (0-based) of a run of `total_steps` steps.
+
+    Linear warmup from peak/warmup_steps to `peak` over the first `warmup_steps` steps, then a cosine
+    decay to `final_fraction * peak` at the last step (steps past the end stay there)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    decay = max(1, total_steps - warmup_steps)
+    t = min(1.0, (step - warmup_steps) / decay)
+    floor = peak * final_fraction
+    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def warmup_steps_for(total_steps: int, *, fraction: float = 0.05, cap: int = 500) -> int:
+    """5% of the run, at least 1 step, at most 500 (long runs need no longer warmup)."""
+    return max(1, min(cap, int(round(total_steps * fraction))))
+
+
 @dataclass
 class EpochRow:
     epoch: int
@@ -131,6 +149,9 @@ class EpochRow:
     dice: list[float | None]
     iou: list[float | None]
     train_tiles_per_s: float
+    steps: int = 0
+    seconds: float = 0.0
+    confusion: list[list[int]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -138,60 +159,139 @@ class EpochRow:
 
 @dataclass
 class FitState:
-    epoch: int = 0  # epochs completed
+    epoch: int = 0  # epochs completed (a time-limited run's last one may be partial)
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int | None = None
     best_mean_iou: float | None = None
     since_best: int = 0
     stopped_early: bool = False
+    step: int = 0  # optimisation steps taken
+    total_steps: int = 0  # the schedule's length
+    stopped_by_time: bool = False
+
+
+@dataclass
+class Budget:
+    """A time budget for one call of `fit`: the schedule is fitted to it from measured step times.
+
+    `seconds` of wall time from `started` (time.monotonic()). The plan is made after the first few
+    steps (step time measured, validation estimated at a third of a training step per batch) and
+    made again after every epoch from the measured epoch times, so a machine that gets slower or
+    faster moves the end of the schedule instead of cutting it off."""
+
+    seconds: float
+    started: float = field(default_factory=time.monotonic)
+    step_s: float | None = None
+    overhead_s: float | None = None  # per epoch: validation and checkpoints
+
+    def remaining(self) -> float:
+        return self.seconds - (time.monotonic() - self.started)
+
+    def plan(self, done_steps: int, steps_per_epoch: int, max_steps: int, *, val_batches: int,
+             in_epoch: int = 0) -> int:
+        """Total steps of the schedule, given `done_steps`, of which `in_epoch` in the current epoch."""
+        step_s = max(self.step_s or 0.0, 1e-6)
+        overhead = self.overhead_s if self.overhead_s is not None else val_batches * step_s / 3.0
+        remaining = self.remaining()
+        # the rest of the current epoch, then whole epochs, then a partial one; each ends with a validation
+        left_here = steps_per_epoch - in_epoch
+        steps = 0
+        while True:
+            chunk = left_here if steps == 0 else steps_per_epoch
+            cost = chunk * step_s + overhead
+            if cost <= remaining:
+                steps += chunk
+                remaining -= cost
+                continue
+            partial = int((remaining - overhead) / step_s)
+            steps += max(0, partial)
+            break
+        return max(done_steps + 1, min(max_steps, done_steps + steps))
 
 
 class Trainer:
-    """Owns the model, optimiser, scheduler and scaler of one run and writes its checkpoints."""
+    """Owns the model, optimiser, learning-rate schedule and scaler of one run and writes its checkpoints.
+
+    The learning rate is set before every optimisation step from `lr_at(step, total_steps)` (warmup,
+    then cosine decay over the run's length, per step); gradients are clipped to `grad_clip` (L2 norm
+    over all parameters) before the step."""
 
     def __init__(self, model: nn.Module, *, num_classes: int, mean: tuple, std: tuple, device: torch.device,
-                 lr: float, weight_decay: float, epochs: int, amp: bool, class_weights: np.ndarray | None):
+                 lr: float, weight_decay: float, amp: bool, class_weights: np.ndarray | None,
+                 grad_clip: float = 1.0, channels_last: bool | None = None):
         self.device = device
         self.num_classes = num_classes
+        self.channels_last = device.type == "cuda" if channels_last is None else channels_last
         self.model = model.to(device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.normalize = Normalized(mean, std).to(device)
         weight = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
         self.loss = CrossEntropyDiceLoss(num_classes, weight).to(device)
+        self.peak_lr = lr
+        self.grad_clip = grad_clip
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=epochs, eta_min=lr * 0.01)
         self.amp = amp and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.step_count = 0
+        self.total_steps = 1
+        self.warmup_steps = 1
+
+    def set_schedule(self, total_steps: int) -> None:
+        self.total_steps = max(1, int(total_steps))
+        self.warmup_steps = warmup_steps_for(self.total_steps)
+
+    def current_lr(self) -> float:
+        return lr_at(self.step_count, self.total_steps, self.peak_lr, warmup_steps=self.warmup_steps)
 
     # --- one step, one epoch -------------------------------------------------------------------
 
     def _to_device(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         nb = self.device.type == "cuda"
         images = self.normalize(images.to(self.device, non_blocking=nb))
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return images, masks.to(self.device, non_blocking=nb).long()
 
     def step(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[float, float, float]:
-        """Forward, backward and update on one batch already on the device (normalised float, long)."""
+        """Forward, backward, clipping and update on one batch already on the device (normalised float, long)."""
+        lr = self.current_lr()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
             logits = self.model(images)
         loss, ce, dice = self.loss(logits, masks)
         self.scaler.scale(loss).backward()
+        if self.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.step_count += 1
         return float(loss.detach()), float(ce), float(dice)
 
-    def train_epoch(self, loader, *, description: str = "training") -> tuple[float, float, float, int, float]:
+    def train_epoch(self, loader, *, description: str = "training", stop_at: int | None = None,
+                    on_step: Callable[[int, float], None] | None = None) -> tuple[float, float, float, int, float]:
+        """One pass over `loader`, ending early once `step_count` reaches `stop_at` (or `self.total_steps`
+        as `on_step` moves it). `on_step(steps_in_epoch, seconds)` is called after every step."""
         self.model.train()
         totals = np.zeros(3)
         tiles = 0
         t0 = time.perf_counter()
+        steps = 0
         with Progress(len(loader), description, "batches", interval_s=30.0) as progress:
             for images, masks in loader:
+                if self.step_count >= (stop_at if stop_at is not None else self.total_steps):
+                    break
                 images, masks = self._to_device(images, masks)
                 n = images.shape[0]
                 totals += np.array(self.step(images, masks)) * n
                 tiles += n
+                steps += 1
                 progress.advance()
+                if on_step is not None:
+                    on_step(steps, time.perf_counter() - t0)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
@@ -220,47 +320,98 @@ class Trainer:
     def payload(self, state: FitState, identity: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         return {"format": CHECKPOINT_FORMAT, "identity": identity, "split": identity.get("split"),
                 "epoch": state.epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng_state(),
+                "schedule": {"step": self.step_count, "total_steps": self.total_steps},
+                "scaler": self.scaler.state_dict(), "rng": rng_state(),
                 "history": state.history, "best_epoch": state.best_epoch, "best_mean_iou": state.best_mean_iou,
-                "since_best": state.since_best, "stopped_early": state.stopped_early, **extra}
+                "since_best": state.since_best, "stopped_early": state.stopped_early,
+                "stopped_by_time": state.stopped_by_time, **extra}
 
-    def restore(self, payload: dict[str, Any], *, epochs: int) -> FitState:
+    def restore(self, payload: dict[str, Any]) -> FitState:
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
-        self.scheduler.load_state_dict(payload["scheduler"])
-        if self.scheduler.T_max != epochs:
-            log.warning("the checkpoint's learning-rate schedule spans %d epochs, now %d: the schedule is stretched "
-                        "and the result will differ from an uninterrupted %d-epoch run", self.scheduler.T_max,
-                        epochs, epochs)
-            self.scheduler.T_max = epochs
+        schedule = payload.get("schedule") or {}
+        self.step_count = int(schedule.get("step", 0))
+        self.total_steps = max(1, int(schedule.get("total_steps", 1)))
         if payload.get("scaler"):
             self.scaler.load_state_dict(payload["scaler"])
         set_rng_state(payload["rng"])
         return FitState(epoch=int(payload["epoch"]), history=list(payload["history"]),
                         best_epoch=payload.get("best_epoch"), best_mean_iou=payload.get("best_mean_iou"),
-                        since_best=int(payload.get("since_best", 0)), stopped_early=bool(payload.get("stopped_early")))
+                        since_best=int(payload.get("since_best", 0)), stopped_early=bool(payload.get("stopped_early")),
+                        step=self.step_count, total_steps=self.total_steps,
+                        stopped_by_time=bool(payload.get("stopped_by_time")))
+
+
+# steps timed before the first plan of a time-limited run (the first step, with its one-off costs, is not)
+PLAN_AFTER_STEPS = 4
+REPLAN_EVERY_STEPS = 10  # and again every 10 steps of an epoch, as the machine's load changes
 
 
 def fit(trainer: Trainer, state: FitState, *, train_loader, train_sampler, train_generator, val_loader,
         epochs: int, patience: int, seed: int, checkpoint_dir: Path, identity: dict[str, Any],
-        class_names: list[str], on_epoch: Callable[[EpochRow], None] | None = None) -> FitState:
-    """Train from `state.epoch` to `epochs` (or early stop), writing last.pt (and best.pt) after every epoch."""
+        class_names: list[str], budget: Budget | None = None,
+        on_epoch: Callable[[EpochRow], None] | None = None) -> FitState:
+    """Train from `state.epoch` for at most `epochs` epochs in all, writing last.pt (and best.pt) after every
+    epoch; early stopping after `patience` epochs without a better mean validation IoU (0 = never).
+
+    Without a budget the schedule spans `epochs` whole epochs. With one, it spans what the budget fits
+    (at most `epochs`), planned from measured step times and re-planned after every epoch; the last
+    epoch may be cut short so that its validation still ends within the budget."""
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    while state.epoch < epochs and not state.stopped_early:
+    steps_per_epoch = max(1, len(train_loader))
+    val_batches = len(val_loader)
+    max_steps = epochs * steps_per_epoch
+    if budget is None:
+        trainer.set_schedule(max_steps)
+    else:
+        # until the first plan: a schedule as long as --epochs allows (the warmup is what the first steps see)
+        trainer.set_schedule(max(trainer.step_count + 1, min(max_steps, trainer.total_steps if state.step else
+                                                             max_steps)))
+    state.total_steps = trainer.total_steps
+    planned = {"first": budget is None}
+
+    def on_step(in_epoch: int, seconds: float) -> None:
+        if budget is None:
+            return
+        if in_epoch == 1:
+            first_step_s[0] = seconds
+        elif in_epoch > PLAN_AFTER_STEPS:
+            # this epoch's mean step time (its first step, with the loader's start, left out)
+            budget.step_s = (seconds - first_step_s[0]) / (in_epoch - 1)
+            if not planned["first"] or in_epoch % REPLAN_EVERY_STEPS == 0:
+                trainer.set_schedule(budget.plan(trainer.step_count, steps_per_epoch, max_steps,
+                                                 val_batches=val_batches, in_epoch=in_epoch))
+            if not planned["first"]:
+                planned["first"] = True
+                log.info("time limit: about %.2f s per step, so the schedule spans %d steps (%.1f epochs of %d)",
+                         budget.step_s, trainer.total_steps, trainer.total_steps / steps_per_epoch,
+                         steps_per_epoch)
+        # a hard stop, whatever the plan said: leave time for this epoch's validation
+        overhead = budget.overhead_s if budget.overhead_s is not None else val_batches * (budget.step_s or 0) / 3
+        if budget.remaining() < overhead + (budget.step_s or 0):
+            trainer.total_steps = min(trainer.total_steps, trainer.step_count)
+
+    first_step_s = [0.0]
+    while state.epoch < epochs and not state.stopped_early and trainer.step_count < trainer.total_steps:
         epoch = state.epoch + 1
         train_sampler.set_epoch(epoch)
         train_generator.manual_seed(seed * 100_003 + epoch)
-        lr = float(trainer.optimizer.param_groups[0]["lr"])
-        loss, ce, dice_loss, tiles, seconds = trainer.train_epoch(train_loader, description=f"epoch {epoch}/{epochs}")
+        lr = trainer.current_lr()
+        epoch_start = time.monotonic()
+        steps_before = trainer.step_count
+        loss, ce, dice_loss, tiles, seconds = trainer.train_epoch(
+            train_loader, description=f"epoch {epoch}/{epochs if budget is None else '?'}", on_step=on_step)
         if not math.isfinite(loss):
             raise InputError(f"training diverged: the loss became {loss} in epoch {epoch}", path=checkpoint_dir,
-                             fix=f"Start again with a lower --lr (now {trainer.optimizer.defaults['lr']:g})"
+                             fix=f"Start again with a lower --lr (now {trainer.peak_lr:g})"
                              + (" or without --amp" if trainer.amp else ""))
+        steps = trainer.step_count - steps_before
+        t_val = time.monotonic()
         val_loss, matrix = trainer.evaluate(val_loader)
-        trainer.scheduler.step()
         dice, iou = scores(matrix)
         miou = mean_iou(iou)
-        row = EpochRow(epoch, lr, loss, ce, dice_loss, val_loss, miou, dice, iou, tiles / max(seconds, 1e-9))
+        row = EpochRow(epoch, lr, loss, ce, dice_loss, val_loss, miou, dice, iou, tiles / max(seconds, 1e-9),
+                       steps=steps, seconds=round(seconds, 3), confusion=matrix.astype(int).tolist())
         state.history.append(row.as_dict())
         state.epoch = epoch
         improved = miou is not None and (state.best_mean_iou is None or miou > state.best_mean_iou)
@@ -271,19 +422,37 @@ def fit(trainer: Trainer, state: FitState, *, train_loader, train_sampler, train
         if patience and state.since_best >= patience and epoch < epochs:
             state.stopped_early = True
         per_class = ", ".join(f"{n} {v:.3f}" for n, v in zip(class_names, iou, strict=True) if v is not None)
-        log.info("epoch %d/%d: train loss %.4f, val loss %s, mean IoU %s (%s), %.1f tiles/s%s", epoch, epochs, loss,
-                 "n/a" if val_loss is None else f"{val_loss:.4f}", "n/a" if miou is None else f"{miou:.4f}",
-                 per_class or "no labelled validation pixels", row.train_tiles_per_s,
-                 ", best so far" if state.best_epoch == epoch else "")
+        log.info("epoch %d: %d step(s), lr %.3g, train loss %.4f, val loss %s, mean IoU %s (%s), %.1f tiles/s%s",
+                 epoch, steps, lr, loss, "n/a" if val_loss is None else f"{val_loss:.4f}",
+                 "n/a" if miou is None else f"{miou:.4f}", per_class or "no labelled validation pixels",
+                 row.train_tiles_per_s, ", best so far" if state.best_epoch == epoch else "")
+        state.step = trainer.step_count
+        state.total_steps = trainer.total_steps
         payload = trainer.payload(state, identity, {})
         if state.best_epoch == epoch:
             save_checkpoint(checkpoint_dir / "best.pt", payload)
         save_checkpoint(checkpoint_dir / "last.pt", payload)
+        if budget is not None:
+            if steps:
+                budget.step_s = seconds / steps
+            budget.overhead_s = time.monotonic() - t_val
+            if trainer.step_count < trainer.total_steps:
+                trainer.set_schedule(budget.plan(trainer.step_count, steps_per_epoch, max_steps,
+                                                 val_batches=val_batches))
+            if trainer.step_count >= trainer.total_steps or budget.remaining() <= 0:
+                state.stopped_by_time = trainer.step_count < max_steps
+            log.debug("epoch %d took %.1f s; %.0f s of the budget left", epoch, time.monotonic() - epoch_start,
+                      budget.remaining())
         if on_epoch is not None:
             on_epoch(row)
         if state.stopped_early:
             log.info("early stopping: no better mean validation IoU for %d epoch(s) (best %.4f at epoch %d)",
                      patience, state.best_mean_iou or 0.0, state.best_epoch)
+    if budget is not None and state.stopped_by_time:
+        log.info("time limit: stopped after %d step(s) in %d epoch(s), at the end of the fitted schedule",
+                 trainer.step_count, state.epoch)
+    state.step = trainer.step_count
+    state.total_steps = trainer.total_steps
     return state
 
 

@@ -72,10 +72,17 @@ class TileDataset(Dataset):
 
 
 class EpochSampler(Sampler):
-    """Yields (tile index, epoch); the order is a permutation drawn from (seed, epoch), or 0..n-1."""
+    """Yields (tile index, epoch). The order is drawn from (seed, epoch): a permutation, or with `weights`
+    (one per tile, > 0) `size` draws with replacement in proportion to them; without shuffling, 0..n-1."""
 
-    def __init__(self, size: int, *, seed: int, shuffle: bool):
+    def __init__(self, size: int, *, seed: int, shuffle: bool, weights: np.ndarray | None = None):
         self.size, self.seed, self.shuffle, self.epoch = size, seed, shuffle, 0
+        self.p = None
+        if weights is not None:
+            w = np.asarray(weights, np.float64)
+            if w.shape != (size,) or not np.all(w > 0):
+                raise ValueError("sampling weights must be one positive number per tile")
+            self.p = w / w.sum()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -84,11 +91,30 @@ class EpochSampler(Sampler):
         return self.size
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, 3, self.epoch]).permutation(self.size)
+        rng = np.random.default_rng([self.seed, 3, self.epoch])
+        if self.shuffle and self.p is not None:
+            order = rng.choice(self.size, size=self.size, replace=True, p=self.p)
+        elif self.shuffle:
+            order = rng.permutation(self.size)
         else:
             order = np.arange(self.size)
         return iter([(int(i), self.epoch) for i in order])
+
+
+def balanced_tile_weights(fractions: Sequence[dict[str, float]], class_names: Sequence[str]) -> np.ndarray:
+    """Repeat-factor weights (after Gupta et al., LVIS, 2019): a tile's weight is 1/sqrt(f) of its rarest class,
+    f being the fraction of tiles holding that class (labelled pixels > 0). A class on half the tiles
+    weighs sqrt(2), one on 1% of them 10; tiles without labelled pixels keep the smallest weight.
+
+    `fractions`: per tile, class name -> fraction of the tile's pixels (the tileset manifest's numbers)."""
+    n = len(fractions)
+    holds = np.array([[fr.get(name, 0.0) > 0 for name in class_names] for fr in fractions], bool).reshape(
+        n, len(class_names))
+    f = holds.mean(0) if n else np.zeros(len(class_names))
+    factor = np.where(f > 0, 1.0 / np.sqrt(np.maximum(f, 1e-12)), 0.0)
+    weights = (holds * factor).max(1) if len(class_names) else np.ones(n)
+    floor = weights[weights > 0].min() if np.any(weights > 0) else 1.0
+    return np.where(weights > 0, weights, floor)
 
 
 def _worker_init(worker_id: int) -> None:
@@ -100,8 +126,9 @@ def _worker_init(worker_id: int) -> None:
 
 
 def make_loader(dataset: TileDataset, *, batch_size: int, shuffle: bool, seed: int, workers: int,
-                pin_memory: bool) -> tuple[DataLoader, EpochSampler, torch.Generator]:
-    sampler = EpochSampler(len(dataset), seed=seed, shuffle=shuffle)
+                pin_memory: bool, weights: np.ndarray | None = None
+                ) -> tuple[DataLoader, EpochSampler, torch.Generator]:
+    sampler = EpochSampler(len(dataset), seed=seed, shuffle=shuffle, weights=weights)
     generator = torch.Generator()
     generator.manual_seed(seed)
     # a last batch of one tile breaks batch norm in training; drop the remainder when there is more than one batch

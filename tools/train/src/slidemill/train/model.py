@@ -124,18 +124,42 @@ def load_encoder_weights(model: nn.Module, path: Path) -> None:
     log.info("loaded encoder weights from %s", path)
 
 
+def _present_class_dice():
+    """smp's multiclass DiceLoss, averaged over the classes present in the batch's labels.
+
+    smp zeroes the loss of a class without labelled pixels and then takes the mean over *all* classes,
+    so with sparse annotation (a batch often holds one or two of many classes) its Dice term shrinks by
+    present/total and the balance between cross-entropy and Dice changes from batch to batch; the mean
+    over present classes keeps the Dice term on one scale (tests/train/test_model.py shows the two apart).
+    """
+    import segmentation_models_pytorch as smp
+
+    class PresentClassDiceLoss(smp.losses.DiceLoss):
+        def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+            num_classes = y_pred.shape[1]
+            labelled = y_true[y_true != IGNORE_LABEL]
+            present = int(torch.bincount(labelled.reshape(-1), minlength=num_classes).gt(0).sum())
+            if present == 0:
+                return y_pred.sum() * 0.0
+            return super().forward(y_pred, y_true) * (num_classes / present)
+
+    return PresentClassDiceLoss
+
+
 class CrossEntropyDiceLoss(nn.Module):
     """Cross-entropy + (1 - soft Dice), both over labelled pixels only (label 255 is ignored).
 
-    The Dice term is the mean over the classes present in the batch's labels; a batch without any
-    labelled pixel contributes zero loss (and zero gradient).
+    The Dice term is segmentation-models-pytorch's multiclass `DiceLoss` (ignore_index 255, smooth 1)
+    averaged over the classes present in the batch's labels; a batch without any labelled pixel
+    contributes zero loss (and zero gradient). Returns (total, cross-entropy, Dice loss), scalars.
     """
 
     def __init__(self, num_classes: int, weight: torch.Tensor | None = None, smooth: float = 1.0):
         super().__init__()
         self.num_classes = num_classes
-        self.smooth = smooth
         self.register_buffer("weight", weight if weight is not None else torch.ones(num_classes))
+        self.dice = _present_class_dice()(mode="multiclass", from_logits=True, smooth=smooth,
+                                          ignore_index=IGNORE_LABEL)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = logits.float()
@@ -144,17 +168,7 @@ class CrossEntropyDiceLoss(nn.Module):
             zero = logits.sum() * 0.0
             return zero, zero.detach(), zero.detach()
         ce = F.cross_entropy(logits, target, weight=self.weight, ignore_index=IGNORE_LABEL)
-        probs = logits.softmax(dim=1)
-        safe = torch.where(valid, target, torch.zeros_like(target))
-        onehot = F.one_hot(safe, self.num_classes).permute(0, 3, 1, 2).to(probs.dtype)
-        v = valid.unsqueeze(1).to(probs.dtype)
-        probs, onehot = probs * v, onehot * v
-        dims = (0, 2, 3)
-        intersection = (probs * onehot).sum(dims)
-        cardinality = probs.sum(dims) + onehot.sum(dims)
-        dice = (2 * intersection + self.smooth) / (cardinality + self.smooth)
-        present = onehot.sum(dims) > 0
-        dice_loss = 1 - dice[present].mean()
+        dice_loss = self.dice(logits, target)
         return ce + dice_loss, ce.detach(), dice_loss.detach()
 
 
@@ -167,23 +181,27 @@ def confusion(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> tor
 
 
 def scores(matrix: np.ndarray) -> tuple[list[float | None], list[float | None]]:
-    """Per-class Dice and IoU from a confusion matrix; None where the class is neither present nor predicted."""
-    tp = np.diag(matrix).astype(np.float64)
-    fp = matrix.sum(0) - tp
-    fn = matrix.sum(1) - tp
-    dice, iou = [], []
-    for c in range(len(tp)):
-        union = tp[c] + fp[c] + fn[c]
-        if union == 0:
-            dice.append(None)
-            iou.append(None)
-        else:
-            iou.append(float(tp[c] / union))
-            dice.append(float(2 * tp[c] / (2 * tp[c] + fp[c] + fn[c])))
-    return dice, iou
+    """Per-class Dice and IoU (smp.metrics' f1_score and iou_score on the matrix's tp/fp/fn/tn).
+
+    None where the class has no labelled pixel in the truth: its score is unknown, not 0 (a class that
+    is only predicted, never present, has nothing to be right about; its false positives still lower
+    the other classes' scores)."""
+    import segmentation_models_pytorch as smp
+
+    m = torch.as_tensor(np.asarray(matrix), dtype=torch.int64)
+    tp = torch.diagonal(m)
+    fp = m.sum(0) - tp
+    fn = m.sum(1) - tp
+    tn = m.sum() - tp - fp - fn
+    iou = smp.metrics.iou_score(tp, fp, fn, tn, reduction="none", zero_division=0.0)
+    dice = smp.metrics.f1_score(tp, fp, fn, tn, reduction="none", zero_division=0.0)
+    present = (tp + fn) > 0
+    return ([float(d) if ok else None for d, ok in zip(dice.tolist(), present.tolist(), strict=True)],
+            [float(i) if ok else None for i, ok in zip(iou.tolist(), present.tolist(), strict=True)])
 
 
 def mean_iou(iou: list[float | None]) -> float | None:
+    """Mean over the classes with validation pixels (None entries are left out, not counted as 0)."""
     values = [v for v in iou if v is not None]
     return float(np.mean(values)) if values else None
 

@@ -73,3 +73,44 @@ def write_curves(path: Path, history: list[dict[str, Any]], class_names: list[st
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", metadata={"Software": None})
     write_bytes_atomic(path, buffer.getvalue())
+
+
+def confusion_csv(matrix: list[list[int]], class_names: list[str]) -> str:
+    """Rows: truth, columns: prediction (validation pixels), with row totals."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["truth \\ predicted", *class_names, "total"])
+    for name, row in zip(class_names, matrix, strict=True):
+        writer.writerow([name, *[str(v) for v in row], str(sum(row))])
+    return buffer.getvalue()
+
+
+def write_confusion(folder: Path, matrix: list[list[int]], class_names: list[str], *, title: str) -> None:
+    """confusion.csv (counts) and confusion.png (counts, each row shaded by the fraction of its truth)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    write_text_atomic(folder / "confusion.csv", confusion_csv(matrix, class_names))
+    m = np.asarray(matrix, np.float64)
+    rows = m.sum(1, keepdims=True)
+    share = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    n = len(class_names)
+    fig = Figure(figsize=(2.2 + 1.1 * n, 1.6 + 0.9 * n), dpi=100)
+    ax = fig.subplots()
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{int(m[i, j])}\n{share[i, j]:.0%}" if rows[i, 0] else "-", ha="center", va="center",
+                    fontsize=8, color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xticks(range(n), class_names, rotation=30, ha="right")
+    ax.set_yticks(range(n), [f"{name} ({int(rows[i, 0])} px)" for i, name in enumerate(class_names)])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("truth (validation pixels)")
+    ax.set_title(title)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    write_bytes_atomic(folder / "confusion.png", buffer.getvalue())
