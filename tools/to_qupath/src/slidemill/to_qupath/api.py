@@ -34,13 +34,13 @@ from slidemill.shared.report import ReportBuilder
 from .config import ToQuPathConfig
 from .inputs import SlideGroup, find_slide, group_by_slide
 from .project import (
-    GEOJSON_DIR,
     SCRIPT_FILE,
     Project,
     add_images,
     class_colour_conflicts,
     import_command,
     merged_classes,
+    objects_file,
     open_project,
     save_project,
 )
@@ -196,8 +196,8 @@ def run(config: ToQuPathConfig, *, argv: list[str] | None = None) -> ToQuPathRes
         if project is not None:
             with report.timed("project"):
                 try:
-                    for group in groups:
-                        target = project.folder / GEOJSON_DIR / f"{group.stem}.geojson"
+                    for group in groups:  # per entry ID: two images may have the same name
+                        target = project.folder / objects_file(entries[group.image_name])
                         _copy_plain(staging / f"{group.stem}{suffix}", target)
                         report.outputs.append(str(target))
                     written_files = save_project(project, merged_classes(project, colors))
