@@ -162,7 +162,7 @@ def test_the_project_lists_the_same_two_entries_and_keeps_qupaths_files(roundtri
     assert classes[:len(PROJECT_CLASSES)] == PROJECT_CLASSES  # the project's classes keep their colours
     # what slidemill added: its import script and one objects file per entry, nothing else
     added = sorted(set(after) - set(before))
-    assert added == ["geojson/1.geojson", "geojson/2.geojson", "scripts/import-slidemill.groovy"]
+    assert added == ["scripts/import-slidemill.groovy", "slidemill/objects/1.geojson", "slidemill/objects/2.geojson"]
 
 
 def test_each_entrys_import_loads_the_predictions_of_its_own_slide(roundtrip):
@@ -170,14 +170,14 @@ def test_each_entrys_import_loads_the_predictions_of_its_own_slide(roundtrip):
     from slidemill.to_qupath.project import IMPORT_SCRIPT
 
     root, project, _, slides, printed = roundtrip
-    # the import script loads PROJECT_BASE_DIR/geojson/<entry ID>.geojson for each entry
-    assert "buildFilePath(PROJECT_BASE_DIR, 'geojson', entry.getID() + '.geojson')" in IMPORT_SCRIPT
+    # the import script loads PROJECT_BASE_DIR/slidemill/objects/<entry ID>.geojson for each entry
+    assert "buildFilePath(PROJECT_BASE_DIR, 'slidemill', 'objects', entry.getID() + '.geojson')" in IMPORT_SCRIPT
     assert (project / "scripts" / "import-slidemill.groovy").read_text() == IMPORT_SCRIPT
     extents = {}
     for entry in read_project(project).images:
         entry_id = int(entry.entry_id)
         assert entry.slide == slides[entry_id] and entry.found_by == "relative to the project"
-        loaded = project / "geojson" / f"{entry_id}.geojson"
+        loaded = project / "slidemill" / "objects" / f"{entry_id}.geojson"
         assert file_problems(loaded) == []
         # the same bytes as that slide's own to-qupath output, whose chain started from that slide
         assert loaded.read_bytes() == (root / f"qupath-{entry_id}" / "scan.geojson").read_bytes()

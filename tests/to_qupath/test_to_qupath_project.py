@@ -33,10 +33,10 @@ def qpproj(project: Path) -> dict:
 
 
 def import_file(project: Path, entry: dict) -> Path:
-    """The file the import script loads for `entry`: it builds PROJECT_BASE_DIR/geojson/<entry ID>.geojson
+    """The file the import script loads for `entry`: it builds PROJECT_BASE_DIR/slidemill/objects/<entry ID>.geojson
     (checked line by line in test_new_project_is_what_qupath_writes)."""
-    assert "buildFilePath(PROJECT_BASE_DIR, 'geojson', entry.getID() + '.geojson')" in IMPORT_SCRIPT
-    return project / "geojson" / f"{entry['entryID']}.geojson"
+    assert "buildFilePath(PROJECT_BASE_DIR, 'slidemill', 'objects', entry.getID() + '.geojson')" in IMPORT_SCRIPT
+    return project / "slidemill" / "objects" / f"{entry['entryID']}.geojson"
 
 
 def test_new_project_is_what_qupath_writes(tmp_path, slide_files):
@@ -74,13 +74,14 @@ def test_new_project_is_what_qupath_writes(tmp_path, slide_files):
         copy = import_file(project, entry)
         assert copy.read_bytes() == slide_output.path.read_bytes()
         assert file_problems(copy) == []
-    assert sorted(p.name for p in (project / "geojson").iterdir()) == ["1.geojson", "2.geojson"]
+    assert sorted(p.name for p in (project / "slidemill" / "objects").iterdir()) == ["1.geojson", "2.geojson"]
 
     script = (project / "scripts" / "import-slidemill.groovy").read_text()
     assert script == IMPORT_SCRIPT
     for line in ("import qupath.lib.io.PathIO",
                  "def entry = getProjectEntry()",
-                 "def f = new File(buildFilePath(PROJECT_BASE_DIR, 'geojson', entry.getID() + '.geojson'))",
+                 "def f = new File(buildFilePath(PROJECT_BASE_DIR, 'slidemill', 'objects', "
+                 "entry.getID() + '.geojson'))",
                  'if (!f.exists()) { println "no objects for ${name} (entry ${entry.getID()})"; return }',
                  "def objects = PathIO.readObjects(f.toPath())", "addObjects(objects)", "resolveHierarchy()"):
         assert line in script
@@ -176,7 +177,7 @@ def test_project_given_as_its_qpproj_file(tmp_path, slide_files):
     convert(tmp_path, [ours(tmp_path / "a.geojson", "old.ndpi")], project / "project.qpproj")
     assert [e["entryID"] for e in qpproj(project)["images"]] == [3, 7]
     assert import_file(project, qpproj(project)["images"][0]).exists()  # old.ndpi is entry 3
-    assert sorted(p.name for p in (project / "geojson").iterdir()) == ["3.geojson"]
+    assert sorted(p.name for p in (project / "slidemill" / "objects").iterdir()) == ["3.geojson"]
 
 
 @pytest.mark.parametrize("damage", ["not json", "a list", "no entry id", "images not a list", "bad classes"])
@@ -235,7 +236,7 @@ def test_gzip_output_keeps_a_plain_copy_in_the_project(tmp_path, slide_files):
                      slides=[slide_files["slide-a.svs"]], gzip=True)
     assert result.slides[0].path.name == "slide-a.geojson.gz"
     assert file_problems(result.slides[0].path) == []
-    assert file_problems(tmp_path / "project" / "geojson" / "1.geojson") == []
+    assert file_problems(tmp_path / "project" / "slidemill" / "objects" / "1.geojson") == []
 
 
 def test_names_and_uris_as_java_and_qupath_write_them(tmp_path):
@@ -254,13 +255,13 @@ def test_names_and_uris_as_java_and_qupath_write_them(tmp_path):
 
 def test_a_new_project_stopped_part_way_can_be_finished(tmp_path, slide_files):
     project = tmp_path / "project"
-    (project / "geojson").mkdir(parents=True)
-    (project / "geojson" / "1.geojson").write_text("{}")  # what a stopped first run leaves
+    (project / "slidemill" / "objects").mkdir(parents=True)
+    (project / "slidemill" / "objects" / "1.geojson").write_text("{}")  # what a stopped first run leaves
     (project / "scripts").mkdir()
     (project / "scripts" / "import-slidemill.groovy").write_text("// half")
     convert(tmp_path, [ours(tmp_path / "a.geojson", "slide-a.svs")], project, slides=[slide_files["slide-a.svs"]])
     assert [e["imageName"] for e in qpproj(project)["images"]] == ["slide-a.svs"]
-    assert file_problems(project / "geojson" / "1.geojson") == []
+    assert file_problems(project / "slidemill" / "objects" / "1.geojson") == []
     assert (project / "scripts" / "import-slidemill.groovy").read_text() == IMPORT_SCRIPT
 
 
@@ -360,8 +361,8 @@ def test_two_images_of_the_same_name_each_get_their_own_objects(tmp_path):
         assert [s.entry_id for s in result.slides] == [{"a": 1, "b": 2}[sub]]
         assert result.warnings == []
     # the project is as QuPath left it: same bytes, same entries, data/ untouched
-    assert {k: v for k, v in snapshot(project).items() if not k.startswith(("geojson/", "scripts/", "classifiers/"))} \
-        == before
+    ours = ("slidemill/objects/", "scripts/", "classifiers/")
+    assert {k: v for k, v in snapshot(project).items() if not k.startswith(ours)} == before
     for entry, sub in zip(qpproj(project)["images"], SQUARES, strict=True):
         assert _boxes_of(import_file(project, entry)) == [tuple(round(v) for v in SQUARES[sub].geometry.bounds)]
     # a rerun of either changes nothing
@@ -421,3 +422,14 @@ def test_which_of_two_images_of_the_same_name_is_meant_must_be_known(tmp_path):
     with pytest.raises(InputError, match=r"entries 1, 2\) whose slides cannot be found"):
         convert(tmp_path, [preds["a"]], project, slides=[elsewhere])
     assert snapshot(project) == before and not (tmp_path / "out").exists()
+
+
+def test_objects_an_older_version_wrote_by_image_name_are_reported(tmp_path, slide_files):
+    project = _existing_project(tmp_path / "project", slide_files["old.ndpi"])
+    (project / "geojson").mkdir()
+    (project / "geojson" / "old.geojson").write_text('{"type": "FeatureCollection", "features": []}')
+    result = convert(tmp_path, [ours(tmp_path / "a.geojson", "old.ndpi")], project)
+    (warning,) = [w for w in result.warnings if "older slidemill-to-qupath" in w]
+    assert "geojson/old.geojson" in warning and "slidemill/objects/<entryID>.geojson" in warning
+    assert (project / "geojson" / "old.geojson").exists()  # reported, not deleted
+    assert import_file(project, qpproj(project)["images"][0]).exists()

@@ -39,6 +39,7 @@ from .project import (
     add_images,
     class_colour_conflicts,
     import_command,
+    legacy_object_files,
     merged_classes,
     objects_file,
     open_project,
@@ -165,6 +166,12 @@ def run(config: ToQuPathConfig, *, argv: list[str] | None = None) -> ToQuPathRes
         entries = add_images(project, slides)
         for warning in project.warnings + class_colour_conflicts(project, colors):
             report.warn(warning)
+        legacy = legacy_object_files(project)
+        if legacy:
+            report.warn(f"{project.folder}: {', '.join(legacy[:5])}{' and more' if len(legacy) > 5 else ''} were "
+                        "written by an older slidemill-to-qupath for the import by image name; the import script "
+                        "now loads slidemill/objects/<entryID>.geojson and no longer reads them (run "
+                        "slidemill-to-qupath again for those slides, then delete geojson/)")
         version = project.data.get("version")
         if not project.is_new and isinstance(version, str) and not version.startswith(config.qupath_version + "."):
             log.info("%s was written by QuPath %s; it keeps that version", project.qpproj, version)

@@ -9,7 +9,8 @@ see `find_entry`); `lastID` stays the largest ID ever given; the previous `proje
 new entries get a `randomizedName` derived from the project and the image, and the project file is
 only rewritten (with a new `modifyTimestamp`) when its content changes.
 `data/<entryID>/data.qpdata` is Java-serialized and never written: each image's objects are written to
-`geojson/<entryID>.geojson` (entry IDs are unique, image names need not be) and go in with the import
+`slidemill/objects/<entryID>.geojson` (entry IDs are unique, image names need not be) and go in with
+the import
 script (`scripts/import-slidemill.groovy`), run headless by QuPath, which loads each entry's file by
 `getProjectEntry().getID()`.
 """
@@ -41,7 +42,8 @@ PROJECT_FILE = "project.qpproj"
 BACKUP_FILE = "project.qpproj.backup"
 CLASSES_FILE = "classifiers/classes.json"
 SCRIPT_FILE = "scripts/import-slidemill.groovy"
-GEOJSON_DIR = "geojson"
+OBJECTS_DIR = "slidemill/objects"  # <entryID>.geojson, beside slidemill/annotations/ that the export writes
+LEGACY_GEOJSON_DIR = "geojson"  # <image name without extension>.geojson, before objects went by entry ID
 
 OPENSLIDE = "qupath.lib.images.servers.openslide.OpenslideServerBuilder"
 BIOFORMATS = "qupath.lib.images.servers.bioformats.BioFormatsServerBuilder"
@@ -52,16 +54,16 @@ DEFAULT_CLASSES = ["Tumor", "Stroma", "Immune cells", "Necrosis", "Other", "Regi
                    "Positive", "Negative"]
 
 IMPORT_SCRIPT = """\
-// Written by slidemill-to-qupath. Adds the objects of geojson/<entry ID>.geojson to each image of this
-// project (entry IDs are unique in a project; image names need not be). Run it headless for every
-// image, and save the results, with
+// Written by slidemill-to-qupath. Adds the objects of slidemill/objects/<entry ID>.geojson to each image
+// of this project (entry IDs are unique in a project; image names need not be). Run it headless for
+// every image, and save the results, with
 //   QuPath script --project=<this project's project.qpproj> --save <this script>
 // Running it again replaces the objects it added before (their ids are fixed), never duplicates them.
 import qupath.lib.io.PathIO
 
 def entry = getProjectEntry()
 def name = entry.getImageName()
-def f = new File(buildFilePath(PROJECT_BASE_DIR, 'geojson', entry.getID() + '.geojson'))
+def f = new File(buildFilePath(PROJECT_BASE_DIR, 'slidemill', 'objects', entry.getID() + '.geojson'))
 if (!f.exists()) { println "no objects for ${name} (entry ${entry.getID()})"; return }
 def objects = PathIO.readObjects(f.toPath())
 def ids = objects.collect { it.getID() } as Set
@@ -185,8 +187,8 @@ def _only_our_files(folder: Path) -> bool:
             continue
         relative = path.relative_to(folder).as_posix()
         ours = (relative in (CLASSES_FILE, SCRIPT_FILE)
-                or (relative.startswith(GEOJSON_DIR + "/") and relative.count("/") == 1
-                    and relative.endswith(".geojson"))
+                or (any(relative.startswith(d + "/") and relative.count("/") == d.count("/") + 1
+                        for d in (OBJECTS_DIR, LEGACY_GEOJSON_DIR)) and relative.endswith(".geojson"))
                 or (path.name.startswith(".") and path.name.endswith(".tmp")))
         if not ours:
             return False
@@ -240,8 +242,17 @@ def _read_classes(project: Project) -> None:
 
 def objects_file(entry: dict[str, Any]) -> str:
     """Where the import script looks for an entry's objects, relative to the project folder:
-    `geojson/<entryID>.geojson` (entry IDs are unique in a project; image names need not be)."""
-    return f"{GEOJSON_DIR}/{entry['entryID']}.geojson"
+    `slidemill/objects/<entryID>.geojson` (entry IDs are unique in a project; image names need not be)."""
+    return f"{OBJECTS_DIR}/{entry['entryID']}.geojson"
+
+
+def legacy_object_files(project: Project) -> list[str]:
+    """`geojson/*.geojson` files an older slidemill wrote for the import by image name (which the
+    import script no longer reads), relative to the project folder."""
+    folder = project.folder / LEGACY_GEOJSON_DIR
+    if project.is_new or not folder.is_dir():
+        return []
+    return sorted(f"{LEGACY_GEOJSON_DIR}/{p.name}" for p in folder.glob("*.geojson") if p.is_file())
 
 
 def _same_file(a: Path, b: Path) -> bool:
