@@ -10,9 +10,8 @@ new entries get a `randomizedName` derived from the project and the image, and t
 only rewritten (with a new `modifyTimestamp`) when its content changes.
 `data/<entryID>/data.qpdata` is Java-serialized and never written: each image's objects are written to
 `slidemill/objects/<entryID>.geojson` (entry IDs are unique, image names need not be) and go in with
-the import
-script (`scripts/import-slidemill.groovy`), run headless by QuPath, which loads each entry's file by
-`getProjectEntry().getID()`.
+the import script (`scripts/import-slidemill.groovy`), run headless by QuPath, which loads each entry's
+file by `getProjectEntry().getID()`.
 """
 
 from __future__ import annotations
