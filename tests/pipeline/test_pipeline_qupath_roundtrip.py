@@ -191,5 +191,7 @@ def test_each_entrys_import_loads_the_predictions_of_its_own_slide(roundtrip):
         prediction = json.loads((root / f"prediction-{entry_id}" / "prediction.json").read_text())
         assert (prediction["slide"]["width"], prediction["slide"]["height"]) == (w, h)
         assert printed[entry_id].startswith("QuPath script --project=") and "--save" in printed[entry_id]
+        (item,) = json.loads((root / f"qupath-{entry_id}" / "report.json").read_text())["items"]
+        assert (item["id"], item["outputs"]) == (str(entry_id), [str(loaded)])
     # the wide slide's objects reach past the tall slide's width, the tall one's past the wide one's height
     assert extents[1][2] > SLIDES[2][1] and extents[2][3] > SLIDES[1][2], extents

@@ -360,6 +360,12 @@ def test_two_images_of_the_same_name_each_get_their_own_objects(tmp_path):
         result = convert(tmp_path, [preds[sub]], project, slides=[slide], name=f"out-{sub}")
         assert [s.entry_id for s in result.slides] == [{"a": 1, "b": 2}[sub]]
         assert result.warnings == []
+        (item,) = json.loads((tmp_path / f"out-{sub}" / "report.json").read_text())["items"]
+        entry_id = {"a": "1", "b": "2"}[sub]
+        assert (item["id"], item["name"], item["status"]) == (entry_id, "scan.svs", "ok")
+        assert item["counts"] == {"features": 1}
+        assert item["outputs"] == [str(project.resolve() / "slidemill" / "objects" / f"{entry_id}.geojson")]
+        assert item["inputs"] == [str(preds[sub]), str(slide)]
     # the project is as QuPath left it: same bytes, same entries, data/ untouched
     ours = ("slidemill/objects/", "scripts/", "classifiers/")
     assert {k: v for k, v in snapshot(project).items() if not k.startswith(ours)} == before

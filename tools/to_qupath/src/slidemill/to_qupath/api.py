@@ -26,7 +26,7 @@ from slidemill.shared.annotations import (
 )
 from slidemill.shared.classes import QUPATH_COLORS
 from slidemill.shared.cli import Progress, package_version
-from slidemill.shared.contracts import Provenance
+from slidemill.shared.contracts import Provenance, ReportItem
 from slidemill.shared.errors import InputError, MissingInputError, OutputError
 from slidemill.shared.files import atomic_write, require_file, staged_dir
 from slidemill.shared.report import ReportBuilder
@@ -203,10 +203,16 @@ def run(config: ToQuPathConfig, *, argv: list[str] | None = None) -> ToQuPathRes
         if project is not None:
             with report.timed("project"):
                 try:
-                    for group in groups:  # per entry ID: two images may have the same name
-                        target = project.folder / objects_file(entries[group.image_name])
+                    for group, output in zip(groups, result.slides, strict=True):
+                        entry = entries[group.image_name]  # by entry ID: two images may have the same name
+                        target = project.folder / objects_file(entry)
                         _copy_plain(staging / f"{group.stem}{suffix}", target)
                         report.outputs.append(str(target))
+                        report.items.append(ReportItem(
+                            id=str(entry["entryID"]), name=group.image_name, status="ok",
+                            inputs=[str(i.path) for i in group.inputs] + ([str(group.slide_path)]
+                                                                          if group.slide_path else []),
+                            outputs=[str(target)], counts={"features": output.features}))
                     written_files = save_project(project, merged_classes(project, colors))
                 except PermissionError as exc:
                     raise OutputError(f"cannot be written ({exc.strerror})", path=exc.filename or project.folder,
