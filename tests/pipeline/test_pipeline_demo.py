@@ -26,7 +26,8 @@ def test_demo_runs_the_whole_pipeline_into_one_folder(tmp_path):
 
     project = json.loads((out / "qupath-project" / "project.qpproj").read_text())
     assert [image["imageName"] for image in project["images"]] == ["CMU-1-Small-Region.svs"]
-    assert (out / "qupath-project" / "geojson" / "CMU-1-Small-Region.geojson").is_file()
+    entry_id = project["images"][0]["entryID"]
+    assert (out / "qupath-project" / "slidemill" / "objects" / f"{entry_id}.geojson").is_file()
     previews = sorted(p.name for p in (out / "previews").glob("*.png"))
     assert previews == ["1-tiles-and-annotations.png", "2-training-curves.png", "3-prediction.png"]
     schema = json.loads((REPO / "schemas" / "report.schema.json").read_text())

@@ -211,7 +211,8 @@ def test_qupath_output_follows_qupaths_rules(pipeline):
         assert shape(feature["geometry"]).is_valid
     project = json.loads((pipeline.root / "project" / "project.qpproj").read_text())
     assert [image["imageName"] for image in project["images"]] == ["slide.tiff"]
-    assert (pipeline.root / "project" / "geojson" / "slide.geojson").is_file()
+    entry_id = project["images"][0]["entryID"]
+    assert (pipeline.root / "project" / "slidemill" / "objects" / f"{entry_id}.geojson").is_file()
 
 
 def test_run_local_goes_on_past_a_corrupt_slide(pipeline, tmp_path):

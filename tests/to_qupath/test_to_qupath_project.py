@@ -7,9 +7,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+from shapely.geometry import box, shape
 from to_qupath_helpers import ours, plain, polygon_feature, snapshot, square
 
 from slidemill.shared.errors import InputError
+from slidemill.shared.testing import SyntheticShape
 from slidemill.to_qupath import ToQuPathConfig, file_problems, run
 from slidemill.to_qupath.inputs import qupath_name_without_extension
 from slidemill.to_qupath.project import (
@@ -28,6 +30,13 @@ def convert(tmp_path, inputs, project, *, name="out", slides=(), **options):
 
 def qpproj(project: Path) -> dict:
     return json.loads((project / "project.qpproj").read_text())
+
+
+def import_file(project: Path, entry: dict) -> Path:
+    """The file the import script loads for `entry`: it builds PROJECT_BASE_DIR/slidemill/objects/<entry ID>.geojson
+    (checked line by line in test_new_project_is_what_qupath_writes)."""
+    assert "buildFilePath(PROJECT_BASE_DIR, 'slidemill', 'objects', entry.getID() + '.geojson')" in IMPORT_SCRIPT
+    return project / "slidemill" / "objects" / f"{entry['entryID']}.geojson"
 
 
 def test_new_project_is_what_qupath_writes(tmp_path, slide_files):
@@ -59,20 +68,22 @@ def test_new_project_is_what_qupath_writes(tmp_path, slide_files):
     assert by_name["Tumor"] == -3670016 and by_name["Stroma"] == -6895466 and by_name["Ignore*"] == -4934476
     assert "Tissue" in by_name and all(isinstance(v, int) and v < 0 for v in by_name.values())
 
-    # objects: one QuPath GeoJSON per image, named as the import script looks for it
-    for name, slide_output in zip(("slide-a", "slide-b"), result.slides, strict=True):
-        copy = project / "geojson" / f"{name}.geojson"
+    # objects: one QuPath GeoJSON per image, named as the import script looks for it (by entry ID)
+    assert [s.entry_id for s in result.slides] == [1, 2]
+    for entry, slide_output in zip(data["images"], result.slides, strict=True):
+        copy = import_file(project, entry)
         assert copy.read_bytes() == slide_output.path.read_bytes()
         assert file_problems(copy) == []
-    assert [s.entry_id for s in result.slides] == [1, 2]
+    assert sorted(p.name for p in (project / "slidemill" / "objects").iterdir()) == ["1.geojson", "2.geojson"]
 
     script = (project / "scripts" / "import-slidemill.groovy").read_text()
     assert script == IMPORT_SCRIPT
     for line in ("import qupath.lib.io.PathIO",
-                 "def name = GeneralTools.getNameWithoutExtension(getProjectEntry().getImageName())",
-                 "def f = new File(buildFilePath(PROJECT_BASE_DIR, 'geojson', name + '.geojson'))",
-                 'if (!f.exists()) { println "no objects for ${name}"; return }',
-                 "addObjects(", "resolveHierarchy()"):
+                 "def entry = getProjectEntry()",
+                 "def f = new File(buildFilePath(PROJECT_BASE_DIR, 'slidemill', 'objects', "
+                 "entry.getID() + '.geojson'))",
+                 'if (!f.exists()) { println "no objects for ${name} (entry ${entry.getID()})"; return }',
+                 "def objects = PathIO.readObjects(f.toPath())", "addObjects(objects)", "resolveHierarchy()"):
         assert line in script
     assert shlex.split(result.import_command) == [
         "QuPath", "script", f"--project={project.resolve()}/project.qpproj",
@@ -165,7 +176,8 @@ def test_project_given_as_its_qpproj_file(tmp_path, slide_files):
     project = _existing_project(tmp_path / "project", slide_files["old.ndpi"])
     convert(tmp_path, [ours(tmp_path / "a.geojson", "old.ndpi")], project / "project.qpproj")
     assert [e["entryID"] for e in qpproj(project)["images"]] == [3, 7]
-    assert (project / "geojson" / "old.geojson").exists()
+    assert import_file(project, qpproj(project)["images"][0]).exists()  # old.ndpi is entry 3
+    assert sorted(p.name for p in (project / "slidemill" / "objects").iterdir()) == ["3.geojson"]
 
 
 @pytest.mark.parametrize("damage", ["not json", "a list", "no entry id", "images not a list", "bad classes"])
@@ -214,7 +226,7 @@ def test_plain_export_matched_to_its_slide_by_name(tmp_path, slide_files):
     result = convert(tmp_path, [source], tmp_path / "project",
                      slides=[slide_files["slide-a.svs"], slide_files["slide-b.tiff"]])
     assert [s.image_name for s in result.slides] == ["slide-b.tiff"]
-    assert (tmp_path / "project" / "geojson" / "slide-b.geojson").exists()
+    assert import_file(tmp_path / "project", qpproj(tmp_path / "project")["images"][0]).exists()
     names = [e["imageName"] for e in qpproj(tmp_path / "project")["images"]]
     assert names == ["slide-b.tiff", "slide-a.svs"]  # a given slide without objects still gets its entry
 
@@ -224,7 +236,7 @@ def test_gzip_output_keeps_a_plain_copy_in_the_project(tmp_path, slide_files):
                      slides=[slide_files["slide-a.svs"]], gzip=True)
     assert result.slides[0].path.name == "slide-a.geojson.gz"
     assert file_problems(result.slides[0].path) == []
-    assert file_problems(tmp_path / "project" / "geojson" / "slide-a.geojson") == []
+    assert file_problems(tmp_path / "project" / "slidemill" / "objects" / "1.geojson") == []
 
 
 def test_names_and_uris_as_java_and_qupath_write_them(tmp_path):
@@ -243,13 +255,13 @@ def test_names_and_uris_as_java_and_qupath_write_them(tmp_path):
 
 def test_a_new_project_stopped_part_way_can_be_finished(tmp_path, slide_files):
     project = tmp_path / "project"
-    (project / "geojson").mkdir(parents=True)
-    (project / "geojson" / "slide-a.geojson").write_text("{}")  # what a stopped first run leaves
+    (project / "slidemill" / "objects").mkdir(parents=True)
+    (project / "slidemill" / "objects" / "1.geojson").write_text("{}")  # what a stopped first run leaves
     (project / "scripts").mkdir()
     (project / "scripts" / "import-slidemill.groovy").write_text("// half")
     convert(tmp_path, [ours(tmp_path / "a.geojson", "slide-a.svs")], project, slides=[slide_files["slide-a.svs"]])
     assert [e["imageName"] for e in qpproj(project)["images"]] == ["slide-a.svs"]
-    assert file_problems(project / "geojson" / "slide-a.geojson") == []
+    assert file_problems(project / "slidemill" / "objects" / "1.geojson") == []
     assert (project / "scripts" / "import-slidemill.groovy").read_text() == IMPORT_SCRIPT
 
 
@@ -297,3 +309,133 @@ def test_unknown_slide_leaves_an_existing_project_as_it_was(tmp_path, slide_file
     with pytest.raises(InputError, match=r"never-seen\.svs"):
         convert(tmp_path, inputs, project)
     assert snapshot(project) == before
+
+
+def _boxes_of(path: Path) -> list[tuple]:
+    features = json.loads(path.read_text())["features"]
+    return sorted(tuple(round(v) for v in shape(f["geometry"]).bounds) for f in features)
+
+
+def _qupath_project(folder: Path, slides: list[Path]) -> Path:
+    """A project as QuPath writes it, one entry per slide (IDs 1.., data folders), saved at `folder`."""
+    folder.mkdir(parents=True)
+    images = [{"serverBuilder": {"builderType": "uri", "providerClassName": OPENSLIDE, "uri": java_file_uri(s),
+                                 "args": []},
+               "entryID": i, "randomizedName": str(uuid.UUID(int=i, version=4)), "imageName": s.name,
+               "metadata": {}} for i, s in enumerate(slides, 1)]
+    (folder / "project.qpproj").write_text(json.dumps(
+        {"version": "0.5.1", "createTimestamp": 1700000000000, "modifyTimestamp": 1700000000000,
+         "uri": java_file_uri(folder / "project.qpproj"), "lastID": len(slides), "images": images}, indent=2))
+    for i in range(1, len(slides) + 1):
+        (folder / "data" / str(i)).mkdir(parents=True)
+        (folder / "data" / str(i) / "data.qpdata").write_bytes(b"\xac\xed\x00\x05java-serialized")
+    return folder
+
+
+def _same_name_slides(root: Path) -> list[Path]:
+    """Two different slides both named scan.svs, in a/ and b/ (stand-ins: to-qupath never opens them)."""
+    slides = []
+    for sub in ("a", "b"):
+        (root / sub).mkdir(parents=True)
+        (root / sub / "scan.svs").write_bytes(sub.encode())
+        slides.append(root / sub / "scan.svs")
+    return slides
+
+
+# one known square per slide, so that whose objects an entry gets can be told
+SQUARES = {"a": SyntheticShape("Tumor", box(100, 100, 300, 300), (200, 0, 0)),
+           "b": SyntheticShape("Stroma", box(1200, 800, 1500, 1100), (150, 200, 150))}
+
+
+def _predictions(tmp_path: Path) -> dict[str, Path]:
+    return {sub: ours(tmp_path / f"pred-{sub}.geojson", "scan.svs", shapes=[SQUARES[sub]]) for sub in SQUARES}
+
+
+def test_two_images_of_the_same_name_each_get_their_own_objects(tmp_path):
+    slides = _same_name_slides(tmp_path / "slides")
+    project = _qupath_project(tmp_path / "project", slides)
+    before = snapshot(project)
+    preds = _predictions(tmp_path)
+    for sub, slide in zip(SQUARES, slides, strict=True):  # one run per slide, as the workflows run it
+        result = convert(tmp_path, [preds[sub]], project, slides=[slide], name=f"out-{sub}")
+        assert [s.entry_id for s in result.slides] == [{"a": 1, "b": 2}[sub]]
+        assert result.warnings == []
+        (item,) = json.loads((tmp_path / f"out-{sub}" / "report.json").read_text())["items"]
+        entry_id = {"a": "1", "b": "2"}[sub]
+        assert (item["id"], item["name"], item["status"]) == (entry_id, "scan.svs", "ok")
+        assert item["counts"] == {"features": 1}
+        assert item["outputs"] == [str(project.resolve() / "slidemill" / "objects" / f"{entry_id}.geojson")]
+        assert item["inputs"] == [str(preds[sub]), str(slide)]
+    # the project is as QuPath left it: same bytes, same entries, data/ untouched
+    ours = ("slidemill/objects/", "scripts/", "classifiers/")
+    assert {k: v for k, v in snapshot(project).items() if not k.startswith(ours)} == before
+    for entry, sub in zip(qpproj(project)["images"], SQUARES, strict=True):
+        assert _boxes_of(import_file(project, entry)) == [tuple(round(v) for v in SQUARES[sub].geometry.bounds)]
+    # a rerun of either changes nothing
+    first = snapshot(project)
+    convert(tmp_path, [preds["b"]], project, slides=[slides[1]], name="again")
+    assert snapshot(project) == first
+
+
+def test_a_second_image_of_the_same_name_gets_a_new_entry(tmp_path):
+    slides = _same_name_slides(tmp_path / "slides")
+    preds = _predictions(tmp_path)
+    project = tmp_path / "project"
+    convert(tmp_path, [preds["a"]], project, slides=[slides[0]], name="o1")
+    result = convert(tmp_path, [preds["b"]], project, slides=[slides[1]], name="o2")
+    entries = qpproj(project)["images"]
+    assert [(e["entryID"], e["imageName"], e["serverBuilder"]["uri"]) for e in entries] == [
+        (1, "scan.svs", java_file_uri(slides[0])), (2, "scan.svs", java_file_uri(slides[1]))]
+    assert any("another file" in w and "entry of its own" in w for w in result.warnings)
+    assert _boxes_of(import_file(project, entries[0])) == [(100, 100, 300, 300)]
+    assert _boxes_of(import_file(project, entries[1])) == [(1200, 800, 1500, 1100)]
+
+
+def test_a_moved_project_finds_its_entries_relative_to_itself(tmp_path):
+    """Project and slides moved together (lab/ -> moved lab/): the URIs point at the old place, and each
+    slide is matched to its own entry where QuPath would find it, relative to the project."""
+    lab = tmp_path / "lab"
+    slides = _same_name_slides(lab / "slides")
+    _qupath_project(lab / "project", slides)
+    moved = tmp_path / "moved lab"
+    lab.rename(moved)
+    project = moved / "project"
+    before = snapshot(project)
+    preds = _predictions(tmp_path)
+    for sub in SQUARES:
+        result = convert(tmp_path, [preds[sub]], project, slides=[moved / "slides" / sub / "scan.svs"], name=sub)
+        assert [s.entry_id for s in result.slides] == [{"a": 1, "b": 2}[sub]] and result.warnings == []
+    assert (project / "project.qpproj").read_bytes() == before["project.qpproj"]  # URIs left for QuPath to update
+    entries = qpproj(project)["images"]
+    assert _boxes_of(import_file(project, entries[0])) == [(100, 100, 300, 300)]
+    assert _boxes_of(import_file(project, entries[1])) == [(1200, 800, 1500, 1100)]
+
+
+def test_which_of_two_images_of_the_same_name_is_meant_must_be_known(tmp_path):
+    slides = _same_name_slides(tmp_path / "slides")
+    project = _qupath_project(tmp_path / "project", slides)
+    before = snapshot(project)
+    preds = _predictions(tmp_path)
+    # the slide not given: its name matches two entries
+    with pytest.raises(InputError, match=r"2 images named scan\.svs \(entries 1, 2\).*--slide"):
+        convert(tmp_path, [preds["a"]], project)
+    # both entries' slides gone, and a scan.svs from elsewhere given: it could be either
+    for slide in slides:
+        slide.unlink()
+    elsewhere = tmp_path / "elsewhere" / "scan.svs"
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(b"c")
+    with pytest.raises(InputError, match=r"entries 1, 2\) whose slides cannot be found"):
+        convert(tmp_path, [preds["a"]], project, slides=[elsewhere])
+    assert snapshot(project) == before and not (tmp_path / "out").exists()
+
+
+def test_objects_an_older_version_wrote_by_image_name_are_reported(tmp_path, slide_files):
+    project = _existing_project(tmp_path / "project", slide_files["old.ndpi"])
+    (project / "geojson").mkdir()
+    (project / "geojson" / "old.geojson").write_text('{"type": "FeatureCollection", "features": []}')
+    result = convert(tmp_path, [ours(tmp_path / "a.geojson", "old.ndpi")], project)
+    (warning,) = [w for w in result.warnings if "older slidemill-to-qupath" in w]
+    assert "geojson/old.geojson" in warning and "slidemill/objects/<entryID>.geojson" in warning
+    assert (project / "geojson" / "old.geojson").exists()  # reported, not deleted
+    assert import_file(project, qpproj(project)["images"][0]).exists()

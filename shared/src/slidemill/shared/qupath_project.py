@@ -124,6 +124,11 @@ def _server_uri(builder: Any) -> str | None:
     return None
 
 
+def entry_uri(entry: Any) -> str | None:
+    """The image URI of one `images` entry of project.qpproj (through wrapped servers); None if it has none."""
+    return _server_uri(entry.get("serverBuilder")) if isinstance(entry, dict) else None
+
+
 def _find_slide(uri: str | None, folder: Path, saved_folder: Path | None,
                 search_dirs: list[Path]) -> tuple[Path | None, str | None]:
     path = uri_to_path(uri) if uri else None
@@ -203,7 +208,7 @@ def read_project(path: Path, *, search_dirs: list[Path] | tuple[Path, ...] = ())
         if entry_id in seen:
             raise InputError(f"lists entry ID {entry_id} twice", path=file, fix=fix)
         seen.add(entry_id)
-        uri = _server_uri(raw.get("serverBuilder"))
+        uri = entry_uri(raw)
         slide, found_by = _find_slide(uri, folder, saved_folder, dirs)
         exported = folder / EXPORT_DIR / f"{entry_id}.geojson"
         images.append(ProjectImage(entry_id=entry_id, name=str(raw.get("imageName") or entry_id), uri=uri,

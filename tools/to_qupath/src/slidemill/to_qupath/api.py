@@ -26,7 +26,7 @@ from slidemill.shared.annotations import (
 )
 from slidemill.shared.classes import QUPATH_COLORS
 from slidemill.shared.cli import Progress, package_version
-from slidemill.shared.contracts import Provenance
+from slidemill.shared.contracts import Provenance, ReportItem
 from slidemill.shared.errors import InputError, MissingInputError, OutputError
 from slidemill.shared.files import atomic_write, prepare_output_dir, require_file, staged_dir
 from slidemill.shared.report import ReportBuilder
@@ -34,13 +34,14 @@ from slidemill.shared.report import ReportBuilder
 from .config import ToQuPathConfig
 from .inputs import SlideGroup, find_slide, group_by_slide
 from .project import (
-    GEOJSON_DIR,
     SCRIPT_FILE,
     Project,
     add_images,
     class_colour_conflicts,
     import_command,
+    legacy_object_files,
     merged_classes,
+    objects_file,
     open_project,
     save_project,
 )
@@ -160,6 +161,12 @@ def run(config: ToQuPathConfig, *, argv: list[str] | None = None) -> ToQuPathRes
         entries = add_images(project, slides)
         for warning in project.warnings + class_colour_conflicts(project, colors):
             report.warn(warning)
+        legacy = legacy_object_files(project)
+        if legacy:
+            report.warn(f"{project.folder}: {', '.join(legacy[:5])}{' and more' if len(legacy) > 5 else ''} were "
+                        "written by an older slidemill-to-qupath for the import by image name; the import script "
+                        "now loads slidemill/objects/<entryID>.geojson and no longer reads them (run "
+                        "slidemill-to-qupath again for those slides, then delete geojson/)")
         version = project.data.get("version")
         if not project.is_new and isinstance(version, str) and not version.startswith(config.qupath_version + "."):
             log.info("%s was written by QuPath %s; it keeps that version", project.qpproj, version)
@@ -191,10 +198,16 @@ def run(config: ToQuPathConfig, *, argv: list[str] | None = None) -> ToQuPathRes
         if project is not None:
             with report.timed("project"):
                 try:
-                    for group in groups:
-                        target = project.folder / GEOJSON_DIR / f"{group.stem}.geojson"
+                    for group, output in zip(groups, result.slides, strict=True):
+                        entry = entries[group.image_name]  # by entry ID: two images may have the same name
+                        target = project.folder / objects_file(entry)
                         _copy_plain(staging / f"{group.stem}{suffix}", target)
                         report.outputs.append(str(target))
+                        report.items.append(ReportItem(
+                            id=str(entry["entryID"]), name=group.image_name, status="ok",
+                            inputs=[str(i.path) for i in group.inputs] + ([str(group.slide_path)]
+                                                                          if group.slide_path else []),
+                            outputs=[str(target)], counts={"features": output.features}))
                     written_files = save_project(project, merged_classes(project, colors))
                 except PermissionError as exc:
                     raise OutputError(f"cannot be written ({exc.strerror})", path=exc.filename or project.folder,

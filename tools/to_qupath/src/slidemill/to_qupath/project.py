@@ -3,12 +3,15 @@
 An existing project is read and checked completely before anything is written; a folder that is
 not a QuPath project or a project file that does not parse is refused (exit 2) and left untouched.
 Images already in the project keep their entry, entry ID and data folder; a slide already there is
-reused; `lastID` stays the largest ID ever given; the previous `project.qpproj` is kept as
+reused (found by its file: the entry's URI, or where QuPath finds it after the project folder moved;
+see `find_entry`); `lastID` stays the largest ID ever given; the previous `project.qpproj` is kept as
 `project.qpproj.backup` (the name QuPath itself uses). A rerun with the same inputs changes nothing:
 new entries get a `randomizedName` derived from the project and the image, and the project file is
 only rewritten (with a new `modifyTimestamp`) when its content changes.
-`data/<entryID>/data.qpdata` is Java-serialized and never written: objects go in with the import
-script (`scripts/import-slidemill.groovy`), run headless by QuPath.
+`data/<entryID>/data.qpdata` is Java-serialized and never written: each image's objects are written to
+`slidemill/objects/<entryID>.geojson` (entry IDs are unique, image names need not be) and go in with
+the import script (`scripts/import-slidemill.groovy`), run headless by QuPath, which loads each entry's
+file by `getProjectEntry().getID()`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import copy
 import hashlib
 import json
 import logging
+import os
 import shlex
 import time
 import uuid
@@ -27,7 +31,7 @@ from typing import Any
 from slidemill.shared.classes import QUPATH_COLORS, argb_int_to_rgb, rgb_to_argb_int
 from slidemill.shared.errors import InputError
 from slidemill.shared.files import write_bytes_atomic, write_text_atomic
-from slidemill.shared.qupath_project import java_file_uri
+from slidemill.shared.qupath_project import entry_uri, java_file_uri, read_project
 
 from .config import QUPATH_RELEASES
 
@@ -37,7 +41,8 @@ PROJECT_FILE = "project.qpproj"
 BACKUP_FILE = "project.qpproj.backup"
 CLASSES_FILE = "classifiers/classes.json"
 SCRIPT_FILE = "scripts/import-slidemill.groovy"
-GEOJSON_DIR = "geojson"
+OBJECTS_DIR = "slidemill/objects"  # <entryID>.geojson, beside slidemill/annotations/ that the export writes
+LEGACY_GEOJSON_DIR = "geojson"  # <image name without extension>.geojson, before objects went by entry ID
 
 OPENSLIDE = "qupath.lib.images.servers.openslide.OpenslideServerBuilder"
 BIOFORMATS = "qupath.lib.images.servers.bioformats.BioFormatsServerBuilder"
@@ -48,22 +53,24 @@ DEFAULT_CLASSES = ["Tumor", "Stroma", "Immune cells", "Necrosis", "Other", "Regi
                    "Positive", "Negative"]
 
 IMPORT_SCRIPT = """\
-// Written by slidemill-to-qupath. Adds the objects of geojson/<image name without extension>.geojson
-// to each image of this project. Run it headless for every image, and save the results, with
+// Written by slidemill-to-qupath. Adds the objects of slidemill/objects/<entry ID>.geojson to each image
+// of this project (entry IDs are unique in a project; image names need not be). Run it headless for
+// every image, and save the results, with
 //   QuPath script --project=<this project's project.qpproj> --save <this script>
 // Running it again replaces the objects it added before (their ids are fixed), never duplicates them.
 import qupath.lib.io.PathIO
 
-def name = GeneralTools.getNameWithoutExtension(getProjectEntry().getImageName())
-def f = new File(buildFilePath(PROJECT_BASE_DIR, 'geojson', name + '.geojson'))
-if (!f.exists()) { println "no objects for ${name}"; return }
+def entry = getProjectEntry()
+def name = entry.getImageName()
+def f = new File(buildFilePath(PROJECT_BASE_DIR, 'slidemill', 'objects', entry.getID() + '.geojson'))
+if (!f.exists()) { println "no objects for ${name} (entry ${entry.getID()})"; return }
 def objects = PathIO.readObjects(f.toPath())
 def ids = objects.collect { it.getID() } as Set
 def previous = getAllObjects(false).findAll { it.getID() in ids }
 if (previous) removeObjects(previous, true)
 addObjects(objects)
 resolveHierarchy()
-println "${name}: ${objects.size()} objects from ${f.getName()}"
+println "${name} (entry ${entry.getID()}): ${objects.size()} objects from ${f.getName()}"
 """
 
 
@@ -113,6 +120,8 @@ class Project:
     new_entries: list[str] = field(default_factory=list)
     reused_entries: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # entry ID -> the slide file QuPath would open for it (at its URI, or relative to a moved project)
+    located: dict[int, Path] = field(default_factory=dict)
 
     @property
     def qpproj(self) -> Path:
@@ -164,6 +173,8 @@ def open_project(path: Path, *, qupath_version: str = "0.5") -> Project:
     _check_project(data, qpproj, fix)
     project = Project(folder=folder, data=data, original_bytes=original)
     _read_classes(project)
+    project.located = {int(image.entry_id): image.slide for image in read_project(qpproj).images
+                       if image.slide is not None}
     return project
 
 
@@ -175,8 +186,8 @@ def _only_our_files(folder: Path) -> bool:
             continue
         relative = path.relative_to(folder).as_posix()
         ours = (relative in (CLASSES_FILE, SCRIPT_FILE)
-                or (relative.startswith(GEOJSON_DIR + "/") and relative.count("/") == 1
-                    and relative.endswith(".geojson"))
+                or (any(relative.startswith(d + "/") and relative.count("/") == d.count("/") + 1
+                        for d in (OBJECTS_DIR, LEGACY_GEOJSON_DIR)) and relative.endswith(".geojson"))
                 or (path.name.startswith(".") and path.name.endswith(".tmp")))
         if not ours:
             return False
@@ -228,24 +239,93 @@ def _read_classes(project: Project) -> None:
     project.original_classes_bytes = original
 
 
+def objects_file(entry: dict[str, Any]) -> str:
+    """Where the import script looks for an entry's objects, relative to the project folder:
+    `slidemill/objects/<entryID>.geojson` (entry IDs are unique in a project; image names need not be)."""
+    return f"{OBJECTS_DIR}/{entry['entryID']}.geojson"
+
+
+def legacy_object_files(project: Project) -> list[str]:
+    """`geojson/*.geojson` files an older slidemill wrote for the import by image name (which the
+    import script no longer reads), relative to the project folder."""
+    folder = project.folder / LEGACY_GEOJSON_DIR
+    if project.is_new or not folder.is_dir():
+        return []
+    return sorted(f"{LEGACY_GEOJSON_DIR}/{p.name}" for p in folder.glob("*.geojson") if p.is_file())
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _ids(entries: list[dict[str, Any]]) -> str:
+    return ", ".join(str(e.get("entryID")) for e in entries)
+
+
+def find_entry(project: Project, image_name: str, file: Path | None) -> dict[str, Any] | None:
+    """The project's entry for the slide `file` (None: only its name is known), or None for a slide the
+    project does not have.
+
+    By the slide first: the entry whose URI is the file's (as Java writes it), else the entry whose slide
+    QuPath would open (at its URI, or relative to the project when the project folder has moved; see
+    `slidemill.shared.qupath_project.read_project`) is this same file. Then by image name, among the
+    entries whose slide cannot be found (an entry whose slide is found elsewhere is another image of
+    the same name): one such entry is reused with a warning; several are refused (InputError), since
+    which of them this slide is cannot be told."""
+    images = project.images
+    if file is not None:
+        uri = java_file_uri(file)
+        entry = next((e for e in images if entry_uri(e) == uri), None)
+        if entry is None:
+            entry = next((e for e in images if e["entryID"] in project.located
+                          and _same_file(project.located[e["entryID"]], file)), None)
+            if entry is not None:
+                log.info("%s is entry %s of the project (its URI %s, found at %s)", file, entry["entryID"],
+                         entry_uri(entry), project.located[entry["entryID"]])
+        if entry is not None:
+            return entry
+    same_name = [e for e in images if e.get("imageName") == image_name]
+    unfound = [e for e in same_name if e["entryID"] not in project.located]
+    candidates = unfound if file is not None else same_name
+    if len(candidates) > 1:
+        if file is None:
+            raise InputError(f"has {len(candidates)} images named {image_name} (entries {_ids(candidates)}), so "
+                             "which one the annotations are about cannot be told from the name",
+                             path=project.qpproj, fix=f"Pass the slide's file with --slide /path/to/{image_name}")
+        raise InputError(f"has {len(candidates)} images named {image_name} (entries {_ids(candidates)}) whose "
+                         f"slides cannot be found, so which one {file} is cannot be told", path=project.qpproj,
+                         fix="Open the project in QuPath and point those images at their files (QuPath asks "
+                         "for them), then run again")
+    if candidates:
+        entry = candidates[0]
+        if file is not None:
+            project.warnings.append(
+                f"{image_name} is already in the project as entry {entry.get('entryID')} pointing at "
+                f"{entry_uri(entry)}, where no slide is; that entry is reused as it is (not pointed at "
+                f"{java_file_uri(file)})")
+        return entry
+    if same_name:
+        project.warnings.append(
+            f"{image_name}: the project's entry {_ids(same_name)} of the same name is another file "
+            f"({', '.join(str(project.located[e['entryID']]) for e in same_name)}); {file} gets an entry of its "
+            "own")
+    return None
+
+
 def add_images(project: Project, slides: list[tuple[str, Path | None]]) -> dict[str, dict[str, Any]]:
-    """Entries for `slides` ((image name, slide file or None)): an image already in the project (same
-    file, else same image name) is reused as it is; others are appended with the next entry ID."""
+    """Entries for `slides` ((image name, slide file or None)): an image already in the project (see
+    `find_entry`) is reused as it is; others are appended with the next entry ID. Raises InputError for
+    a slide the project does not have and whose file was not given, or that matches several entries."""
     images = project.images
     last_id = max([project.data.get("lastID", 0)] + [e["entryID"] for e in images])
     result: dict[str, dict[str, Any]] = {}
     for image_name, slide in slides:
-        uri = java_file_uri(image_file(slide)) if slide is not None else None
-        entry = None
-        if uri is not None:
-            entry = next((e for e in images if _entry_uri(e) == uri), None)
-        if entry is None:
-            entry = next((e for e in images if e.get("imageName") == image_name), None)
+        file = image_file(slide) if slide is not None else None
+        entry = find_entry(project, image_name, file)
         if entry is not None:
-            if uri is not None and _entry_uri(entry) not in (uri, None):
-                project.warnings.append(
-                    f"{image_name} is already in the project as entry {entry.get('entryID')} pointing at "
-                    f"{_entry_uri(entry)}; that entry is reused as it is (not pointed at {uri})")
             # a missing map breaks QuPath 0.4/0.5 later; adding empty ones changes nothing else
             entry.setdefault("metadata", {})
             if isinstance(entry.get("serverBuilder"), dict):
@@ -256,6 +336,7 @@ def add_images(project: Project, slides: list[tuple[str, Path | None]]) -> dict[
         if slide is None:
             raise InputError(f"slide {image_name} is not in the project and its file was not given",
                              path=project.folder, fix=f"Pass --slide /path/to/{image_name}")
+        uri = java_file_uri(file)
         last_id += 1
         builder: dict[str, Any] = {"builderType": "uri"}
         provider = provider_for(slide)
@@ -267,19 +348,11 @@ def add_images(project: Project, slides: list[tuple[str, Path | None]]) -> dict[
                  "randomizedName": _stable_uuid4(project.data.get("uri", ""), uri, str(last_id)),
                  "imageName": image_name, "metadata": {}}
         images.append(entry)
+        project.located[last_id] = file
         project.new_entries.append(image_name)
         result[image_name] = entry
     project.data["lastID"] = max(last_id, project.data.get("lastID", 0))
     return result
-
-
-def _entry_uri(entry: dict[str, Any]) -> str | None:
-    builder = entry.get("serverBuilder")
-    while isinstance(builder, dict):
-        if isinstance(builder.get("uri"), str):
-            return builder["uri"]
-        builder = builder.get("builder")  # wrapped servers (rotated, channel-transformed, ...)
-    return None
 
 
 def merged_classes(project: Project, colors: dict[str, tuple[int, int, int]]) -> dict[str, Any]:

@@ -1,0 +1,197 @@
+"""The QuPath round trip: a project in, the same project out.
+
+The test makes a QuPath project as QuPath leaves it (project.qpproj, data/<entryID>/, the class list) of
+two images that have the same file name, `scan.tiff`, in two folders (entry IDs are unique, image names
+need not be), with each image's annotations in `slidemill/annotations/<entryID>.geojson` as the export
+script writes them. Then the lab folder (project and slides) is moved, as when a project is copied to
+another machine: the project's URIs point at the old place. The real command lines run:
+tile --qupath-project -> train -> infer -> postprocess -> merge-annotations -> to-qupath --project (the
+same project, one run per image). Afterwards the project lists the same two entries (IDs, URIs,
+randomizedName, names: project.qpproj byte for byte), QuPath's own files are as they were, and the file
+each entry's import loads holds the predictions of that entry's slide.
+
+The two slides differ in shape (wide and tall), so whose predictions an entry got is known exactly: the
+slide each file names, and the extent its objects cover. Tiny slides and one epoch of a tiny model keep
+it to seconds; how good the model is is the other pipeline tests' business.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from pipeline_support import BIN, PIPELINE, command_name, require_tools
+from shapely.geometry import Point, box, shape
+from shapely.ops import unary_union
+
+from slidemill.shared.qupath_project import EXPORT_DIR, java_file_uri, read_project
+from slidemill.shared.testing import TISSUE_RGB, SyntheticShape, qupath_geojson, write_synthetic_slide
+
+MPP = 0.5  # level-0 microns per pixel of the slides; tiles and model at 1.0
+# entry ID -> (folder, level-0 width, height): a wide slide and a tall one, both named scan.tiff
+SLIDES = {1: ("a", 512, 320), 2: ("b", 320, 512)}
+PROJECT_CLASSES = [{"name": "Tumor", "color": -3670016}, {"name": "Stroma", "color": -6895466},
+                   {"name": "Tissue", "color": -2187064}]
+TRAIN_ARGS = ["--arch", "linknet", "--encoder", "timm-mobilenetv3_small_minimal_100", "--encoder-weights", "none",
+              "--epochs", "1", "--batch-size", "4", "--lr", "0.01", "--augment", "none", "--seed", "0",
+              "--workers", "0"]
+
+
+def shapes_of(entry_id: int) -> list[SyntheticShape]:
+    """Tissue over most of the slide; a tumour disc on the wide slide, a stroma band on the tall one."""
+    _, w, h = SLIDES[entry_id]
+    tissue = SyntheticShape("Tissue", box(0.06 * w, 0.06 * h, 0.94 * w, 0.94 * h), TISSUE_RGB)
+    if entry_id == 1:
+        return [tissue, SyntheticShape("Tumor", Point(0.3 * w, 0.5 * h).buffer(0.3 * h, 32), (120, 40, 150))]
+    return [tissue, SyntheticShape("Stroma", box(0.55 * w, 0.15 * h, 0.85 * w, 0.85 * h), (240, 120, 170))]
+
+
+def write_exported(project: Path, entry_id: int) -> None:
+    """What scripts/export-slidemill.groovy writes: a FeatureCollection of the image's annotations
+    (QuPath 0.4+ GeoJSON, each with its UUID), moved into place as <entryID>.geojson."""
+    collection = qupath_geojson(shapes_of(entry_id), flavour="0.4")
+    for feature in collection["features"]:
+        feature["id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{entry_id}/{feature['properties']['classification']}"))
+    path = project / EXPORT_DIR / f"{entry_id}.geojson"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(collection, indent=2))
+
+
+def make_lab(lab: Path) -> Path:
+    """lab/slides/{a,b}/scan.tiff and lab/project/, as QuPath 0.5 writes a project of the two."""
+    images = []
+    for entry_id, (folder, w, h) in SLIDES.items():
+        (lab / "slides" / folder).mkdir(parents=True)
+        slide = write_synthetic_slide(lab / "slides" / folder / "scan.tiff", w, h, mpp=MPP,
+                                      shapes=shapes_of(entry_id), tile=128, seed=entry_id)
+        images.append({"serverBuilder": {"builderType": "uri", "providerClassName":
+                                         "qupath.lib.images.servers.bioformats.BioFormatsServerBuilder",
+                                         "uri": java_file_uri(slide), "args": []},
+                       "entryID": entry_id, "randomizedName": str(uuid.UUID(int=0x5EED + entry_id, version=4)),
+                       "imageName": slide.name, "metadata": {}})
+    project = lab / "project"
+    (project / "classifiers").mkdir(parents=True)
+    (project / "project.qpproj").write_text(json.dumps(
+        {"version": "0.5.1", "createTimestamp": 1733000000000, "modifyTimestamp": 1733000500000,
+         "uri": java_file_uri(project / "project.qpproj"), "lastID": len(SLIDES), "images": images}, indent=2))
+    (project / "classifiers" / "classes.json").write_text(json.dumps({"pathClasses": PROJECT_CLASSES}, indent=2))
+    for entry_id in SLIDES:
+        data = project / "data" / str(entry_id)
+        data.mkdir(parents=True)
+        (data / "data.qpdata").write_bytes(b"\xac\xed\x00\x05" + bytes([entry_id]) * 64)  # Java-serialised
+        (data / "server.json").write_text("{}")
+        (data / "thumbnail.jpg").write_bytes(b"\xff\xd8\xff\xe0 thumbnail")
+        write_exported(project, entry_id)
+    return project
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+class Steps:
+    def __init__(self, root: Path):
+        self.root = root
+        self.timings: dict[str, float] = {}
+
+    def __call__(self, tool: str, *args, name: str | None = None) -> subprocess.CompletedProcess:
+        argv = [str(BIN / command_name(tool)), *map(str, args)]
+        t0 = time.perf_counter()
+        result = subprocess.run(argv, capture_output=True, text=True, cwd=self.root, timeout=600)
+        self.timings[name or tool] = round(time.perf_counter() - t0, 1)
+        if result.returncode != 0:
+            pytest.fail(f"{command_name(tool)} failed with exit {result.returncode}: `{' '.join(argv)}`\n"
+                        f"stderr (end): {result.stderr[-3000:]}")
+        return result
+
+
+@pytest.fixture(scope="module")
+def roundtrip(tmp_path_factory):
+    require_tools(PIPELINE)
+    root = tmp_path_factory.mktemp("roundtrip")
+    make_lab(root / "lab")
+    (root / "lab").rename(root / "moved lab")  # the URIs in project.qpproj now point at the old place
+    project = root / "moved lab" / "project"
+    before = files_of(project)
+    run = Steps(root)
+
+    run("tile", "--qupath-project", project, "--out", "tiles", "--mpp", 1.0, "--tile-size", 64, "--overlap", 0,
+        "--workers", 1)
+    report = json.loads((root / "tiles" / "report.json").read_text())
+    assert [(item["id"], item["status"]) for item in report["items"]] == [("1", "ok"), ("2", "ok")], report
+    slides = {int(item["id"]): Path(item["inputs"][0]) for item in report["items"]}  # where tile found them
+    run("train", *[f"tiles/{e}" for e in SLIDES], "--out", "model", *TRAIN_ARGS)
+    printed = {}
+    for entry_id, slide in slides.items():
+        run("infer", slide, "model", "--out", f"prediction-{entry_id}", "--overlap", 0, "--workers", 1,
+            name=f"infer {entry_id}")
+        run("postprocess", f"prediction-{entry_id}", "--out", f"shapes-{entry_id}.geojson", "--workers", 1,
+            name=f"postprocess {entry_id}")
+        run("merge_annotations", f"shapes-{entry_id}.geojson", "--out", f"merged-{entry_id}.geojson",
+            name=f"merge {entry_id}")
+        result = run("to_qupath", f"merged-{entry_id}.geojson", "--out", f"qupath-{entry_id}", "--slide", slide,
+                     "--project", project, name=f"to-qupath {entry_id}")
+        printed[entry_id] = result.stdout.strip()
+    print("round trip step timings (s):", run.timings)
+    return root, project, before, slides, printed
+
+
+def test_tile_found_each_slide_relative_to_the_moved_project(roundtrip):
+    root, _, _, slides, _ = roundtrip
+    assert slides == {e: root / "moved lab" / "slides" / folder / "scan.tiff" for e, (folder, _, _) in SLIDES.items()}
+    for entry_id, (_, w, h) in SLIDES.items():
+        tileset = json.loads((root / "tiles" / str(entry_id) / "tileset.json").read_text())
+        assert (tileset["slide"]["name"], tileset["slide"]["width"], tileset["slide"]["height"]) == ("scan.tiff", w, h)
+
+
+def test_the_project_lists_the_same_two_entries_and_keeps_qupaths_files(roundtrip):
+    root, project, before, _, _ = roundtrip
+    after = files_of(project)
+    assert after["project.qpproj"] == before["project.qpproj"]  # same IDs, URIs, randomizedName, timestamps
+    assert "project.qpproj.backup" not in after  # nothing was rewritten, so nothing backed up
+    for name, content in before.items():
+        if name.startswith(("data/", EXPORT_DIR + "/")):
+            assert after[name] == content, f"{name} was changed"
+    entries = json.loads(after["project.qpproj"])["images"]
+    assert [(e["entryID"], e["imageName"]) for e in entries] == [(1, "scan.tiff"), (2, "scan.tiff")]
+    classes = json.loads(after["classifiers/classes.json"])["pathClasses"]
+    assert classes[:len(PROJECT_CLASSES)] == PROJECT_CLASSES  # the project's classes keep their colours
+    # what slidemill added: its import script and one objects file per entry, nothing else
+    added = sorted(set(after) - set(before))
+    assert added == ["scripts/import-slidemill.groovy", "slidemill/objects/1.geojson", "slidemill/objects/2.geojson"]
+
+
+def test_each_entrys_import_loads_the_predictions_of_its_own_slide(roundtrip):
+    from slidemill.to_qupath import file_problems
+    from slidemill.to_qupath.project import IMPORT_SCRIPT
+
+    root, project, _, slides, printed = roundtrip
+    # the import script loads PROJECT_BASE_DIR/slidemill/objects/<entry ID>.geojson for each entry
+    assert "buildFilePath(PROJECT_BASE_DIR, 'slidemill', 'objects', entry.getID() + '.geojson')" in IMPORT_SCRIPT
+    assert (project / "scripts" / "import-slidemill.groovy").read_text() == IMPORT_SCRIPT
+    extents = {}
+    for entry in read_project(project).images:
+        entry_id = int(entry.entry_id)
+        assert entry.slide == slides[entry_id] and entry.found_by == "relative to the project"
+        loaded = project / "slidemill" / "objects" / f"{entry_id}.geojson"
+        assert file_problems(loaded) == []
+        # the same bytes as that slide's own to-qupath output, whose chain started from that slide
+        assert loaded.read_bytes() == (root / f"qupath-{entry_id}" / "scan.geojson").read_bytes()
+        data = json.loads(loaded.read_text())
+        _, w, h = SLIDES[entry_id]
+        assert (data["slide"]["name"], data["slide"]["width"], data["slide"]["height"]) == ("scan.tiff", w, h)
+        assert data["features"], f"entry {entry_id} got no predictions"
+        covered = unary_union([shape(f["geometry"]) for f in data["features"]])
+        assert box(0, 0, w, h).buffer(1e-6).covers(covered)
+        extents[entry_id] = covered.bounds
+        prediction = json.loads((root / f"prediction-{entry_id}" / "prediction.json").read_text())
+        assert (prediction["slide"]["width"], prediction["slide"]["height"]) == (w, h)
+        assert printed[entry_id].startswith("QuPath script --project=") and "--save" in printed[entry_id]
+        (item,) = json.loads((root / f"qupath-{entry_id}" / "report.json").read_text())["items"]
+        assert (item["id"], item["outputs"]) == (str(entry_id), [str(loaded)])
+    # the wide slide's objects reach past the tall slide's width, the tall one's past the wide one's height
+    assert extents[1][2] > SLIDES[2][1] and extents[2][3] > SLIDES[1][2], extents
