@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -194,6 +195,17 @@ def test_the_slide_options_of_tile_work_here_too(oracle_dir, tmp_path, handout):
     result = invoke(multi, oracle_dir, "--out", out, "--slide-mpp", "0.25", "--channel", "2", "--everywhere")
     assert result.exit_code == 0, result.output
     pixels = load_contract(out / "prediction.json", Prediction).slide.pixels
+    assert [(c.name, c.frame) for c in pixels.channels] == [("channel 2", 2)]
+    # a model trained on tiles of channel 2 reads channel 2 without being told (its card says so)
+    card_path = oracle_dir / "model-card.json"
+    card = load_contract(card_path, ModelCard)
+    trained = tmp_path / "model-ch2"
+    shutil.copytree(oracle_dir, trained)
+    save_contract(card.model_copy(update={"input": card.input.model_copy(update={"slide_channels": ["channel 2"]})}),
+                  trained / "model-card.json")
+    result = invoke(multi, trained, "--out", tmp_path / "o2", "--slide-mpp", "0.25", "--everywhere")
+    assert result.exit_code == 0, result.output
+    pixels = load_contract(tmp_path / "o2" / "prediction.json", Prediction).slide.pixels
     assert [(c.name, c.frame) for c in pixels.channels] == [("channel 2", 2)]
     folder = cases / "two-dicom-series"
     assert_refused(invoke(folder, oracle_dir, "--out", tmp_path / "d"), tmp_path / "d", "2 DICOM series",

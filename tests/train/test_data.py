@@ -173,3 +173,21 @@ def test_stain_jitter_keeps_an_he_tile_he():
     assert np.abs(identity.astype(int) - image.astype(int)).max() <= 1
     blurred = augment.blur(_pair()[0], np.random.default_rng(0))
     assert blurred.std() < _pair()[0].std()
+
+
+def test_the_channels_a_tileset_chose_reach_the_model_card():
+    """Tiles of a multi-channel slide were read from chosen channels; the card must name them for infer."""
+    from slidemill.shared.contracts import ChannelPick, PixelMeaning
+    from slidemill.shared.testing import sample_tileset
+    from slidemill.train.data import TrainingData
+
+    plain = sample_tileset()
+    picked = plain.model_copy(update={"slide": plain.slide.model_copy(update={"pixels": PixelMeaning(
+        dtype="uint16", bands=1, frames=3, channels=[ChannelPick(name="DAPI", frame=0, window=(0, 4095))])})})
+
+    def data(tileset):
+        return TrainingData(paths=[], tilesets=[tileset], classes=tileset.classes, mpp=tileset.params.mpp,
+                            tile_size_px=tileset.params.tile_size_px, samples=[])
+
+    assert data(plain).slide_channels is None
+    assert data(picked).slide_channels == ["DAPI"]

@@ -191,6 +191,9 @@ class ModelInput(Strict):
     tile_size_px: int = Field(gt=0, description="tile size the model was trained on")
     channels: Literal[3] = 3
     normalization: Normalization
+    slide_channels: list[str] | None = Field(
+        None, min_length=1, max_length=3, description="the slide channels the tiles were made of, by name, where "
+        "the tilesets chose them (--channel; 1.1): infer reads the same ones when --channel is not given")
     layout: Literal["NCHW"] = "NCHW"
     dtype: Literal["float32"] = "float32"
 

@@ -96,11 +96,16 @@ def run(config: InferConfig, argv: list[str] | None = None) -> InferResult:
     t_start = time.perf_counter()
     # --- every input is checked before any work ---------------------------------------------------
     bound_tile_cache()
-    slide = open_slide(config.slide, mpp=config.slide_mpp, channels=config.channels, z=config.z, t=config.t,
-                       dicom_series=config.dicom_series)
-    slide_mpp = slide.require_mpp()
+    if not Path(config.slide).exists():  # a missing slide is named first, before the model is read
+        open_slide(config.slide)
     model = load_model(config.model_dir)
     card = model.card
+    channels = config.channels or card.input.slide_channels
+    if channels and not config.channels:
+        log.info("%s: reading the channels the model was trained on: %s", config.slide, ", ".join(channels))
+    slide = open_slide(config.slide, mpp=config.slide_mpp, channels=channels, z=config.z, t=config.t,
+                       dicom_series=config.dicom_series)
+    slide_mpp = slide.require_mpp()
     slide.scale_for(card.input.mpp, allow_upsampling=config.allow_upsampling, option="the model's resolution")
     region = _region(config, slide, report)
     prepare_output_dir(config.out, overwrite=config.overwrite)

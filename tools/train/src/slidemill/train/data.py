@@ -54,6 +54,16 @@ class TrainingData:
     def slides(self) -> list[str]:
         return sorted({s.slide for s in self.samples})
 
+    @property
+    def slide_channels(self) -> list[str] | None:
+        """The channel names the tiles were read from, where a tileset chose channels (multi-channel
+        slides); None for plain RGB or grey slides."""
+        for ts in self.tilesets:
+            pixels = ts.slide.pixels
+            if pixels is not None and (pixels.frames > 1 or pixels.bands - pixels.alpha not in (1, 3)):
+                return [pick.name for pick in pixels.channels]
+        return None
+
 
 def manifest_path(path: Path) -> Path:
     """A tileset is given as its folder or its tileset.json."""
