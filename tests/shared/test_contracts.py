@@ -25,7 +25,7 @@ def test_round_trip(kind, tmp_path):
     assert loaded == sample
     data = json.loads(path.read_text())
     assert data["schema"] == f"slidemill/{kind}"
-    assert data["schema_version"] == "1.0"
+    assert data["schema_version"] == CONTRACTS[kind].VERSION
     assert dump_contract(loaded) == path.read_text()
 
 

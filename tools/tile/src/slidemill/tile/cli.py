@@ -62,6 +62,13 @@ def main(
     png_compression: Annotated[int, typer.Option(
         "--png-compression", help="PNG deflate level: 1 = fastest, up to 12 = smallest, 0 = none.",
         min=0, max=12)] = 1,
+    store: Annotated[str, typer.Option(
+        "--store", help="How tiles are kept: png (a PNG per tile and mask), zarr (one zip container of every tile "
+        "and mask: copy it to a training node that cannot see the slides), refs (positions and masks only: train "
+        "reads the pixels from the slide, and can draw random patches).")] = "png",
+    codec: Annotated[str, typer.Option(
+        "--codec", help="Image codec of --store zarr: blosc-lz4 (lossless) or jpeg-q95 (lossy, about 5x "
+        "smaller).")] = "blosc-lz4",
     workers: WorkersOption = 0,  # an upper bound: small jobs (under 32 tiles a worker) use fewer
     slide_mpp: SlideMppOption = None,
     overwrite: OverwriteOption = False,
@@ -91,7 +98,8 @@ def main(
                                 magnification=magnification, tile_size_px=tile_size, overlap_px=overlap,
                                 tissue_threshold=tissue_threshold, all_tiles=all_tiles, annotated_only=annotated_only,
                                 background_class=background, unclassified_class=unclassified_class, workers=workers,
-                                slide_mpp=slide_mpp, png_compression=png_compression, overwrite=overwrite)
+                                slide_mpp=slide_mpp, png_compression=png_compression, overwrite=overwrite,
+                                store=store, image_codec=codec)
         except ValidationError as exc:
             raise InputError(f"invalid options: {describe_validation_error(exc)}",
                              fix="See slidemill-tile --help") from None

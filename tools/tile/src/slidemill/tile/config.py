@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -40,6 +41,11 @@ class TileConfig(BaseModel):
     workers: int = Field(0, ge=0, le=512, description="worker processes; 0 = one per CPU core")
     slide_mpp: float | None = Field(None, gt=0, le=1000, description="level-0 microns per pixel, overriding the file")
     tissue_mpp: float = Field(TISSUE_MPP, gt=0, le=1000, description="microns per pixel of the tissue detection")
+    store: Literal["png", "refs", "zarr"] = Field(
+        "png", description="png: a PNG file per tile and mask; zarr: one zip container of all tiles (the format "
+        "to copy to a training node); refs: positions and masks only, train reads the pixels from the slide")
+    image_codec: Literal["blosc-lz4", "jpeg-q95"] = Field(
+        "blosc-lz4", description="zarr store's image codec: blosc-lz4 (lossless) or jpeg-q95 (lossy, 4:4:4)")
     png_compression: int = Field(1, ge=0, le=12, description="PNG deflate level of tiles and masks (1 = fastest)")
     overwrite: bool = Field(False, description="replace an existing output folder")
 
