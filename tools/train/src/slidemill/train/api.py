@@ -88,6 +88,31 @@ class Prepared:
     warnings: list[str]
 
 
+def random_patches(prepared: Prepared):
+    """The random-patch source of `--patches random` (None for `tiles`): refs tilesets of the training
+    slides, avoiding the validation tiles."""
+    if prepared.config.patches != "random":
+        return None
+    from .patches import RandomPatches
+
+    data, split = prepared.data, prepared.split
+    readers = [r for r, ts in zip(data.readers, data.tilesets, strict=True) if ts.slide.name in split.train_slides]
+    for reader, ts, path in zip(data.readers, data.tilesets, data.paths, strict=True):
+        if reader is None or ts.store.kind != "refs":
+            raise InputError(f"is a {ts.store.kind} tileset, but --patches random reads patches from the slide",
+                             path=path, fix="Tile with --store refs (and --annotations), or train with --patches tiles")
+    return RandomPatches(readers, data.classes, data.tile_size_px, seed=prepared.config.seed,
+                         exclude=[data.samples[i] for i in split.val])
+
+
+def sampling_summary(prepared: Prepared) -> dict:
+    if prepared.config.patches == "random":
+        summary = random_patches(prepared).describe()
+        summary["per_epoch"] = len(prepared.split.train)
+        return summary
+    return {"patches": "tiles", "stores": sorted({ts.store.kind for ts in prepared.data.tilesets})}
+
+
 def prepare(config: TrainConfig) -> Prepared:
     """Validate every input and option; nothing is written."""
     from .engine import resolve_device
@@ -95,7 +120,7 @@ def prepare(config: TrainConfig) -> Prepared:
 
     warnings: list[str] = []
     resolve_device(config.device)  # --device cuda without a GPU is refused before any work
-    data = load_tilesets(config.tilesets)
+    data = load_tilesets(config.tilesets, slides=config.slides)
     warnings += data.warnings
     check_names(config.arch, config.encoder)
     if data.tile_size_px % ENCODER_DEPTH_STRIDE:
@@ -118,7 +143,8 @@ def prepare(config: TrainConfig) -> Prepared:
         "tile_size_px": data.tile_size_px, "mpp": data.mpp,
         "split": {"strategy": split.strategy, "train": split.train, "val": split.val},
         "settings": {"batch_size": config.batch_size, "lr": config.lr, "weight_decay": config.weight_decay,
-                     "augment": config.augment, "class_weights": config.class_weights, "amp": config.amp},
+                     "augment": config.augment, "class_weights": config.class_weights, "amp": config.amp,
+                     **({"patches": config.patches} if config.patches != "tiles" else {})},
     }
     out, work = Path(config.out), work_dir_for(Path(config.out))
     if out.exists() and not out.is_dir():
@@ -144,7 +170,9 @@ def prepare(config: TrainConfig) -> Prepared:
         if (work / "checkpoints" / "last.pt").exists() and not config.overwrite:
             raise OutputError(f"an interrupted run's checkpoints are in {work}", path=out,
                               fix="Pass --resume to continue that run, or --overwrite to start afresh")
-    return Prepared(config, data, split, weights, identity, resume_from, warnings)
+    prepared = Prepared(config, data, split, weights, identity, resume_from, warnings)
+    random_patches(prepared)  # --patches random on a store without shapes is refused before any work
+    return prepared
 
 
 def run(config: TrainConfig, *, argv: list[str] | None = None) -> TrainResult:
@@ -204,7 +232,7 @@ def _train(prepared: Prepared, report: ReportBuilder) -> TrainResult:
     pin = device.type == "cuda"
     augment = AUGMENTATIONS[config.augment]
     train_set = TileDataset([data.samples[i] for i in split.train], data.tile_size_px, num_classes,
-                            augment=augment, seed=config.seed)
+                            augment=augment, seed=config.seed, patches=random_patches(prepared))
     val_set = TileDataset([data.samples[i] for i in split.val], data.tile_size_px, num_classes,
                           augment=None, seed=config.seed)
     train_loader, train_sampler, train_generator = make_loader(
@@ -313,7 +341,8 @@ def _export(model, stage: Path, prepared: Prepared, best_row: dict[str, Any], st
                   "val_fraction": config.val_fraction, "val_slides": config.val_slides,
                   "class_weights": config.class_weights, "augment": config.augment, "seed": config.seed,
                   "amp": config.amp, "early_stopping_patience": config.early_stopping_patience,
-                  "stopped_early": state.stopped_early, "split_excluded_tiles": split.excluded}
+                  "stopped_early": state.stopped_early, "split_excluded_tiles": split.excluded,
+                  "sampling": sampling_summary(prepared)}
     if prepared.class_weights is not None:
         parameters["class_weight_values"] = {n: round(float(w), 6)
                                              for n, w in zip(names, prepared.class_weights, strict=True)}
