@@ -46,6 +46,7 @@ def image_codec(name: str):
     if name == LOSSY_CODEC:
         from imagecodecs.numcodecs import Jpeg
 
+        _register_codecs()  # zarr finds the codec by its id when it reads the array's metadata back
         return Jpeg(level=95, subsampling="444")
     raise InputError(f"unknown image codec {name!r}", fix=f"Choose one of {', '.join(IMAGE_CODECS)}")
 
