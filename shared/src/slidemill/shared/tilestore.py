@@ -37,10 +37,19 @@ LOSSY_CODEC = "jpeg-q95"
 IMAGE_CODECS = {LOSSLESS_CODEC: True, LOSSY_CODEC: False}  # name: lossless
 
 
+def _blosc_single_threaded() -> None:
+    # one tile is a small chunk: blosc's thread pool only adds hand-overs (and waits, on a busy
+    # machine); slidemill parallelises over tiles with processes instead
+    from numcodecs import blosc
+
+    blosc.use_threads = False
+
+
 def image_codec(name: str):
     """The numcodecs codec of an image codec name (`IMAGE_CODECS`)."""
     import numcodecs
 
+    _blosc_single_threaded()
     if name == LOSSLESS_CODEC:
         return numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE)
     if name == LOSSY_CODEC:
@@ -209,7 +218,9 @@ class TilesetReader:
             import zarr
 
             _register_codecs()
-            self._group = zarr.open_group(zarr.ZipStore(str(self.container_path), mode="r"), mode="r")
+            _blosc_single_threaded()
+            group = zarr.open_group(zarr.ZipStore(str(self.container_path), mode="r"), mode="r")
+            self._group = {name: group[name] for name in ("images", "masks") if name in group}
         return self._group
 
     def slide(self):
