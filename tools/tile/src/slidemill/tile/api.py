@@ -39,7 +39,16 @@ from .render import TileSpec
 log = logging.getLogger(__name__)
 
 TOOL = "slidemill-tile"
-BATCH = 4  # tiles per task sent to a worker
+# tiles per task sent to a worker: about 16 MB of pixels (4 to 256 tiles). A task's round trip through
+# the process pool costs milliseconds of scheduling on a busy machine, so tasks of 4 large tiles
+# made two workers slower than one; memory stays bounded by tile size x workers (a few tasks each).
+BATCH_BYTES = 16 << 20
+
+
+def batch_size(tile_px: int, tiles: int, workers: int) -> int:
+    """Tiles per worker task for `tiles` tiles of `tile_px` (image and mask: 4 bytes a pixel), at
+    least 8 tasks per worker so that the work stays balanced."""
+    return max(4, min(256, BATCH_BYTES // (4 * tile_px * tile_px), -(-tiles // (8 * workers))))
 PREVIEW_MAX_PX = 1600
 # a worker process costs about a second to start (imports, opening the slide): small jobs stay in one
 MIN_TILES_PER_WORKER = 32
@@ -115,7 +124,8 @@ def iter_tiles(slide: TileConfig | str | Path, *, workers: int = 1, plan: TilePl
             yield plan.tile(i)
         return
     with _executor(plan, workers) as pool:
-        for batch in _bounded_map(pool, render.worker_render, _chunks(plan.specs, BATCH), 2 * workers):
+        size = batch_size(plan.renderer.tile_size_px, len(plan), workers)
+        for batch in _bounded_map(pool, render.worker_render, _chunks(plan.specs, size), 2 * workers):
             for spec, image, mask, fractions in batch:
                 yield Tile(spec=spec, image=image, mask=mask, class_fractions=fractions)
 
@@ -224,7 +234,8 @@ def _write_png_store(plan: TilePlan, config: TileConfig, stage: Path, workers: i
             progress.advance()
         return
     with _executor(plan, workers) as pool:
-        for batch in _bounded_map(pool, render.worker_write, _chunks(plan.specs, BATCH), 4 * workers,
+        size = batch_size(config.tile_size_px, len(plan), workers)
+        for batch in _bounded_map(pool, render.worker_write, _chunks(plan.specs, size), 3 * workers,
                                   stage, config.png_compression):
             for index, frac in batch:
                 fractions[index] = frac
@@ -250,8 +261,9 @@ def _write_container_store(plan: TilePlan, config: TileConfig, stage: Path, work
                 fractions[index] = frac
                 progress.advance()
         else:
+            size = batch_size(config.tile_size_px, len(plan), workers)
             with _executor(plan, workers) as pool:
-                for batch in _bounded_map(pool, render.worker_encode, _chunks(plan.specs, BATCH), 4 * workers,
+                for batch in _bounded_map(pool, render.worker_encode, _chunks(plan.specs, size), 3 * workers,
                                           codec):
                     for index, frac, image, mask in batch:
                         writer.put(index, image, mask)
