@@ -1,25 +1,32 @@
-"""Throughput of `slidemill-tile` against a plain loop and against the JPEG decode ceiling.
+"""Throughput of `slidemill-tile`'s stores against the JPEG decode ceiling and a plain loop, in one run.
 
     .venv/bin/python benchmarks/tile.py [--size 20480] [--tile-size 512] [--workers 0] [--keep DIR]
+                                        [--memory-tiles 100000]
 
 Generates a synthetic JPEG-compressed pyramidal TIFF (`write_synthetic_slide`, 256 x 256 JPEG tiles,
-quality 90, 0.25 um/px) of SIZE x SIZE pixels, then measures, in one run, on the same file:
+quality 90, 0.25 um/px) of SIZE x SIZE pixels with the example annotations (written as QuPath
+GeoJSON, so every store also draws and writes masks), then measures on the same file:
 
-1. `slidemill-tile SLIDE --out DIR --mpp 0.25 --all-tiles --overlap 0 --tile-size T --workers N`
-   (the real command in a subprocess: start-up, tissue detection, manifest and report included),
-   every level-0 tile written as a lossless PNG;
-2. the plain loop people write: `openslide.OpenSlide.read_region((x, y), 0, (T, T))` for the same
-   tiles, `.convert("RGB").save(png)` with PIL's defaults, one process;
-3. the ceiling: decoding every JPEG tile of level 0 of the file (tifffile + imagecodecs, one thread)
-   and nothing else.
+1. the ceiling: decoding every JPEG tile of level 0 of the file (tifffile + imagecodecs, one thread);
+2. `slidemill-tile SLIDE --out DIR --annotations A --mpp 0.25 --all-tiles --overlap 0 --tile-size T
+   --workers N --store S` for S = png, zarr (blosc-lz4 and jpeg-q95) and refs, and zarr again with
+   one worker (the real command in a subprocess: start-up, tissue detection, manifest and report
+   included). The grid is level 0's, so tiles come from decoding the stored tiles directly;
+3. reading the refs tileset back as train does (`open_tileset(...).read(i)`: image from the slide,
+   mask from the container) in N processes, against the decode ceiling x N;
+4. the plain loop people write: `openslide.OpenSlide.read_region((x, y), 0, (T, T))` and
+   `.convert("RGB").save(png)` with PIL's defaults, one process, no masks;
+5. memory: a refs run of at least MEMORY_TILES tiles (64 px tiles), peak resident memory of its
+   largest process next to a run of about 1/16 the tiles (the manifest itself grows with the count).
 
-Megapixels per second count the tile pixels delivered (T x T per tile). Prints the three rates and
-the ratios slidemill / plain loop and slidemill / (ceiling x workers).
+Megapixels per second count the tile pixels delivered (T x T per tile). The machine's load is
+printed with the figures: other work slows the wall-clock ones.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import resource
 import shutil
@@ -43,15 +50,6 @@ def make_slide(path: Path, size: int) -> float:
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def run_slidemill(slide: Path, out: Path, tile: int, workers: int) -> tuple[float, float]:
-    """Wall seconds and CPU seconds (all processes) of one slidemill-tile run."""
-    cmd = [str(BIN / "slidemill-tile"), str(slide), "--out", str(out), "--mpp", "0.25", "--all-tiles",
-           "--overlap", "0", "--tile-size", str(tile), "--workers", str(workers), "--overwrite"]
-    t0, c0 = time.perf_counter(), _children_cpu()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - t0, _children_cpu() - c0
 
 
 def run_plain_loop(slide: Path, out: Path, tile: int, size: int) -> tuple[float, float, int]:
@@ -90,11 +88,72 @@ def run_decode_ceiling(slide: Path) -> tuple[float, float, float]:
     return time.perf_counter() - t0, time.process_time() - c0, len(chunks) * tw * tl / 1e6
 
 
+def write_annotations(path: Path, size: int) -> None:
+    import json
+
+    from slidemill.shared.testing import example_shapes, qupath_geojson
+
+    path.write_text(json.dumps(qupath_geojson(example_shapes(size, size), flavour="0.4")))
+
+
+def run_tile(slide: Path, out: Path, tile: int, workers: int, store: str, annotations: Path,
+             *extra: str) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds (all processes) and peak RSS in MB (largest process) of one run."""
+    cmd = [str(BIN / "slidemill-tile"), str(slide), "--out", str(out), "--mpp", "0.25", "--all-tiles",
+           "--overlap", "0", "--tile-size", str(tile), "--workers", str(workers), "--overwrite",
+           "--store", store, "--annotations", str(annotations), *extra]
+    # a fresh interpreter per run, so ru_maxrss is this run's own
+    code = ("import resource, subprocess, sys, time; t0 = time.perf_counter(); "
+            "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+            "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+            "print(time.perf_counter() - t0, u.ru_utime + u.ru_stime, u.ru_maxrss / 1024)")
+    result = subprocess.run([sys.executable, "-c", code, *cmd], check=True, capture_output=True, text=True)
+    wall, cpu, rss = map(float, result.stdout.split())
+    return wall, cpu, rss
+
+
+_READERS: dict = {}
+
+
+def _read_share(args) -> tuple[int, float]:
+    path, start, stop = args
+    from slidemill.shared.tilestore import open_tileset
+
+    if path not in _READERS:  # once per process, as a DataLoader worker holds its dataset
+        _READERS[path] = open_tileset(path)
+        _READERS[path].read(0)
+    reader = _READERS[path]
+    c0 = time.process_time()
+    for i in range(start, stop):
+        reader.read(i)
+    return stop - start, time.process_time() - c0
+
+
+def read_back(tileset: Path, workers: int) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds (all processes) and tiles read: every tile (image + mask) of a
+    tileset in `workers` processes."""
+    import multiprocessing
+
+    from slidemill.shared.tilestore import open_tileset
+
+    n = len(open_tileset(tileset))
+    bounds = [round(n * k / workers) for k in range(workers + 1)]
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        # start-up (imports, opening the slide) outside the timing: one task per process
+        pool.map(_read_share, [(tileset, 0, 1)] * workers, chunksize=1)
+        time.sleep(0.5)
+        pool.map(_read_share, [(tileset, 0, 1)] * (4 * workers), chunksize=1)
+        t0 = time.perf_counter()
+        parts = pool.map(_read_share, [(tileset, bounds[k], bounds[k + 1]) for k in range(workers)], chunksize=1)
+    return time.perf_counter() - t0, sum(p[1] for p in parts), sum(p[0] for p in parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=20480, help="slide width and height (>= 20000)")
     parser.add_argument("--tile-size", type=int, default=512)
     parser.add_argument("--workers", type=int, default=0, help="slidemill-tile workers; 0 = one per core")
+    parser.add_argument("--memory-tiles", type=int, default=100_000, help="tiles of the memory run (0: skip)")
     parser.add_argument("--keep", type=Path, help="keep the slide and outputs in this folder")
     args = parser.parse_args()
     from slidemill.shared.cli import worker_count
@@ -103,11 +162,13 @@ def main() -> None:
     work = args.keep or Path(tempfile.mkdtemp(prefix="slidemill-bench-tile-"))
     work.mkdir(parents=True, exist_ok=True)
     slide = work / "synthetic-jpeg.tiff"
+    annotations = work / "synthetic.geojson"
     try:
         if not slide.exists():
             seconds = make_slide(slide, args.size)
             print(f"slide: {args.size} x {args.size} px JPEG pyramid, {slide.stat().st_size / 1e6:.0f} MB, "
                   f"made in {seconds:.1f} s")
+        write_annotations(annotations, args.size)
         t = args.tile_size
         n_tiles = (-(-args.size // t)) ** 2
         megapixels = n_tiles * t * t / 1e6
@@ -117,27 +178,56 @@ def main() -> None:
         print(f"decode ceiling (level-0 JPEG tiles, 1 thread): {decoded_mp:.0f} MP in {decode_s:.1f} s "
               f"= {ceiling:.1f} MP/s ({decoded_mp / decode_cpu:.1f} MP per CPU-second)")
 
-        ours_s, ours_cpu = run_slidemill(slide, work / "slidemill-out", t, workers)
-        ours = megapixels / ours_s
-        print(f"slidemill-tile ({workers} worker(s), {n_tiles} tiles of {t} px, PNG): {megapixels:.0f} MP in "
-              f"{ours_s:.1f} s = {ours:.1f} MP/s ({megapixels / ours_cpu:.1f} MP per CPU-second, "
-              "start-up, tissue detection and manifest included)")
-        rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        print(f"slidemill-tile peak memory of its largest process: {rss_mb:.0f} MB "
-              f"(the slide is {args.size * args.size * 3 / 1e6:.0f} MB of pixels)")
+        rates: dict[str, float] = {}
+        runs = [("png", workers, ()), ("zarr", workers, ()), ("zarr", workers, ("--codec", "jpeg-q95")),
+                ("refs", workers, ()), ("zarr", 1, ())]
+        for store, n, extra in runs:
+            label = f"{store}{' ' + extra[1] if extra else ''}, {n} worker(s)"
+            wall, cpu, rss = run_tile(slide, work / f"out-{store}-{n}-{len(extra)}", t, n, store, annotations, *extra)
+            rates[label] = megapixels / wall
+            out = work / f"out-{store}-{n}-{len(extra)}"
+            size_mb = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e6
+            files = sum(1 for f in out.rglob("*") if f.is_file())
+            print(f"slidemill-tile --store {label}: {n_tiles} tiles of {t} px + masks, {megapixels:.0f} MP in "
+                  f"{wall:.1f} s = {rates[label]:.1f} MP/s ({megapixels / cpu:.1f} MP per CPU-second; "
+                  f"{size_mb:.0f} MB in {files} files; peak {rss:.0f} MB)")
+        png, zarr_n, zarr_1 = (rates[f"png, {workers} worker(s)"], rates[f"zarr, {workers} worker(s)"],
+                               rates["zarr, 1 worker(s)"])
+        read_s, read_cpu, count = read_back(work / f"out-refs-{workers}-0", workers)
+        refs_read = count * t * t / 1e6 / read_s
+        refs_cpu = count * t * t / 1e6 / read_cpu
+        print(f"refs tileset read back as train reads it ({workers} process(es), image from the slide + mask): "
+              f"{count} tiles in {read_s:.1f} s = {refs_read:.1f} MP/s ({refs_cpu:.1f} MP per CPU-second)")
 
         plain_s, plain_cpu, count = run_plain_loop(slide, work / "plain-out", t, args.size)
         plain_mp = count * t * t / 1e6
         plain = plain_mp / plain_s
-        print(f"plain loop (openslide read_region + PIL PNG save, 1 process): {plain_mp:.0f} MP in "
+        print(f"plain loop (openslide read_region + PIL PNG save, 1 process, no masks): {plain_mp:.0f} MP in "
               f"{plain_s:.1f} s = {plain:.1f} MP/s ({plain_mp / plain_cpu:.1f} MP per CPU-second)")
 
-        print(f"ratio slidemill / plain loop: {ours / plain:.2f}x wall-clock, "
-              f"{(megapixels / ours_cpu) / (plain_mp / plain_cpu):.2f}x per CPU-second")
-        print(f"ratio slidemill / decode ceiling: {ours / ceiling:.2f} "
-              f"(of ceiling x {workers} workers: {ours / (ceiling * workers):.2f})")
+        print(f"ratio refs read / (decode ceiling x {workers}): {refs_read / (ceiling * workers):.2f} wall-clock, "
+              f"{refs_cpu / (decoded_mp / decode_cpu):.2f} per CPU-second (aim >= 0.5)")
+        print(f"ratio zarr / png store ({workers} worker(s), masks written): {zarr_n / png:.2f} (aim >= 2)")
+        print(f"ratio zarr {workers} workers / 1 worker: {zarr_n / zarr_1:.2f} (aim >= 1.7 with 2)")
+        print(f"ratio png store / plain loop: {png / plain:.2f}; zarr / plain loop: {zarr_n / plain:.2f}")
+
+        if args.memory_tiles:
+            mt = 64
+            side = max(args.size, math.ceil(math.sqrt(args.memory_tiles)) * mt)
+            big = work / "memory.tiff"
+            if side != args.size:
+                make_slide(big, side)
+            else:
+                big = slide
+            write_annotations(work / "memory.geojson", side)
+            for tile_px in (mt * 4, mt):
+                count = (-(-side // tile_px)) ** 2
+                wall, _, rss = run_tile(big, work / f"out-memory-{tile_px}", tile_px, workers, "refs",
+                                        work / "memory.geojson")
+                print(f"memory: refs store, {count} tiles of {tile_px} px with masks ({workers} worker(s)): "
+                      f"{wall:.1f} s, peak {rss:.0f} MB in the largest process")
         load = os.getloadavg()
-        print(f"cpu cores: {os.cpu_count()}, load average during the run: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} "
+        print(f"cpu cores: {os.cpu_count()}, load average after the run: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} "
               "(other work on the machine slows the wall-clock figures, not the per-CPU-second ones)")
     finally:
         if args.keep is None:

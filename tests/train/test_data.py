@@ -186,7 +186,8 @@ def test_the_channels_a_tileset_chose_reach_the_model_card():
         dtype="uint16", bands=1, frames=3, channels=[ChannelPick(name="DAPI", frame=0, window=(0, 4095))])})})
 
     def data(tileset):
-        return TrainingData(paths=[], tilesets=[tileset], classes=tileset.classes, mpp=tileset.params.mpp,
+        return TrainingData(paths=[], tilesets=[tileset], readers=[None], classes=tileset.classes,
+                            mpp=tileset.params.mpp,
                             tile_size_px=tileset.params.tile_size_px, samples=[])
 
     assert data(plain).slide_channels is None

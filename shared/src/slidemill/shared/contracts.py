@@ -160,13 +160,38 @@ class TileRecord(Strict):
     tissue_fraction: float = Field(ge=0, le=1)
     class_fractions: dict[str, float] = Field(
         default_factory=dict, description="fraction of the tile's pixels per class name (ignore included)")
-    image: RelPath
-    mask: RelPath | None = None
+    image: RelPath | None = Field(None, description="png store: the tile's PNG file; other stores: null (the "
+                                  "pixels are row `index` of the container, or read from the slide)")
+    mask: RelPath | None = Field(None, description="png store: the mask's PNG file; other stores: null (row "
+                                 "`index` of the container's masks)")
+
+
+StoreKind = Literal["png", "refs", "zarr"]
+
+
+class TileStoreInfo(Strict):
+    """How a tileset keeps its pixels (schema 1.1; a 1.0 manifest is a png store).
+
+    - png: one PNG file per tile image and mask (`TileRecord.image`, `.mask`);
+    - zarr: one zarr (v2) container in a zip file, `images` (N, T, T, 3) and `masks` (N, T, T) uint8,
+      one chunk per tile, row `TileRecord.index`;
+    - refs: no image pixels: they are read from the slide (`slide_path`) at the tile's position;
+      masks (if any) in the container as for zarr, and the labelled shapes for random patches.
+    """
+
+    kind: StoreKind = "png"
+    container: RelPath | None = Field(None, description="the zip file of the zarr container (zarr, refs)")
+    image_codec: str | None = Field(None, description="codec of the container's images, e.g. blosc-lz4, jpeg-q95")
+    lossless: bool = Field(True, description="the stored pixels equal the slide's (false for a lossy codec)")
+    slide_path: str | None = Field(
+        None, description="refs: the slide, relative to this file's folder ('/'-separated, may go up with '..': "
+        "the slide lives outside the tileset); train's --slide gives it again when it moved")
+    shapes: RelPath | None = Field(None, description="refs: the labelled annotation shapes (JSON, level-0 WKB)")
 
 
 class TileSet(Contract):
     KIND: ClassVar[str] = "tileset"
-    VERSION: ClassVar[str] = "1.1"  # 1.1: background classes; slide pixel meaning, series, mpp sources
+    VERSION: ClassVar[str] = "1.1"  # 1.1: background classes; slide pixel meaning, series, mpp sources; stores
     schema_id: Literal["slidemill/tileset"] = Field("slidemill/tileset", alias="schema")
     schema_version: str = Field("1.1", pattern=r"^1\.\d+$")
     slide: SlideRef
@@ -175,7 +200,21 @@ class TileSet(Contract):
     classes: ClassTable | None = Field(None, description="null when no annotations were given")
     tissue_mask: RelPath | None = None
     preview: RelPath | None = None
+    store: TileStoreInfo = Field(default_factory=TileStoreInfo, description="how the pixels are kept")
     tiles: list[TileRecord]
+
+    @model_validator(mode="after")
+    def _store_complete(self) -> TileSet:
+        kind = self.store.kind
+        if kind == "png" and any(t.image is None for t in self.tiles):
+            raise ValueError("a png store needs an image file for every tile")
+        if kind == "zarr" and self.store.container is None:
+            raise ValueError("a zarr store needs its container file")
+        if kind == "refs" and self.store.slide_path is None:
+            raise ValueError("a refs store needs the slide's path")
+        if kind in ("zarr", "refs") and any(t.index != i for i, t in enumerate(self.tiles)):
+            raise ValueError("tile indices must be 0..n-1 in order (they are the container's rows)")
+        return self
 
 
 # --- model card --------------------------------------------------------------------------------

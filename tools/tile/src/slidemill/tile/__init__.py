@@ -7,10 +7,10 @@
 
 from slidemill.shared.tissue import detect_tissue
 
-from .api import TileResult, draw_preview, iter_tiles, plan_tiles, run
+from .api import TileResult, draw_preview, iter_tiles, plan_tiles, read_tileset, run
 from .config import TileConfig
 from .plan import Tile, TilePlan
 from .render import TileSpec
 
 __all__ = ["Tile", "TileConfig", "TilePlan", "TileResult", "TileSpec", "detect_tissue", "draw_preview",
-           "iter_tiles", "plan_tiles", "run"]
+           "iter_tiles", "plan_tiles", "read_tileset", "run"]

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import cv2
@@ -17,20 +18,41 @@ import numpy as np
 
 from slidemill.shared.classes import IGNORE_LABEL
 from slidemill.shared.cli import Progress, package_version, worker_count
-from slidemill.shared.contracts import TileRecord, TileSet, TilingParams, save_contract
+from slidemill.shared.contracts import TileRecord, TileSet, TileStoreInfo, TilingParams, save_contract
 from slidemill.shared.errors import InputError
 from slidemill.shared.files import prepare_output_dir, staged_dir
 from slidemill.shared.report import ReportBuilder
+from slidemill.shared.tilestore import (
+    CONTAINER_NAME,
+    IMAGE_CODECS,
+    SHAPES_NAME,
+    ContainerWriter,
+    open_tileset,
+    write_shapes,
+)
 
 from . import render
 from .config import TileConfig
 from .plan import Tile, TilePlan, make_plan
 from .pngenc import write_png
+from .render import TileSpec
 
 log = logging.getLogger(__name__)
 
 TOOL = "slidemill-tile"
-BATCH = 4  # tiles per task sent to a worker
+# tiles per task sent to a worker: about 16 MB of pixels (4 to 256 tiles). A task's round trip through
+# the process pool costs milliseconds of scheduling on a busy machine, so tasks of 4 large tiles
+# made two workers slower than one; memory stays bounded by tile size x workers (a few tasks each).
+BATCH_BYTES = 16 << 20
+
+
+MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20)}
+
+
+def batch_size(tile_px: int, tiles: int, workers: int) -> int:
+    """Tiles per worker task for `tiles` tiles of `tile_px` (image and mask: 4 bytes a pixel), at
+    least 8 tasks per worker so that the work stays balanced."""
+    return max(4, min(256, BATCH_BYTES // (4 * tile_px * tile_px), -(-tiles // (8 * workers))))
 PREVIEW_MAX_PX = 1600
 # a worker process costs about a second to start (imports, opening the slide): small jobs stay in one
 MIN_TILES_PER_WORKER = 32
@@ -79,6 +101,12 @@ def _bounded_map(executor: ProcessPoolExecutor, fn: Callable, batches: Iterable[
 def _executor(plan: TilePlan, workers: int) -> ProcessPoolExecutor:
     import multiprocessing
 
+    # glibc's malloc in a fresh process serves each ~1 MB tile buffer by mmap and gives it back at once,
+    # so every numpy temporary page-faults anew: measured 2.6x the CPU per tile in a worker against the
+    # same loop in a long-lived process. Fixed thresholds keep such buffers on the heap; the workers read
+    # them from the environment at start (a value the user set wins).
+    for name, value in MALLOC_TUNING.items():
+        os.environ.setdefault(name, value)
     # spawn: each worker opens the slide itself (no file handles or reader threads cross a fork)
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=render.init_worker, initargs=(plan.renderer,))
@@ -88,19 +116,44 @@ def iter_tiles(slide: TileConfig | str | Path, *, workers: int = 1, plan: TilePl
                **options) -> Iterator[Tile]:
     """Yield every tile `slidemill-tile` would write (same order, pixels and masks), writing nothing.
 
-    `slide` is a slide path (options as in `TileConfig`: `annotations=[...]`, `mpp=0.5`, ...) or a
-    `TileConfig`. With `workers > 1` tiles are read in worker processes, at most a few per worker
+    `slide` is a slide path (options as in `TileConfig`: `annotations=[...]`, `mpp=0.5`, ...), a
+    `TileConfig`, or a tileset folder / tileset.json written by `run` (its stored tiles are read
+    through `read_tileset`, whatever the store: the same pixels as cutting again for the lossless stores).
+    With `workers > 1` tiles are read in worker processes, at most a few per worker
     ahead of the consumer.
     """
+    if plan is None and not isinstance(slide, TileConfig) and _is_tileset(slide):
+        if options:
+            raise InputError(f"options {sorted(options)} do not apply to a tileset, which is already cut",
+                             path=slide, fix="Give the slide itself to cut it differently")
+        yield from read_tileset(slide)
+        return
     plan = plan or plan_tiles(slide, **options)
     if workers <= 1 or len(plan) <= 1:
         for i in range(len(plan)):
             yield plan.tile(i)
         return
     with _executor(plan, workers) as pool:
-        for batch in _bounded_map(pool, render.worker_render, _chunks(plan.specs, BATCH), 2 * workers):
+        size = batch_size(plan.renderer.tile_size_px, len(plan), workers)
+        for batch in _bounded_map(pool, render.worker_render, _chunks(plan.specs, size), 2 * workers):
             for spec, image, mask, fractions in batch:
                 yield Tile(spec=spec, image=image, mask=mask, class_fractions=fractions)
+
+
+def _is_tileset(path: str | Path) -> bool:
+    path = Path(path)
+    return (path.is_dir() and (path / "tileset.json").is_file()) or (path.is_file() and path.name == "tileset.json")
+
+
+def read_tileset(path: str | Path, *, slide: str | Path | None = None) -> Iterator[Tile]:
+    """Every tile of a written tileset (png, zarr or refs store; `slide` gives a refs tileset's slide
+    again when it moved), as `Tile`s in manifest order, through the shared tileset reader."""
+    reader = open_tileset(path, slide=slide)
+    for i, r in enumerate(reader.tileset.tiles):
+        image, mask = reader.read(i)
+        spec = TileSpec(index=r.index, row=r.row, col=r.col, x=r.x, y=r.y, width=r.width, height=r.height,
+                        pad_right_px=r.pad_right_px, pad_bottom_px=r.pad_bottom_px, tissue_fraction=r.tissue_fraction)
+        yield Tile(spec=spec, image=image, mask=mask, class_fractions=dict(r.class_fractions))
 
 
 # --- preview -----------------------------------------------------------------------------------
@@ -155,13 +208,92 @@ def draw_preview(plan: TilePlan) -> np.ndarray:
 # --- the command -------------------------------------------------------------------------------
 
 
-def _records(plan: TilePlan, fractions: dict[int, dict[str, float]]) -> list[TileRecord]:
-    masks = plan.classes is not None
+def _records(plan: TilePlan, fractions: dict[int, dict[str, float]], store: str) -> list[TileRecord]:
+    files = store == "png"
+    masks = files and plan.classes is not None
     return [TileRecord(index=s.index, col=s.col, row=s.row, x=s.x, y=s.y, width=s.width, height=s.height,
                        pad_right_px=s.pad_right_px, pad_bottom_px=s.pad_bottom_px,
                        tissue_fraction=s.tissue_fraction, class_fractions=fractions.get(s.index, {}),
-                       image=f"tiles/{s.stem}.png", mask=f"masks/{s.stem}.png" if masks else None)
+                       image=f"tiles/{s.stem}.png" if files else None, mask=f"masks/{s.stem}.png" if masks else None)
             for s in plan.specs]
+
+
+def _slide_path_from(out: Path, slide: Path) -> str:
+    """The slide relative to the output folder ('/'-separated; absolute only across drives)."""
+    try:
+        rel = os.path.relpath(Path(slide).resolve(), Path(out).resolve())
+    except ValueError:
+        raise InputError("the slide and --out lie on different drives, so a refs tileset cannot point to the "
+                         "slide relatively", path=slide, fix="Use --store zarr, or an --out on the slide's drive") \
+            from None
+    return PurePath(rel).as_posix()
+
+
+def _store_info(config: TileConfig, out: Path) -> TileStoreInfo:
+    if config.store == "png":
+        return TileStoreInfo(kind="png")
+    if config.store == "zarr":
+        return TileStoreInfo(kind="zarr", container=CONTAINER_NAME, image_codec=config.image_codec,
+                             lossless=IMAGE_CODECS[config.image_codec])
+    return TileStoreInfo(kind="refs", container=CONTAINER_NAME, slide_path=_slide_path_from(out, config.slide),
+                         shapes=SHAPES_NAME if config.annotations else None)
+
+
+def _store_outputs(config: TileConfig, plan: TilePlan) -> list[str]:
+    if config.store == "png":
+        return ["tiles", "masks"] if plan.classes is not None else ["tiles"]
+    return [CONTAINER_NAME, SHAPES_NAME] if config.store == "refs" and config.annotations else [CONTAINER_NAME]
+
+
+def _write_png_store(plan: TilePlan, config: TileConfig, stage: Path, workers: int,
+                     fractions: dict[int, dict[str, float]], progress: Progress) -> None:
+    (stage / "tiles").mkdir()
+    if plan.classes is not None:
+        (stage / "masks").mkdir()
+    if workers <= 1:
+        for spec in plan.specs:
+            index, frac = plan.renderer.write(stage, spec, config.png_compression)
+            fractions[index] = frac
+            progress.advance()
+        return
+    with _executor(plan, workers) as pool:
+        size = batch_size(config.tile_size_px, len(plan), workers)
+        for batch in _bounded_map(pool, render.worker_write, _chunks(plan.specs, size), 3 * workers,
+                                  stage, config.png_compression):
+            for index, frac in batch:
+                fractions[index] = frac
+            progress.advance(len(batch))
+
+
+def _write_container_store(plan: TilePlan, config: TileConfig, stage: Path, workers: int,
+                           fractions: dict[int, dict[str, float]], progress: Progress) -> None:
+    """zarr: images and masks in one zip container; refs: masks only (no pixel of the slide read).
+    Workers render and encode; this process only appends the chunks to the zip."""
+    codec = config.image_codec if config.store == "zarr" else None
+    masks = plan.classes is not None
+    if config.store == "refs" and config.annotations:
+        write_shapes(stage / SHAPES_NAME, plan.annotation_shapes, plan.renderer.fill_label)
+    writer = ContainerWriter(stage / CONTAINER_NAME, len(plan), config.tile_size_px, codec=codec, masks=masks)
+    try:
+        if codec is None and not masks:
+            progress.advance(len(plan))  # positions only: nothing to read or draw
+        elif workers <= 1:
+            for spec in plan.specs:
+                index, frac, image, mask = plan.renderer.encode(spec, codec)
+                writer.put(index, image, mask)
+                fractions[index] = frac
+                progress.advance()
+        else:
+            size = batch_size(config.tile_size_px, len(plan), workers)
+            with _executor(plan, workers) as pool:
+                for batch in _bounded_map(pool, render.worker_encode, _chunks(plan.specs, size), 3 * workers,
+                                          codec):
+                    for index, frac, image, mask in batch:
+                        writer.put(index, image, mask)
+                        fractions[index] = frac
+                    progress.advance(len(batch))
+    finally:
+        writer.close()
 
 
 def run(config: TileConfig, *, argv: list[str] | None = None) -> TileResult:
@@ -184,22 +316,11 @@ def run(config: TileConfig, *, argv: list[str] | None = None) -> TileResult:
              config.target_mpp, workers)
     fractions: dict[int, dict[str, float]] = {}
     with staged_dir(out, overwrite=config.overwrite) as stage:
-        (stage / "tiles").mkdir()
-        if plan.classes is not None:
-            (stage / "masks").mkdir()
         with report.timed("tiles"), Progress(len(plan), "tiles", "tiles") as progress:
-            if workers <= 1:
-                for spec in plan.specs:
-                    index, frac = plan.renderer.write(stage, spec, config.png_compression)
-                    fractions[index] = frac
-                    progress.advance()
+            if config.store == "png":
+                _write_png_store(plan, config, stage, workers, fractions, progress)
             else:
-                with _executor(plan, workers) as pool:
-                    for batch in _bounded_map(pool, render.worker_write, _chunks(plan.specs, BATCH), 4 * workers,
-                                              stage, config.png_compression):
-                        for index, frac in batch:
-                            fractions[index] = frac
-                        progress.advance(len(batch))
+                _write_container_store(plan, config, stage, workers, fractions, progress)
         with report.timed("write"):
             write_png(stage / "tissue.png", plan.tissue.mask.astype(np.uint8) * 255, 6)
             write_png(stage / "preview.png", draw_preview(plan), 6)
@@ -209,7 +330,8 @@ def run(config: TileConfig, *, argv: list[str] | None = None) -> TileResult:
                                   annotated_only=config.annotated_only, background_class=config.background_class,
                                   tissue_mode=plan.tissue_mode)
             tileset = TileSet(slide=plan.slide_ref, params=params, mapping=plan.mapping, classes=plan.classes,
-                              tissue_mask="tissue.png", preview="preview.png", tiles=_records(plan, fractions))
+                              tissue_mask="tissue.png", preview="preview.png", store=_store_info(config, out),
+                              tiles=_records(plan, fractions, config.store))
             # readable when small; one line when large (100,000 tiles stay a quick read)
             save_contract(tileset, stage / "tileset.json", indent=1 if len(plan) <= 5000 else None)
         megapixels = len(plan) * config.tile_size_px ** 2 / 1e6
@@ -217,9 +339,8 @@ def run(config: TileConfig, *, argv: list[str] | None = None) -> TileResult:
         report.inputs = [str(config.slide), *(str(a) for a in config.annotations)]
         if config.classes_file:
             report.inputs.append(str(config.classes_file))
-        report.outputs = [str(out / n) for n in ("tileset.json", "tiles", "tissue.png", "preview.png")]
-        if plan.classes is not None:
-            report.outputs.insert(2, str(out / "masks"))
+        report.outputs = [str(out / n) for n in ("tileset.json", *_store_outputs(config, plan), "tissue.png",
+                                                       "preview.png")]
         stats = plan.stats
         report.counts.update({
             "tiles_written": len(plan), "grid_tiles": plan.grid_cols * plan.grid_rows,
@@ -232,6 +353,7 @@ def run(config: TileConfig, *, argv: list[str] | None = None) -> TileResult:
         report.counts["megapixels_per_s"] = round(megapixels / max(report.timings_s.get("tiles", 0), 1e-9), 3)
         report.environment["slide_reader"] = plan.slide_ref.reader
         report.environment["tissue_mode"] = plan.tissue_mode
+        report.environment["tile_store"] = config.store
         report.write(stage / "report.json")
     log.info("wrote %d tiles (%.1f MP) to %s in %.1f s", len(plan), megapixels, out, seconds)
     return TileResult(out=out, tileset=tileset, tiles_written=len(plan), megapixels=megapixels, seconds=seconds,

@@ -79,6 +79,13 @@ def main(
     png_compression: Annotated[int, typer.Option(
         "--png-compression", help="PNG deflate level: 1 = fastest, up to 12 = smallest, 0 = none.",
         min=0, max=12)] = 1,
+    store: Annotated[str, typer.Option(
+        "--store", help="How tiles are kept: png (a PNG per tile and mask), zarr (one zip container of every tile "
+        "and mask: copy it to a training node that cannot see the slides), refs (positions and masks only: train "
+        "reads the pixels from the slide, and can draw random patches).")] = "png",
+    codec: Annotated[str, typer.Option(
+        "--codec", help="Image codec of --store zarr: blosc-lz4 (lossless) or jpeg-q95 (lossy, about 5x "
+        "smaller).")] = "blosc-lz4",
     workers: WorkersOption = 0,  # an upper bound: small jobs (under 32 tiles a worker) use fewer
     slide_mpp: SlideMppOption = None,
     channel: ChannelOption = None,
@@ -124,7 +131,8 @@ def main(
                                 background_class=background, unclassified_class=unclassified_class, workers=workers,
                                 slide_mpp=slide_mpp, png_compression=png_compression, overwrite=overwrite,
                                 channels=channel or None, z=z, t=t, dicom_series=dicom_series,
-                                allow_upsampling=allow_upsampling, tissue_mode=tissue_mode.value)
+                                allow_upsampling=allow_upsampling, tissue_mode=tissue_mode.value,
+                                store=store, image_codec=codec)
         except ValidationError as exc:
             raise option_error(exc, OPTIONS, tool="slidemill-tile") from None
         if qupath_project is not None:

@@ -52,6 +52,11 @@ class TileConfig(BaseModel):
         "auto", description="tissue darker than glass (brightfield) or brighter than a dark background "
         "(darkfield, fluorescence); auto: darkfield when the thumbnail's median grey is below 100")
     tissue_mpp: float = Field(TISSUE_MPP, gt=0, le=1000, description="microns per pixel of the tissue detection")
+    store: Literal["png", "refs", "zarr"] = Field(
+        "png", description="png: a PNG file per tile and mask; zarr: one zip container of all tiles (the format "
+        "to copy to a training node); refs: positions and masks only, train reads the pixels from the slide")
+    image_codec: Literal["blosc-lz4", "jpeg-q95"] = Field(
+        "blosc-lz4", description="zarr store's image codec: blosc-lz4 (lossless) or jpeg-q95 (lossy, 4:4:4)")
     png_compression: int = Field(1, ge=0, le=12, description="PNG deflate level of tiles and masks (1 = fastest)")
     overwrite: bool = Field(False, description="replace an existing output folder")
 

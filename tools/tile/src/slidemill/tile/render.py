@@ -11,6 +11,9 @@ import numpy as np
 
 from slidemill.shared.classes import IGNORE_LABEL
 from slidemill.shared.errors import OutputError
+from slidemill.shared.stored_tiles import StoredLevels, read_tile_pixels
+from slidemill.shared.tilestore import encode_chunk, mask_codec
+from slidemill.shared.tilestore import image_codec as tile_image_codec
 
 from .pngenc import write_png
 from .rasterize import LabelledShape, Rasterizer
@@ -50,11 +53,15 @@ class TileRenderer:
     open_options: dict = field(default_factory=dict)  # open_slide's keywords besides mpp (pixels, dicom_series)
     _slide: object = field(default=None, repr=False, compare=False)
     _raster: Rasterizer | None = field(default=None, repr=False, compare=False)
+    _stored: StoredLevels | None = field(default=None, repr=False, compare=False)
+    _codecs: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_slide"] = None
         state["_raster"] = None
+        state["_stored"] = None
+        state["_codecs"] = {}
         return state
 
     def open(self):
@@ -62,6 +69,8 @@ class TileRenderer:
             from slidemill.shared.slide import open_slide
 
             self._slide = open_slide(self.slide_path, mpp=self.slide_mpp, **self.open_options)
+        if self._stored is None:
+            self._stored = StoredLevels(self._slide)
         if self.shapes is not None and self._raster is None:
             self._raster = Rasterizer(self.shapes, fill=self.fill_label)
         return self._slide
@@ -70,7 +79,13 @@ class TileRenderer:
         """The RGB tile (H, W, 3) and its class mask (H, W) or None without annotations."""
         slide = self.open()
         t = self.tile_size_px
-        image = slide.read_region(spec.x, spec.y, t, t, self.scale, pad_value=self.pad_value)
+        image = read_tile_pixels(slide, self._stored, spec.x, spec.y, t, t, self.scale, self.pad_value)
+        return image, self.render_mask(spec)
+
+    def render_mask(self, spec: TileSpec) -> np.ndarray | None:
+        """The tile's class mask (H, W) uint8, or None without annotations (no pixel of the slide read)."""
+        self.open()
+        t = self.tile_size_px
         mask = None
         if self._raster is not None:
             mask = self._raster.mask(spec.col * self.stride_px, spec.row * self.stride_px, t, t, self.scale)
@@ -78,7 +93,7 @@ class TileRenderer:
                 mask[:, t - spec.pad_right_px:] = IGNORE_LABEL
             if spec.pad_bottom_px:
                 mask[t - spec.pad_bottom_px:, :] = IGNORE_LABEL
-        return image, mask
+        return mask
 
     def class_fractions(self, mask: np.ndarray | None) -> dict[str, float]:
         if mask is None:
@@ -104,6 +119,21 @@ class TileRenderer:
                                   fix="Check free space and permissions") from None
         return spec.index, self.class_fractions(mask)
 
+    def encode(self, spec: TileSpec, image_codec: str | None) -> tuple[int, dict[str, float], bytes | None,
+                                                                        bytes | None]:
+        """A container store's tile: (index, class fractions, image chunk or None, mask chunk or None).
+        `image_codec` None (refs store): the slide's pixels are not read at all."""
+        if image_codec is None:
+            image, mask = None, self.render_mask(spec)
+        else:
+            image, mask = self.render(spec)
+        if "mask" not in self._codecs:
+            self._codecs["mask"] = mask_codec()
+            self._codecs["image"] = image_codec and tile_image_codec(image_codec)
+        image_bytes = None if image is None else encode_chunk(self._codecs["image"], image)
+        mask_bytes = None if mask is None else encode_chunk(self._codecs["mask"], mask)
+        return spec.index, self.class_fractions(mask), image_bytes, mask_bytes
+
 
 def valid_extent_px(extent_level0: int, scale: float, start_px: int, tile_px: int) -> int:
     """Tile pixels (from `start_px` of the grid) whose left/top corner lies inside the slide."""
@@ -128,6 +158,11 @@ def init_worker(renderer: TileRenderer) -> None:
 def worker_write(folder: Path, png_compression: int, specs: list[TileSpec]) -> list[tuple[int, dict[str, float]]]:
     assert _WORKER is not None
     return [_WORKER.write(folder, spec, png_compression) for spec in specs]
+
+
+def worker_encode(image_codec: str | None, specs: list[TileSpec]) -> list[tuple]:
+    assert _WORKER is not None
+    return [_WORKER.encode(spec, image_codec) for spec in specs]
 
 
 def worker_render(specs: list[TileSpec]) -> list[tuple[TileSpec, np.ndarray, np.ndarray | None, dict[str, float]]]:

@@ -103,6 +103,32 @@ class Prepared:
     warnings: list[str]
 
 
+def random_patches(prepared: Prepared):
+    """The random-patch source of `--patches random` (None for `tiles`): refs tilesets of the training
+    slides, avoiding the validation tiles."""
+    if prepared.config.patches != "random":
+        return None
+    from .patches import RandomPatches
+
+    data, split = prepared.data, prepared.split
+    readers = [r for r, ts in zip(data.readers, data.tilesets, strict=True) if ts.slide.name in split.train_slides]
+    for reader, ts, path in zip(data.readers, data.tilesets, data.paths, strict=True):
+        if reader is None or ts.store.kind != "refs":
+            raise InputError(f"is a {ts.store.kind} tileset, but --patches random reads patches from the slide",
+                             path=path, fix="Tile with --store refs (and --annotations), or train with --patches tiles")
+    return RandomPatches(readers, data.classes, data.tile_size_px, seed=prepared.config.seed,
+                         exclude=[data.samples[i] for i in split.val])
+
+
+def sampling_summary(prepared: Prepared) -> dict:
+    if prepared.config.patches == "random":
+        summary = random_patches(prepared).describe()
+        summary["per_epoch"] = len(prepared.split.train)
+        return summary
+    return {"patches": "tiles", "tile_sampling": prepared.config.sampling,
+            "stores": sorted({ts.store.kind for ts in prepared.data.tilesets})}
+
+
 def prepare(config: TrainConfig) -> Prepared:
     """Validate every input and option; nothing is written."""
     from .engine import resolve_device
@@ -110,7 +136,7 @@ def prepare(config: TrainConfig) -> Prepared:
 
     warnings: list[str] = []
     resolve_device(config.device)  # --device cuda without a GPU is refused before any work
-    data = load_tilesets(config.tilesets)
+    data = load_tilesets(config.tilesets, slides=config.slides)
     warnings += data.warnings
     check_names(config.arch, config.encoder)
     if data.tile_size_px % ENCODER_DEPTH_STRIDE:
@@ -134,7 +160,8 @@ def prepare(config: TrainConfig) -> Prepared:
         "split": {"strategy": split.strategy, "train": split.train, "val": split.val},
         "settings": {"batch_size": config.batch_size, "lr": config.lr, "weight_decay": config.weight_decay,
                      "augment": config.augment, "class_weights": config.class_weights, "amp": config.amp,
-                     "sampling": config.sampling, "grad_clip": config.grad_clip},
+                     "sampling": config.sampling, "grad_clip": config.grad_clip,
+                     **({"patches": config.patches} if config.patches != "tiles" else {})},
     }
     out, work = Path(config.out), work_dir_for(Path(config.out))
     if out.exists() and not out.is_dir():
@@ -160,7 +187,9 @@ def prepare(config: TrainConfig) -> Prepared:
         if (work / "checkpoints" / "last.pt").exists() and not config.overwrite:
             raise OutputError(f"an interrupted run's checkpoints are in {work}", path=out,
                               fix="Pass --resume to continue that run, or --overwrite to start afresh")
-    return Prepared(config, data, split, weights, identity, resume_from, warnings)
+    prepared = Prepared(config, data, split, weights, identity, resume_from, warnings)
+    random_patches(prepared)  # --patches random on a store without shapes is refused before any work
+    return prepared
 
 
 def check_trainable(model, config: TrainConfig, *, batch: int, tile_size_px: int) -> None:
@@ -249,7 +278,8 @@ def _train(prepared: Prepared, report: ReportBuilder) -> TrainResult:
     pin = device.type == "cuda"
     augment = AUGMENTATIONS[config.augment]
     train_samples = [data.samples[i] for i in split.train]
-    train_set = TileDataset(train_samples, data.tile_size_px, num_classes, augment=augment, seed=config.seed)
+    train_set = TileDataset(train_samples, data.tile_size_px, num_classes, augment=augment, seed=config.seed,
+                            patches=random_patches(prepared))
     weights = None
     if config.sampling == "balanced":
         weights = balanced_tile_weights([dict(s.class_fractions) for s in train_samples], class_names)
@@ -430,11 +460,11 @@ def _export(model, stage: Path, prepared: Prepared, best_row: dict[str, Any], st
                   "schedule_steps": state.total_steps, "batch_size": config.batch_size, "lr": config.lr,
                   "weight_decay": config.weight_decay, "optimizer": "AdamW", "grad_clip": config.grad_clip,
                   "schedule": "linear warmup (5% of the steps, at most 500), cosine decay to 1% per step",
-                  "sampling": config.sampling,
                   "val_fraction": config.val_fraction, "val_slides": config.val_slides,
                   "class_weights": config.class_weights, "augment": config.augment, "seed": config.seed,
                   "amp": config.amp, "early_stopping_patience": config.early_stopping_patience,
-                  "stopped_early": state.stopped_early, "split_excluded_tiles": split.excluded}
+                  "stopped_early": state.stopped_early, "split_excluded_tiles": split.excluded,
+                  "sampling": sampling_summary(prepared)}
     if prepared.class_weights is not None:
         parameters["class_weight_values"] = {n: round(float(w), 6)
                                              for n, w in zip(names, prepared.class_weights, strict=True)}

@@ -68,6 +68,13 @@ def main(
         "once per epoch.")] = "balanced",
     augment: Annotated[str, typer.Option(
         "--augment", help="standard (flips, 90-degree rotations, H&E stain jitter, blur) or none.")] = "standard",
+    patches: Annotated[str, typer.Option(
+        "--patches", help="tiles (the tileset's tiles) or random: with refs tilesets (slidemill-tile --store refs), "
+        "each epoch patches at random positions inside the annotated area, class-balanced, seeded by --seed.")
+    ] = "tiles",
+    slide: Annotated[list[Path] | None, typer.Option(
+        "--slide", help="The slide of a refs tileset (file, or a folder holding it), when the tileset's relative "
+        "path to it no longer resolves. Repeat for several.", show_default=False)] = None,
     device: DeviceOption = Device.auto,
     amp: Annotated[bool | None, typer.Option(
         "--amp/--no-amp", help="Mixed precision (float16 autocast) [default: on with CUDA, off on the CPU].",
@@ -106,7 +113,8 @@ def main(
                   "encoder_weights": encoder_weights, "epochs": epochs, "time_limit_min": time_limit,
                   "batch_size": batch_size, "lr": lr, "sampling": sampling, "threads": threads,
                   "val_slides": names, "class_weights": class_weights, "augment": augment,
-                  "device": device.value, "amp": amp, "resume": resume, "seed": seed, "workers": workers,
+                  "device": device.value, "amp": amp, "patches": patches, "slides": slide or [],
+                  "resume": resume, "seed": seed, "workers": workers,
                   "early_stopping_patience": early_stopping_patience, "overwrite": overwrite}
         if val_fraction is not None:
             values["val_fraction"] = val_fraction

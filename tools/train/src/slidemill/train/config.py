@@ -42,6 +42,11 @@ class TrainConfig(BaseModel):
         "auto", description="auto: cross-entropy weights from the training tiles' class fractions")
     augment: Literal["standard", "none"] = Field(
         "standard", description="standard: flips, 90-degree rotations, H&E stain/colour jitter, blur")
+    patches: Literal["tiles", "random"] = Field(
+        "tiles", description="tiles: the tileset's tiles; random: refs tilesets only, each epoch patches at random "
+        "positions inside the annotated area (class-balanced, seeded)")
+    slides: list[Path] = Field(default_factory=list, description="slides of refs tilesets, given again (files or "
+                               "folders holding them) when the path in the tileset does not resolve")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto uses CUDA when present")
     amp: bool | None = Field(None, description="mixed precision (float16 autocast + gradient scaling) on CUDA; "
                              "None: on for CUDA, off on the CPU")

@@ -13,6 +13,7 @@ from slidemill.shared.classes import ClassTable
 from slidemill.shared.contracts import TileSet, load_contract
 from slidemill.shared.errors import InputError, MissingInputError
 from slidemill.shared.files import resolve_in
+from slidemill.shared.tilestore import TilesetReader, open_tileset
 
 log = logging.getLogger(__name__)
 
@@ -21,16 +22,19 @@ MPP_RELATIVE_TOLERANCE = 0.01
 
 @dataclass(frozen=True)
 class Sample:
-    """One training tile: its files and where it lies on its slide (level-0 rectangle)."""
+    """One training tile: its files (png store) or its tileset reader and row (zarr, refs stores),
+    and where it lies on its slide (level-0 rectangle)."""
 
-    image: Path
-    mask: Path
+    image: Path | None
+    mask: Path | None
     slide: str
     x: float
     y: float
     width: float
     height: float
     class_fractions: tuple[tuple[str, float], ...] = ()
+    reader: TilesetReader | None = field(default=None, compare=False, hash=False, repr=False)
+    tile_index: int = -1
 
     def overlaps(self, other: Sample) -> bool:
         return (self.slide == other.slide and self.x < other.x + other.width and other.x < self.x + self.width
@@ -43,6 +47,7 @@ class TrainingData:
 
     paths: list[Path]
     tilesets: list[TileSet]
+    readers: list[TilesetReader | None]
     classes: ClassTable
     mpp: float
     tile_size_px: int
@@ -94,10 +99,22 @@ def _describe_class_difference(a: ClassTable, b: ClassTable) -> str:
     return "; ".join(parts)
 
 
-def load_tilesets(paths: list[Path], *, check_files: bool = True) -> TrainingData:
-    """Read and check every tileset before any work: contract, class table, resolution, tile size, files."""
+def _slide_for(tileset: TileSet, slides: list[Path]) -> Path | None:
+    """The --slide given for a refs tileset: a file of the tileset's slide name, or a folder holding it."""
+    for given in slides:
+        given = Path(given)
+        if given.name == tileset.slide.name or (given.is_dir() and (given / tileset.slide.name).exists()):
+            return given
+    return None
+
+
+def load_tilesets(paths: list[Path], *, check_files: bool = True, slides: list[Path] = ()) -> TrainingData:
+    """Read and check every tileset before any work: contract, class table, resolution, tile size, files.
+    `slides` gives refs tilesets' slides again (files, or folders holding them) when they moved."""
     manifests = [manifest_path(p) for p in paths]
     tilesets = [load_contract(m, TileSet) for m in manifests]
+    readers = [None if ts.store.kind == "png" else open_tileset(m, slide=_slide_for(ts, list(slides)))
+               for ts, m in zip(tilesets, manifests, strict=True)]
     first, first_path = tilesets[0], manifests[0]
     warnings: list[str] = []
     for ts, path in zip(tilesets, manifests, strict=True):
@@ -107,7 +124,7 @@ def load_tilesets(paths: list[Path], *, check_files: bool = True) -> TrainingDat
         if not ts.tiles:
             raise InputError("is empty: it lists no tiles", path=path,
                              fix="Check the tiling (tissue threshold, annotated-only) and tile the slide again")
-        if not any(t.mask for t in ts.tiles):
+        if ts.store.kind == "png" and not any(t.mask for t in ts.tiles):
             raise InputError("has no mask files: no tile carries labels to learn from", path=path,
                              fix="Tile the slide with its annotations")
     for ts, path in zip(tilesets[1:], manifests[1:], strict=True):
@@ -131,8 +148,13 @@ def load_tilesets(paths: list[Path], *, check_files: bool = True) -> TrainingDat
     samples: list[Sample] = []
     skipped = 0
     missing: list[Path] = []
-    for ts, path in zip(tilesets, manifests, strict=True):
+    for ts, path, reader in zip(tilesets, manifests, readers, strict=True):
         base = path.parent
+        if reader is not None:  # zarr / refs: every tile has its mask in the container
+            samples.extend(Sample(image=None, mask=None, slide=ts.slide.name, x=t.x, y=t.y, width=t.width,
+                                  height=t.height, class_fractions=tuple(sorted(t.class_fractions.items())),
+                                  reader=reader, tile_index=i) for i, t in enumerate(ts.tiles))
+            continue
         for tile in ts.tiles:
             if not tile.mask:
                 skipped += 1
@@ -151,9 +173,9 @@ def load_tilesets(paths: list[Path], *, check_files: bool = True) -> TrainingDat
                                     fix="Copy the whole tileset folder (tiles/ and masks/ too) or tile the slide again")
     if skipped:
         warnings.append(f"{skipped} tile(s) have no mask and are not used")
-    return TrainingData(paths=list(paths), tilesets=tilesets, classes=first.classes, mpp=first.params.mpp,
-                        tile_size_px=first.params.tile_size_px, samples=samples, skipped_without_mask=skipped,
-                        warnings=warnings)
+    return TrainingData(paths=list(paths), tilesets=tilesets, readers=readers, classes=first.classes,
+                        mpp=first.params.mpp, tile_size_px=first.params.tile_size_px, samples=samples,
+                        skipped_without_mask=skipped, warnings=warnings)
 
 
 # --- the split ---------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from slidemill.shared.classes import IGNORE_LABEL
 from slidemill.shared.errors import InputError
+from slidemill.shared.tilestore import read_png_pair
 
 from .data import Sample
 
@@ -24,42 +25,51 @@ Augment = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarr
 
 
 def read_tile(sample: Sample, tile_size_px: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """The tile's RGB pixels (H x W x 3 uint8) and labels (H x W uint8), checked."""
-    image = cv2.imread(str(sample.image), cv2.IMREAD_COLOR)
-    if image is None:
-        raise InputError("cannot be read as an image", path=sample.image, fix="Tile the slide again")
-    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    mask = cv2.imread(str(sample.mask), cv2.IMREAD_UNCHANGED)
-    if mask is None:
-        raise InputError("cannot be read as a mask image", path=sample.mask, fix="Tile the slide again")
-    if mask.ndim != 2 or mask.dtype != np.uint8:
-        raise InputError(f"is not a single-channel 8-bit mask (shape {mask.shape}, {mask.dtype})", path=sample.mask)
+    """The tile's RGB pixels (H x W x 3 uint8) and labels (H x W uint8), checked: from its PNG files,
+    or from its tileset's container / slide through the shared reader."""
+    if sample.reader is not None:
+        image, mask = sample.reader.read(sample.tile_index)
+        where = sample.reader.manifest
+    else:
+        image, mask = read_png_pair(sample.image, sample.mask)
+        where = sample.mask
+    return check_tile(image, mask, tile_size_px, num_classes, where)
+
+
+def check_tile(image: np.ndarray, mask: np.ndarray, tile_size_px: int, num_classes: int,
+               where) -> tuple[np.ndarray, np.ndarray]:
+    """The size and label checks of a tile (random patches too); `where` names the file in errors."""
     expected = (tile_size_px, tile_size_px)
     if image.shape[:2] != expected or mask.shape != expected:
         raise InputError(f"image {image.shape[1]}x{image.shape[0]} / mask {mask.shape[1]}x{mask.shape[0]} px, "
-                         f"but the tileset says {tile_size_px}x{tile_size_px}", path=sample.image)
+                         f"but the tileset says {tile_size_px}x{tile_size_px}", path=where)
     invalid = np.ones(256, bool)
     invalid[:num_classes] = False
     invalid[IGNORE_LABEL] = False
     if invalid[mask].any():
         bad = sorted(set(np.unique(mask).tolist()) - set(range(num_classes)) - {IGNORE_LABEL})
         raise InputError(f"has label values {bad} that are not in the class table (0..{num_classes - 1}, 255)",
-                         path=sample.mask, fix="Tile the slide again with the same class list")
+                         path=where, fix="Tile the slide again with the same class list")
     return image, mask
 
 
 class TileDataset(Dataset):
     def __init__(self, samples: Sequence[Sample], tile_size_px: int, num_classes: int, *,
-                 augment: Augment | None, seed: int):
+                 augment: Augment | None, seed: int, patches=None):
         self.samples = list(samples)
         self.tile_size_px, self.num_classes = tile_size_px, num_classes
         self.augment, self.seed = augment, seed
+        self.patches = patches  # a patches.RandomPatches: a random patch per (index, epoch) instead of tile `index`
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def load(self, index: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        image, mask = read_tile(self.samples[index], self.tile_size_px, self.num_classes)
+        if self.patches is not None:
+            image, mask = self.patches.draw(index, epoch)
+            image, mask = check_tile(image, mask, self.tile_size_px, self.num_classes, "a random patch")
+        else:
+            image, mask = read_tile(self.samples[index], self.tile_size_px, self.num_classes)
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, epoch, index])
             image, mask = self.augment(image, mask, rng)

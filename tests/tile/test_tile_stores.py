@@ -1,0 +1,151 @@
+"""The three tile stores (png, zarr, refs): the same pixels for the lossless ones, read back through
+the one shared reader; killed runs leave nothing complete; old manifests still read."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slidemill.shared.contracts import TileSet, load_contract
+from slidemill.shared.errors import MissingInputError
+from slidemill.shared.testing import write_synthetic_slide
+from slidemill.shared.tilestore import open_tileset
+
+CMD = str(Path(sys.executable).parent / "slidemill-tile")
+OPTIONS = {"tile_size_px": 96, "overlap_px": 16, "mpp": 0.5, "tissue_threshold": 0.05}
+
+
+@pytest.fixture(scope="module")
+def reference(synthetic, synthetic_geojson):
+    """Every tile cut from the slide in memory (no store involved)."""
+    from slidemill.tile import iter_tiles
+
+    return list(iter_tiles(synthetic, annotations=[synthetic_geojson], **OPTIONS))
+
+
+def _run(synthetic, synthetic_geojson, out, **extra):
+    from slidemill.tile import TileConfig, run
+
+    return run(TileConfig(slide=synthetic, out=out, annotations=[synthetic_geojson], workers=1, **OPTIONS, **extra))
+
+
+@pytest.mark.parametrize("store", ["png", "zarr", "refs"])
+def test_lossless_stores_give_the_cut_pixels(tmp_path, synthetic, synthetic_geojson, reference, store):
+    from slidemill.tile import iter_tiles
+
+    out = tmp_path / store
+    result = _run(synthetic, synthetic_geojson, out, store=store)
+    tileset = load_contract(out / "tileset.json", TileSet)
+    assert tileset.store.kind == store and tileset.schema_version == "1.1"
+    assert len(tileset.tiles) == len(reference) > 10
+    if store == "png":
+        assert (out / "tiles").is_dir() and not (out / "tiles.zarr.zip").exists()
+    else:
+        assert not (out / "tiles").exists() and (out / "tiles.zarr.zip").is_file()
+        assert all(t.image is None and t.mask is None for t in tileset.tiles)
+    if store == "refs":
+        assert tileset.store.slide_path == f"../../{synthetic.parent.name}/{synthetic.name}" or \
+            (out / tileset.store.slide_path).resolve() == synthetic.resolve()
+        assert (out / "shapes.json").is_file()
+    read = list(iter_tiles(out))  # the tile tool's API reads a tileset through the shared reader
+    for ref, got, record in zip(reference, read, tileset.tiles, strict=True):
+        assert np.array_equal(ref.image, got.image)
+        assert np.array_equal(ref.mask, got.mask)
+        assert (got.x, got.y) == (ref.x, ref.y) == (record.x, record.y)
+        assert record.class_fractions == ref.class_fractions
+    assert result.tiles_written == len(reference)
+
+
+def test_lossy_container_is_close_and_masks_exact(tmp_path, synthetic, synthetic_geojson, reference):
+    out = tmp_path / "jpeg"
+    _run(synthetic, synthetic_geojson, out, store="zarr", image_codec="jpeg-q95")
+    reader = open_tileset(out)
+    assert reader.tileset.store.lossless is False and reader.tileset.store.image_codec == "jpeg-q95"
+    for i, ref in enumerate(reference):
+        image, mask = reader.read(i)
+        assert np.array_equal(mask, ref.mask)
+        mse = np.mean((image.astype(float) - ref.image) ** 2)
+        assert 0 < mse and 10 * np.log10(255 ** 2 / mse) > 38  # lossy, but high quality
+
+
+def test_container_is_a_plain_zarr(tmp_path, synthetic, synthetic_geojson, reference):
+    import zarr
+    from imagecodecs.numcodecs import register_codecs
+
+    register_codecs(verbose=False)
+    out = tmp_path / "z"
+    _run(synthetic, synthetic_geojson, out, store="zarr")
+    group = zarr.open_group(zarr.ZipStore(str(out / "tiles.zarr.zip"), mode="r"), mode="r")
+    assert group["images"].shape == (len(reference), 96, 96, 3)
+    assert np.array_equal(group["images"][3], reference[3].image)
+    assert np.array_equal(group["masks"][len(reference) - 1], reference[-1].mask)
+
+
+def test_refs_slide_moved(tmp_path, synthetic, synthetic_geojson, reference):
+    out = tmp_path / "deep" / "refs"
+    _run(synthetic, synthetic_geojson, out, store="refs")
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(out, moved)  # the relative slide path no longer resolves
+    with pytest.raises(MissingInputError, match="--slide"):
+        open_tileset(moved)
+    for given in (synthetic, synthetic.parent):  # the slide file, or its folder
+        image, mask = open_tileset(moved, slide=given).read(2)
+        assert np.array_equal(image, reference[2].image) and np.array_equal(mask, reference[2].mask)
+
+
+def test_refs_without_annotations_stores_positions_only(tmp_path, synthetic):
+    from slidemill.tile import TileConfig, iter_tiles, run
+
+    out = tmp_path / "refs"
+    run(TileConfig(slide=synthetic, out=out, store="refs", workers=1, **OPTIONS))
+    reader = open_tileset(out)
+    assert reader.tileset.classes is None and not (out / "shapes.json").exists()
+    ref = list(iter_tiles(synthetic, **OPTIONS))
+    image, mask = reader.read(len(ref) - 1)
+    assert mask is None and np.array_equal(image, ref[-1].image)
+
+
+def test_schema_1_0_manifest_reads_as_png(tmp_path, synthetic, synthetic_geojson, reference):
+    out = tmp_path / "old"
+    _run(synthetic, synthetic_geojson, out, store="png")
+    data = json.loads((out / "tileset.json").read_text())
+    data["schema_version"] = "1.0"
+    del data["store"]
+    (out / "tileset.json").write_text(json.dumps(data))
+    reader = open_tileset(out)
+    assert reader.tileset.store.kind == "png"
+    image, mask = reader.read(1)
+    assert np.array_equal(image, reference[1].image) and np.array_equal(mask, reference[1].mask)
+
+
+@pytest.mark.parametrize(("store", "sig"), [("zarr", signal.SIGKILL), ("refs", signal.SIGKILL),
+                                            ("zarr", signal.SIGTERM)])
+def test_killed_run_leaves_nothing_complete(tmp_path, store, sig, synthetic_geojson):
+    slide = write_synthetic_slide(tmp_path / "big.tiff", 3000, 3000, mpp=0.25, tile=256)
+    out = tmp_path / "out"
+    # refs reads no pixel: the masks are its work, so it gets annotations
+    extra = ["--annotations", str(synthetic_geojson)] if store == "refs" else []
+    proc = subprocess.Popen([CMD, str(slide), "--out", str(out), "--tile-size", "32", "--overlap", "0",
+                             "--all-tiles", "--mpp", "0.25", "--workers", "1", "--store", store, *extra],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(p.name.startswith(".out.") for p in tmp_path.iterdir()):
+        time.sleep(0.02)
+    time.sleep(0.3)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert not out.exists()
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 130, err
+        assert [p.name for p in tmp_path.iterdir()] == ["big.tiff"]
+    else:  # nothing cleans up after SIGKILL: what is left is a hidden staging folder, never out/
+        left = [p.name for p in tmp_path.iterdir() if p.name != "big.tiff"]
+        assert all(name.startswith(".out.") and name.endswith(".partial") for name in left)
+    shutil.rmtree(tmp_path, ignore_errors=True)
