@@ -56,3 +56,13 @@ def test_relative_paths_accepted(ok):
 def test_relative_paths_refused(bad):
     with pytest.raises(ValueError):
         check_relative_path(bad)
+
+
+def test_sha256_of_a_file(tmp_path):
+    import hashlib
+
+    from slidemill.shared.files import sha256_of
+
+    data = bytes(range(256)) * 9000  # more than one read chunk
+    (tmp_path / "model.onnx").write_bytes(data)
+    assert sha256_of(tmp_path / "model.onnx") == hashlib.sha256(data).hexdigest()

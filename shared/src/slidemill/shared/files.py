@@ -7,6 +7,7 @@ written under a temporary name in the same folder and renamed into place.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -57,6 +58,12 @@ def prepare_output_file(path: str | Path, *, overwrite: bool) -> Path:
         raise OutputError("already exists", path=path,
                           fix="Pass --overwrite to replace it, or choose another --out")
     return path
+
+
+def sha256_of(path: str | Path) -> str:
+    """The hex SHA-256 of a file's bytes (`hashlib.file_digest`, read in chunks)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def prepare_output_dir(path: str | Path, *, overwrite: bool, fix: str | None = None) -> Path:

@@ -6,7 +6,6 @@ intra-op thread per core this process may use.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,21 +14,13 @@ import numpy as np
 
 from slidemill.shared.contracts import ModelCard, load_contract
 from slidemill.shared.errors import InputError, MissingInputError
-from slidemill.shared.files import resolve_in
+from slidemill.shared.files import resolve_in, sha256_of
 
 log = logging.getLogger(__name__)
 
 CARD_NAME = "model-card.json"
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-
-
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass

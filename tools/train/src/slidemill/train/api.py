@@ -7,7 +7,6 @@ when the ONNX export has been checked, and the work folder is removed then.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -30,7 +29,7 @@ from slidemill.shared.contracts import (
     save_contract,
 )
 from slidemill.shared.errors import InputError, OutputError
-from slidemill.shared.files import staged_dir
+from slidemill.shared.files import sha256_of, staged_dir
 from slidemill.shared.report import ReportBuilder
 
 from .augment import AUGMENTATIONS
@@ -80,14 +79,6 @@ def reproducibility(device, trainer, workers: int, config: TrainConfig) -> dict[
 def work_dir_for(out: Path) -> Path:
     """Where checkpoints live while a run is in progress (kept when it is killed, for --resume)."""
     return out.parent / f".{out.name}.training"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass
