@@ -130,3 +130,15 @@ def test_legacy_derived_classes_and_planes():
     (one,) = result.shapes
     assert (one.class_name, one.class_names, one.color) == ("Tumor: Positive", ("Tumor", "Positive"), (250, 62, 62))
     assert one.plane == {"c": -1, "z": 3, "t": 0} and one.plane_key == (-1, 3, 0)
+
+
+def test_connected_labels_group_exactly_the_connected_nodes():
+    import numpy as np
+
+    from slidemill.shared.shapes import connected_labels
+
+    # 0-1-2 chained, 3 alone, 4-5 joined by an edge given once in each direction
+    labels = connected_labels(6, np.array([0, 1, 4, 5]), np.array([1, 2, 5, 4]))
+    assert labels[0] == labels[1] == labels[2]
+    assert labels[4] == labels[5]
+    assert len({labels[0], labels[3], labels[4]}) == 3

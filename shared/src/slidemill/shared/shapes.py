@@ -144,22 +144,14 @@ def union_group(members: np.ndarray, *, try_coverage: bool = True) -> BaseGeomet
 
 
 def connected_labels(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    """Connected components of the graph on `n` nodes with edges (left[i], right[i]): each node's
-    smallest member index (vectorised union-find: hook roots on the smaller root, then compress)."""
-    parent = np.arange(n)
+    """Connected components of the graph on `n` nodes with edges (left[i], right[i]): one label per node,
+    0..k-1 (scipy.sparse.csgraph.connected_components)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     left, right = np.asarray(left, np.intp), np.asarray(right, np.intp)
-    while True:
-        ru, rv = parent[left], parent[right]
-        differ = ru != rv
-        if not differ.any():
-            return parent
-        lo, hi = np.minimum(ru[differ], rv[differ]), np.maximum(ru[differ], rv[differ])
-        np.minimum.at(parent, hi, lo)
-        while True:
-            jumped = parent[parent]
-            if np.array_equal(jumped, parent):
-                break
-            parent = jumped
+    graph = coo_matrix((np.ones(len(left), np.int8), (left, right)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
 
 
 def fill_small_holes(polygons: Sequence[Polygon], max_hole_area: float) -> tuple[list[Polygon], int]:
