@@ -17,18 +17,17 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from enum import StrEnum
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
 
 from .errors import SlidemillError
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -267,13 +266,6 @@ class Progress:
             self._bar.stop()
         elif self._enabled and exc[0] is None:
             self._log()
-
-
-def track(items: Iterable[T], total: int | None, description: str, unit: str = "items") -> Iterator[T]:
-    with Progress(total, description, unit) as progress:
-        for item in items:
-            yield item
-            progress.advance()
 
 
 def existing_path(path: Path, what: str) -> Path:

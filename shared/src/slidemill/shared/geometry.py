@@ -12,8 +12,6 @@ import math
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import SlideError
-
 
 class PixelMapping(BaseModel):
     """Raster pixel corners to level-0 pixel corners: level0 = origin + raster * scale."""
@@ -55,14 +53,6 @@ class Region(BaseModel):
         if x1 <= self.x or y1 <= self.y:
             return None
         return Region(x=self.x, y=self.y, width=x1 - self.x, height=y1 - self.y)
-
-
-def level0_scale(target_mpp: float, slide_mpp: float | None, *, slide: str = "") -> float:
-    """Level-0 pixels per target pixel; a clear error when the slide has no resolution."""
-    if slide_mpp is None or slide_mpp <= 0:
-        raise SlideError("the slide does not say its microns per pixel", path=slide or None,
-                         fix="Pass --slide-mpp with the scanner's resolution (for example 0.25 at 40x)")
-    return target_mpp / slide_mpp
 
 
 def magnification_to_mpp(magnification: float) -> float:

@@ -133,7 +133,6 @@ class Slide:
         self.width = int(meta["sizeX"])
         self.height = int(meta["sizeY"])
         self._level_count = int(meta["levels"])
-        self.tile_width = int(meta.get("tileWidth") or 256)
         self.reader = getattr(source, "name", type(source).__name__)
         self.series = series
         facts = facts or {}

@@ -94,10 +94,6 @@ class Spill:
             self._handle.seek(offset)
             return self._handle.read(length)
 
-    def has(self, key: tuple) -> bool:
-        with self._lock:
-            return key in self._index
-
     def nbytes(self, name: str) -> int:
         with self._lock:
             return sum(n for k, (_, n) in self._index.items() if k[0] == name)

@@ -191,11 +191,6 @@ class Split:
     block_size_px: float | None = None
     excluded: int = 0
 
-    def as_dict(self) -> dict:
-        return {"strategy": self.strategy, "train_slides": self.train_slides, "val_slides": self.val_slides,
-                "train_tiles": len(self.train), "val_tiles": len(self.val), "block_size_px": self.block_size_px,
-                "excluded_tiles": self.excluded}
-
 
 def split_samples(samples: list[Sample], *, val_fraction: float, val_slides: list[str], seed: int,
                   target_blocks: int = 25) -> Split:
