@@ -10,10 +10,11 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-# Every package of the repo in editable mode, with the test tools. Re-runs when a pyproject changes.
-$(STAMP): shared/pyproject.toml $(TOOLS)
+# Every package of the repo in editable mode, with the test tools (tests/requirements.txt). Re-runs when
+# a pyproject or that list changes.
+$(STAMP): shared/pyproject.toml $(TOOLS) tests/requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check $(foreach p,$(PACKAGES),-e $(p:%/=%)) -e 'shared[test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check $(foreach p,$(PACKAGES),-e $(p:%/=%)) -r tests/requirements.txt
 	touch $@
 
 lint: install

