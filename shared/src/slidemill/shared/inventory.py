@@ -80,7 +80,7 @@ class ToolMeta(BaseModel):
 
 
 def load_tool_meta(path: str | Path) -> ToolMeta:
-    """Read and validate one meta.yml (needs PyYAML, which the test extras and build hosts have).
+    """Read and validate one meta.yml (needs PyYAML, which the test tools and build hosts have).
 
     Raises `ValueError` naming the file when it is not valid YAML or not a valid `ToolMeta`.
     """
