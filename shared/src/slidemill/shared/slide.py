@@ -87,7 +87,7 @@ def _describe_series(uid: str, files: list[Path]) -> str:
     return f"{uid} ({', '.join(parts + [f'{len(files)} file(s)'])})"
 
 
-def _dicom_target(path: Path, series: str | None) -> tuple[Path, str | None]:
+def dicom_target(path: Path, series: str | None) -> tuple[Path, str | None]:
     """The DICOM file to open for a folder (or a .dcm file) and its SeriesInstanceUID; a folder of
     several series needs `series` (--dicom-series)."""
     folder = path if path.is_dir() else path.parent
@@ -527,9 +527,8 @@ _VENDOR_TIFFS = ("svs", "ndpi", "scn", "philips", "bif", "qpi", "lsm", "fluoview
 
 def _tiff_facts(path: Path) -> dict:
     """What tifffile says about a TIFF: flavour, resolution tags, OME PhysicalSize, sample range."""
-    with open(path, "rb") as handle:
-        if handle.read(4) not in _TIFF_MAGIC:
-            return {}
+    if not is_tiff(path):
+        return {}
     facts: dict = {"tiff": True}
     with tifffile.TiffFile(path) as tif:
         facts["vendor"] = next((k for k in _VENDOR_TIFFS if getattr(tif, f"is_{k}", False)), None)
@@ -621,11 +620,16 @@ def _resolution(reader: str, meta: dict, facts: dict) -> tuple[float | None, str
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
+def is_tiff(path: Path) -> bool:
+    """Whether the file starts with a TIFF or BigTIFF signature (either byte order)."""
+    with open(path, "rb") as handle:
+        return handle.read(4) in _TIFF_MAGIC
+
+
 def _check_tiff_complete(path: Path) -> None:
     """Readers fill the tiles of a truncated TIFF with black without a word; refuse such a file."""
-    with open(path, "rb") as handle:
-        if handle.read(4) not in _TIFF_MAGIC:
-            return
+    if not is_tiff(path):
+        return
     size = path.stat().st_size
     try:
         with tifffile.TiffFile(path) as tif:
@@ -690,7 +694,7 @@ def open_slide(path: str | Path, *, mpp: float | None = None, channels: list[str
                                 fix="Check the path and that the folder is mounted")
     series = None
     if path.is_dir() or path.suffix.lower() in _DICOM_SUFFIXES or dicom_series is not None:
-        target, series = _dicom_target(path, dicom_series)
+        target, series = dicom_target(path, dicom_series)
     else:
         target = path
     if mpp is not None and mpp <= 0:

@@ -21,12 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SlideError
-from .slide import Slide
+from .slide import Slide, is_tiff
 
 log = logging.getLogger(__name__)
 
 _EPS = 1e-6
-_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 # tifffile photometric values: RGB = 2, YCbCr = 6
 _PHOTOMETRIC_OK = {2, 6}
 
@@ -89,11 +88,8 @@ class StoredLevels:
         if self._pages is not None:
             return self._pages
         self._pages = {}
-        if not self.path.is_file():
+        if not self.path.is_file() or not is_tiff(self.path):
             return self._pages
-        with open(self.path, "rb") as handle:
-            if handle.read(4) not in _TIFF_MAGIC:
-                return self._pages
         import tifffile
 
         try:
