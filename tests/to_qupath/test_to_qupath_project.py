@@ -439,3 +439,19 @@ def test_objects_an_older_version_wrote_by_image_name_are_reported(tmp_path, sli
     assert "geojson/old.geojson" in warning and "slidemill/objects/<entryID>.geojson" in warning
     assert (project / "geojson" / "old.geojson").exists()  # reported, not deleted
     assert import_file(project, qpproj(project)["images"][0]).exists()
+
+
+def test_a_dicom_folder_is_pointed_at_its_one_series(tmp_path, handout):
+    """QuPath is given a file of the folder's one series; a folder of two series is refused, never one of
+    them picked in silence (the same rule open_slide applies)."""
+    import shutil
+
+    from slidemill.to_qupath.project import image_file
+
+    both = handout / "cases" / "two-dicom-series"
+    with pytest.raises(InputError, match="2 DICOM series"):
+        image_file(both)
+    one = tmp_path / "one-series"
+    one.mkdir()
+    shutil.copy(both / "sm_image.dcm", one / "sm_image.dcm")
+    assert image_file(one) == one / "sm_image.dcm"

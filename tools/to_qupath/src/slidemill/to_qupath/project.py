@@ -32,6 +32,7 @@ from slidemill.shared.classes import QUPATH_COLORS, argb_int_to_rgb, rgb_to_argb
 from slidemill.shared.errors import InputError
 from slidemill.shared.files import write_bytes_atomic, write_text_atomic
 from slidemill.shared.qupath_project import entry_uri, java_file_uri, read_project
+from slidemill.shared.slide import dicom_target
 
 from .config import QUPATH_RELEASES
 
@@ -85,11 +86,10 @@ def provider_for(slide: Path) -> str | None:
 
 
 def image_file(slide: Path) -> Path:
-    """A slide folder (a DICOM series) is opened through its first .dcm file."""
+    """A slide folder (a DICOM series) is opened through a .dcm file of its one series, as
+    `open_slide` opens it; a folder of several series is refused (SlideError, exit 2)."""
     if slide.is_dir():
-        files = sorted(p for p in slide.iterdir() if p.is_file() and p.suffix.lower() in {".dcm", ".dicom"})
-        if files:
-            return files[0]
+        return dicom_target(slide, None)[0]
     return slide
 
 
