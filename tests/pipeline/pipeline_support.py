@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 import sys
+import time
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -43,6 +45,19 @@ def tool_of(command: str) -> str:
     if not name.startswith("slidemill-"):
         raise ValueError(f"{command!r} is not a slidemill command")
     return name.removeprefix("slidemill-").replace("-", "_")
+
+
+def run_step(argv: list[str], *, cwd: Path, timings: dict[str, float], name: str, env: dict | None = None,
+             timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run one pipeline command, record its wall time in `timings[name]`, and fail the test (with the
+    end of its stderr) unless it exits 0."""
+    t0 = time.perf_counter()
+    result = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+    timings[name] = round(time.perf_counter() - t0, 1)
+    if result.returncode != 0:
+        pytest.fail(f"{Path(argv[0]).name} failed with exit {result.returncode}: `{' '.join(argv)}`\n"
+                    f"stderr (end): {result.stderr[-3000:]}")
+    return result
 
 
 def installed(tool: str) -> bool:

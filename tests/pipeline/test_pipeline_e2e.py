@@ -13,12 +13,11 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import jsonschema
 import pytest
-from pipeline_support import BIN, PIPELINE, REPO, dockerfile_targets, require_tools
+from pipeline_support import BIN, PIPELINE, REPO, dockerfile_targets, require_tools, run_step
 from shapely.geometry import MultiPolygon, Point, box, shape
 from shapely.ops import unary_union
 
@@ -89,13 +88,7 @@ class Pipeline:
 
     def step(self, tool: str, *args, name: str | None = None) -> subprocess.CompletedProcess:
         argv = [*entrypoint(tool), *map(str, args)]
-        t0 = time.perf_counter()
-        result = subprocess.run(argv, capture_output=True, text=True, env=self.env, cwd=self.root, timeout=900)
-        self.timings[name or tool] = round(time.perf_counter() - t0, 1)
-        if result.returncode != 0:
-            pytest.fail(f"{argv[0]} failed with exit {result.returncode}: `{' '.join(argv)}`\n"
-                        f"stderr (end): {result.stderr[-3000:]}")
-        return result
+        return run_step(argv, cwd=self.root, timings=self.timings, name=name or tool, env=self.env)
 
 
 @pytest.fixture(scope="module")

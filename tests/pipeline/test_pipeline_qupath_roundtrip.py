@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
 import pytest
-from pipeline_support import BIN, PIPELINE, command_name, require_tools
+from pipeline_support import BIN, PIPELINE, command_name, require_tools, run_step
 from shapely.geometry import Point, box, shape
 from shapely.ops import unary_union
 
@@ -100,13 +99,7 @@ class Steps:
 
     def __call__(self, tool: str, *args, name: str | None = None) -> subprocess.CompletedProcess:
         argv = [str(BIN / command_name(tool)), *map(str, args)]
-        t0 = time.perf_counter()
-        result = subprocess.run(argv, capture_output=True, text=True, cwd=self.root, timeout=600)
-        self.timings[name or tool] = round(time.perf_counter() - t0, 1)
-        if result.returncode != 0:
-            pytest.fail(f"{command_name(tool)} failed with exit {result.returncode}: `{' '.join(argv)}`\n"
-                        f"stderr (end): {result.stderr[-3000:]}")
-        return result
+        return run_step(argv, cwd=self.root, timings=self.timings, name=name or tool, timeout=600)
 
 
 @pytest.fixture(scope="module")
