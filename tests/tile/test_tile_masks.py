@@ -92,7 +92,7 @@ def test_against_shared_truth_mask_only_outline_pixels_differ(synthetic, synthet
 def test_pixel_centre_rule_on_exact_ties():
     """Centres exactly on an edge: the left/top edge is inside, the right/bottom edge outside, so two
     boxes sharing an edge split the pixels between them and a 50 x 50 box covers 2,500 pixels."""
-    from slidemill.tile.rasterize import LabelledShape, whole_mask
+    from slidemill.shared.rasterize import LabelledShape, whole_mask
 
     a = LabelledShape(box(10.5, 10.5, 60.5, 60.5), 1, "A")
     b = LabelledShape(box(60.5, 10.5, 110.5, 60.5), 2, "B")

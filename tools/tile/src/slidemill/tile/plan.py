@@ -20,11 +20,11 @@ from slidemill.shared.contracts import SlideRef, describe_validation_error
 from slidemill.shared.errors import InputError
 from slidemill.shared.files import require_file
 from slidemill.shared.geometry import PixelMapping, grid_starts
+from slidemill.shared.rasterize import LabelledShape
 from slidemill.shared.slide import Slide, open_slide
 from slidemill.shared.tissue import TissueMap, slide_tissue, tissue_mode
 
 from .config import TileConfig
-from .rasterize import LabelledShape
 from .render import TileRenderer, TileSpec, valid_extent_px
 
 log = logging.getLogger(__name__)

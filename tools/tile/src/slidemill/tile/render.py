@@ -11,12 +11,12 @@ import numpy as np
 
 from slidemill.shared.classes import IGNORE_LABEL
 from slidemill.shared.errors import OutputError
+from slidemill.shared.rasterize import LabelledShape, Rasterizer
 from slidemill.shared.stored_tiles import StoredLevels, read_tile_pixels
 from slidemill.shared.tilestore import encode_chunk, mask_codec
 from slidemill.shared.tilestore import image_codec as tile_image_codec
 
 from .pngenc import write_png
-from .rasterize import LabelledShape, Rasterizer
 
 
 @dataclass(frozen=True)
