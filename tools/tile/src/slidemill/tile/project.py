@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slidemill.shared.annotations import read_annotation_file
+from slidemill.shared.annotations import AnnotationShape, read_annotation_file
 from slidemill.shared.classes import ClassTable
 from slidemill.shared.cli import package_version
 from slidemill.shared.contracts import ReportItem
@@ -47,15 +47,15 @@ class ProjectResult:
         return [i for i in self.items if i.status == "ok"]
 
 
-def project_class_table(project: QuPathProject, files: list[Path], config: TileConfig) -> ClassTable:
-    """One class table for every image: the classes the exported annotations use (ordered and labelled as
-    tile orders a single slide's), coloured as the project's class list colours them."""
+def project_class_table(project: QuPathProject, annotations: list[list[AnnotationShape]],
+                        config: TileConfig) -> ClassTable:
+    """One class table for every image: the classes the exported annotations (the annotation objects of
+    each image) use, ordered and labelled as tile orders a single slide's, coloured as the project's class
+    list colours them."""
     names: set[str] = set()
     colours: dict[str, tuple[int, int, int]] = {}
-    for path in files:
-        for shape in read_annotation_file(path).shapes:
-            if shape.object_type != "annotation":
-                continue
+    for shapes in annotations:
+        for shape in shapes:
             name = shape.class_name or config.unclassified_class
             if name:
                 names.add(name)
@@ -70,8 +70,8 @@ def project_class_table(project: QuPathProject, files: list[Path], config: TileC
                                else c for c in table.classes])
 
 
-def _has_annotations(path: Path) -> bool:
-    return any(s.object_type == "annotation" for s in read_annotation_file(path).shapes)
+def _annotation_objects(path: Path) -> list[AnnotationShape]:
+    return [s for s in read_annotation_file(path).shapes if s.object_type == "annotation"]
 
 
 def run_project(project_path: Path, config: TileConfig, *, search_dirs: list[Path] | None = None,
@@ -95,7 +95,7 @@ def run_project(project_path: Path, config: TileConfig, *, search_dirs: list[Pat
                 "then run slidemill-tile --qupath-project again")
     report = ReportBuilder(TOOL, package_version(TOOL), argv)
     result = ProjectResult(out=out)
-    usable = []
+    usable, objects = [], {}
     for image in project.images:
         reason = None
         if image.annotations is None:
@@ -104,15 +104,17 @@ def run_project(project_path: Path, config: TileConfig, *, search_dirs: list[Pat
         elif image.slide is None:
             reason = (f"the slide was not found at {image.uri}, relative to the project, or in the --slide-dir "
                       "folders given")
-        elif not _has_annotations(image.annotations):
-            reason = "the image has no annotations in QuPath"
+        else:
+            objects[image.entry_id] = _annotation_objects(image.annotations)
+            if not objects[image.entry_id]:
+                reason = "the image has no annotations in QuPath"
         if reason is None:
             usable.append(image)
         else:
             result.items.append(ReportItem(id=image.entry_id, name=image.name, status="skipped", reason=reason))
     classes = config.class_table
     if classes is None and config.classes_file is None and usable:
-        classes = project_class_table(project, [i.annotations for i in usable], config)
+        classes = project_class_table(project, [objects[i.entry_id] for i in usable], config)
     out.mkdir(parents=True, exist_ok=True)
     for image in usable:
         folder = out / image.entry_id
