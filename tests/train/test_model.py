@@ -269,3 +269,54 @@ def test_channels_last_step_matches_the_default_layout(fast_encoder):
         assert trainer.step_count == 1
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
     assert torch.allclose(weights[0], weights[1], atol=1e-5)
+
+
+def test_group_norm_replaces_every_batch_norm_and_makes_a_tile_independent_of_its_batch(tmp_path, fast_encoder):
+    """--norm group: no BatchNorm is left, and in training mode a tile's output is a function of that tile
+    alone (with BatchNorm it changes with the other tiles of the batch); the model exports to ONNX."""
+    from torch import nn
+
+    from slidemill.train.model import batch_norm_to_group_norm
+
+    layer = nn.Sequential(nn.Conv2d(3, 24, 1), nn.BatchNorm2d(24), nn.Sequential(nn.BatchNorm2d(7)))
+    with torch.no_grad():
+        layer[1].weight.fill_(2.0)
+    assert batch_norm_to_group_norm(layer) == 2
+    assert (layer[1].num_groups, layer[1].num_channels) == (24, 24)  # the largest divisor <= 32
+    assert (layer[2][0].num_groups, layer[2][0].num_channels) == (7, 7)
+    assert torch.equal(layer[1].weight, torch.full((24,), 2.0))  # the affine scale is kept
+
+    gen = torch.Generator().manual_seed(0)
+    tile, other_a, other_b = (torch.randn(1, 3, 64, 64, generator=gen) for _ in range(3))
+    outputs = {}
+    for norm in ("batch", "group"):
+        torch.manual_seed(0)
+        model = build_model("fpn", fast_encoder, 3, norm=norm).train()
+        assert any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()) == (norm == "batch")
+        outputs[norm] = []
+        for other in (other_a, other_b):
+            torch.manual_seed(1)  # the same dropout draws in both calls
+            with torch.no_grad():
+                outputs[norm].append(model(torch.cat([tile, other]))[0])
+    assert (outputs["batch"][0] - outputs["batch"][1]).abs().max() > 1e-3
+    assert torch.allclose(outputs["group"][0], outputs["group"][1], atol=1e-5)
+
+    model = model.eval()
+    path = tmp_path / "model.onnx"
+    export_onnx(model, path, tile_size_px=64, opset=17)
+    images = np.random.default_rng(0).normal(0, 1, (2, 3, 96, 96)).astype(np.float32)
+    assert onnx_max_abs_diff(model, path, images) < 1e-4
+    with pytest.raises(InputError, match="--norm"):
+        build_model("fpn", fast_encoder, 3, norm="layer")
+
+
+def test_a_checkpoint_of_the_other_normalisation_is_not_resumed(tmp_path):
+    from slidemill.train.engine import check_compatible
+
+    identity = {"arch": "fpn", "encoder": "resnet18", "norm": "group", "num_classes": 2, "classes": [],
+                "tile_size_px": 64, "mpp": 2.0, "split": {"train": [0], "val": [1]}, "settings": {}}
+    old = {k: v for k, v in identity.items() if k != "norm"}  # written before --norm existed: batch norm
+    with pytest.raises(InputError, match="norm is 'batch' in the checkpoint but 'group' now"):
+        check_compatible({"identity": old, "split": identity["split"]}, identity, tmp_path / "last.pt")
+    assert check_compatible({"identity": old, "split": identity["split"]}, {**identity, "norm": "batch"},
+                            tmp_path / "last.pt") == []

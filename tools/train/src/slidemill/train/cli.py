@@ -21,7 +21,7 @@ from slidemill.shared.cli import (
     version_option,
 )
 
-from .config import DEFAULT_ARCH, DEFAULT_ENCODER, DEFAULT_EPOCHS, DEFAULT_LR
+from .config import DEFAULT_ARCH, DEFAULT_ENCODER, DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_NORM
 
 app = tool_app(
     "slidemill-train",
@@ -44,6 +44,9 @@ def main(
     encoder_weights: Annotated[str, typer.Option(
         "--encoder-weights", help="none (random), imagenet (downloaded by the library; needs internet once) or "
         "PATH of a local encoder state-dict file.")] = "none",
+    norm: Annotated[str, typer.Option(
+        "--norm", help="Normalisation layers: batch (the library's BatchNorm) or group (every BatchNorm replaced "
+        "by GroupNorm, 32 groups).")] = DEFAULT_NORM,
     epochs: Annotated[int | None, typer.Option(
         "--epochs", min=1, help=f"Epochs (passes over the training tiles) [default: {DEFAULT_EPOCHS}; with "
         "--time-limit as many as fit, and --epochs is then an upper bound].", show_default=False)] = None,
@@ -110,7 +113,7 @@ def main(
             raise InputError("--val-fraction and --val-slides were both given",
                              fix="Give one: a fraction of tiles, or the slides to validate on")
         values = {"tilesets": tilesets, "out": out, "arch": arch, "encoder": encoder,
-                  "encoder_weights": encoder_weights, "epochs": epochs, "time_limit_min": time_limit,
+                  "encoder_weights": encoder_weights, "norm": norm, "epochs": epochs, "time_limit_min": time_limit,
                   "batch_size": batch_size, "lr": lr, "sampling": sampling, "threads": threads,
                   "val_slides": names, "class_weights": class_weights, "augment": augment,
                   "device": device.value, "amp": amp, "patches": patches, "slides": slide or [],

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 DEFAULT_ARCH = "fpn"
 DEFAULT_ENCODER = "resnet18"
 DEFAULT_LR = 3e-3
+DEFAULT_NORM = "batch"
 DEFAULT_EPOCHS = 50  # without --time-limit
 MAX_EPOCHS = 100_000
 
@@ -25,6 +26,9 @@ class TrainConfig(BaseModel):
     encoder_weights: str | None = Field(
         None, description="None (random init), 'imagenet' (downloaded by the library, needs internet) or a "
         "local state-dict file of the encoder")
+    norm: Literal["batch", "group"] = Field(
+        DEFAULT_NORM, description="normalisation layers: batch (the library's BatchNorm) or group (every BatchNorm "
+        "replaced by GroupNorm, 32 groups: statistics of each tile, not of the batch)")
     epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="number of epochs (passes over the training "
                                "tiles); None: 50, or with time_limit_min as many as the budget fits")
     time_limit_min: float | None = Field(

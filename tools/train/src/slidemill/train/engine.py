@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "slidemill-train-checkpoint/1"
 # what must be the same for a checkpoint to continue: the network and what it learns from
 OPTIMIZER_SETTINGS = ("weight_decay",)  # restored with the optimiser's state on resume (the lr is set per step)
-IDENTITY_KEYS = ("arch", "encoder", "num_classes", "classes", "tile_size_px", "mpp")
+IDENTITY_KEYS = ("arch", "encoder", "norm", "num_classes", "classes", "tile_size_px", "mpp")
+IDENTITY_DEFAULTS = {"norm": "batch"}  # checkpoints written before the key existed
 
 
 def resolve_device(name: str) -> torch.device:
@@ -93,7 +94,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 def check_compatible(payload: dict[str, Any], identity: dict[str, Any], path: Path) -> list[str]:
     """A checkpoint of another network or other data cannot be continued: name every difference.
     Other training settings may change; the differences come back as warnings."""
-    theirs = payload.get("identity", {})
+    theirs = {**IDENTITY_DEFAULTS, **payload.get("identity", {})}
     differences = [f"{key} is {theirs.get(key)!r} in the checkpoint but {identity[key]!r} now"
                    for key in IDENTITY_KEYS if theirs.get(key) != identity[key]]
     if differences:

@@ -65,9 +65,20 @@ def _known_encoder(encoder: str) -> bool:
     return False
 
 
-def build_model(arch: str, encoder: str, num_classes: int, encoder_weights: str | None = None) -> nn.Module:
-    """A segmentation-models-pytorch model; weights None, a named set ('imagenet', downloaded) or a file."""
+NORMS = ("batch", "group")
+GROUPS = 32  # GroupNorm groups (Wu and He 2018's default); fewer where a layer's channels are not divisible
+
+
+def build_model(arch: str, encoder: str, num_classes: int, encoder_weights: str | None = None, *,
+                norm: str = "batch") -> nn.Module:
+    """A segmentation-models-pytorch model; weights None, a named set ('imagenet', downloaded) or a file.
+
+    norm 'batch' keeps the library's layers; 'group' replaces every BatchNorm by GroupNorm (see
+    `batch_norm_to_group_norm`) after the weights are loaded, so the statistics do not depend on the batch."""
     import segmentation_models_pytorch as smp
+
+    if norm not in NORMS:
+        raise InputError(f"--norm {norm!r} is not a normalisation slidemill knows", fix=f"Choose one of {NORMS}")
 
     check_names(arch, encoder)
     weights_file = None
@@ -98,7 +109,32 @@ def build_model(arch: str, encoder: str, num_classes: int, encoder_weights: str 
                          fix="Choose another architecture/encoder pair") from None
     if weights_file is not None:
         load_encoder_weights(model, weights_file)
+    if norm == "group":
+        batch_norm_to_group_norm(model)
     return model
+
+
+def batch_norm_to_group_norm(model: nn.Module, groups: int = GROUPS) -> int:
+    """Replace every BatchNorm1d/2d/3d of `model` in place by a GroupNorm over the same channels.
+
+    The groups are the largest divisor of the channel count that is at most `groups` (32: resnet18's 64..512
+    channels get 32 groups). A BatchNorm's affine weight and bias are kept (pretrained scales stay);
+    its running statistics, which GroupNorm does not use, are dropped. Returns the number replaced."""
+    replaced = 0
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            channels = child.num_features
+            g = next(d for d in range(min(groups, channels), 0, -1) if channels % d == 0)
+            layer = nn.GroupNorm(g, channels, eps=child.eps, affine=child.affine)
+            if child.affine:
+                with torch.no_grad():
+                    layer.weight.copy_(child.weight)
+                    layer.bias.copy_(child.bias)
+            setattr(model, name, layer)
+            replaced += 1
+        else:
+            replaced += batch_norm_to_group_norm(child, groups)
+    return replaced
 
 
 def load_encoder_weights(model: nn.Module, path: Path) -> None:
