@@ -320,3 +320,32 @@ def test_a_checkpoint_of_the_other_normalisation_is_not_resumed(tmp_path):
         check_compatible({"identity": old, "split": identity["split"]}, identity, tmp_path / "last.pt")
     assert check_compatible({"identity": old, "split": identity["split"]}, {**identity, "norm": "batch"},
                             tmp_path / "last.pt") == []
+
+
+def test_a_schedule_moved_mid_decay_continues_from_the_current_learning_rate():
+    """A time budget re-planned after the warmup (the machine got faster, then slower) moves the end of the
+    cosine; the learning rate goes on from where it was, never back up, and reaches 1% of the peak at the
+    new end. Before the first move the rates are lr_at's."""
+    from slidemill.train.engine import Trainer, lr_at
+
+    trainer = Trainer(torch.nn.Conv2d(3, 2, 1), num_classes=2, mean=(0.5,) * 3, std=(0.25,) * 3,
+                      device=torch.device("cpu"), lr=1.0, weight_decay=0.0, amp=False, class_weights=None)
+    trainer.set_schedule(100)  # warmup 5 steps
+    rates = []
+    for step in range(40):
+        trainer.step_count = step
+        rates.append(trainer.current_lr())
+    assert rates == [lr_at(s, 100, 1.0, warmup_steps=5) for s in range(40)]
+    trainer.step_count = 40
+    before = trainer.current_lr()
+    trainer.set_schedule(400)  # 4x longer: lr_at(40, 400) would be near the peak again
+    assert trainer.current_lr() == pytest.approx(before) and lr_at(40, 400, 1.0, warmup_steps=20) > 0.99
+    for step in range(41, 401):
+        trainer.step_count = step
+        rates.append(trainer.current_lr())
+        if step == 100:
+            trainer.set_schedule(150)  # then slower: the end comes nearer, still without a jump
+            assert trainer.current_lr() == pytest.approx(rates[-1])
+    assert all(a >= b for a, b in zip(rates[5:], rates[6:], strict=False))
+    trainer.step_count = 150
+    assert trainer.current_lr() == pytest.approx(0.01)

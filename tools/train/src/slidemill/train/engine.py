@@ -120,7 +120,11 @@ def check_compatible(payload: dict[str, Any], identity: dict[str, Any], path: Pa
     return messages
 
 
-def lr_at(step: int, total_steps: int, peak: float, *, warmup_steps: int, final_fraction: float = 0.01) -> float:
+FINAL_LR_FRACTION = 0.01  # the cosine decays to 1% of the peak
+
+
+def lr_at(step: int, total_steps: int, peak: float, *, warmup_steps: int,
+          final_fraction: float = FINAL_LR_FRACTION) -> float:
     """The learning rate of optimisation step `step` (0-based) of a run of `total_steps` steps.
 
     Linear warmup from peak/warmup_steps to `peak` over the first `warmup_steps` steps, then a cosine
@@ -214,7 +218,8 @@ class Trainer:
     """Owns the model, optimiser, learning-rate schedule and scaler of one run and writes its checkpoints.
 
     The learning rate is set before every optimisation step from `lr_at(step, total_steps)` (warmup,
-    then cosine decay over the run's length, per step); gradients are clipped to `grad_clip` (L2 norm
+    then cosine decay over the run's length, per step; a schedule moved mid-decay continues from the
+    current rate, see `set_schedule`); gradients are clipped to `grad_clip` (L2 norm
     over all parameters) before the step."""
 
     def __init__(self, model: nn.Module, *, num_classes: int, mean: tuple, std: tuple, device: torch.device,
@@ -237,13 +242,34 @@ class Trainer:
         self.step_count = 0
         self.total_steps = 1
         self.warmup_steps = 1
+        self.anchor: tuple[int, float] | None = None  # (step, cosine position) where a moved schedule resumed
 
     def set_schedule(self, total_steps: int) -> None:
-        self.total_steps = max(1, int(total_steps))
-        self.warmup_steps = warmup_steps_for(self.total_steps)
+        """The schedule ends at `total_steps`. Moved once the decay has begun (a time budget re-planned on a
+        machine that got faster or slower), the cosine continues from the current learning rate to its floor
+        at the new end, so the learning rate never jumps, up or down."""
+        total = max(1, int(total_steps))
+        if total == self.total_steps:
+            return
+        if self.step_count > self.warmup_steps:
+            self.anchor = (self.step_count, self._position(self.step_count))
+        else:
+            self.anchor = None
+            self.warmup_steps = warmup_steps_for(total)
+        self.total_steps = total
+
+    def _position(self, step: int) -> float:
+        """Where `step` lies on the cosine decay, 0 (peak) to 1 (floor), after the last re-anchoring."""
+        if self.anchor is None or step < self.anchor[0]:
+            return min(1.0, max(0.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)))
+        start, at = self.anchor
+        return at + (1.0 - at) * min(1.0, (step - start) / max(1, self.total_steps - start))
 
     def current_lr(self) -> float:
-        return lr_at(self.step_count, self.total_steps, self.peak_lr, warmup_steps=self.warmup_steps)
+        if self.anchor is None or self.step_count < self.warmup_steps:
+            return lr_at(self.step_count, self.total_steps, self.peak_lr, warmup_steps=self.warmup_steps)
+        floor = self.peak_lr * FINAL_LR_FRACTION
+        return floor + (self.peak_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * self._position(self.step_count)))
 
     # --- one step, one epoch -------------------------------------------------------------------
 
@@ -321,7 +347,9 @@ class Trainer:
     def payload(self, state: FitState, identity: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         return {"format": CHECKPOINT_FORMAT, "identity": identity, "split": identity.get("split"),
                 "epoch": state.epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "schedule": {"step": self.step_count, "total_steps": self.total_steps},
+                "schedule": {"step": self.step_count, "total_steps": self.total_steps,
+                             "warmup_steps": self.warmup_steps,
+                             "anchor": None if self.anchor is None else list(self.anchor)},
                 "scaler": self.scaler.state_dict(), "rng": rng_state(),
                 "history": state.history, "best_epoch": state.best_epoch, "best_mean_iou": state.best_mean_iou,
                 "since_best": state.since_best, "stopped_early": state.stopped_early,
@@ -333,6 +361,9 @@ class Trainer:
         schedule = payload.get("schedule") or {}
         self.step_count = int(schedule.get("step", 0))
         self.total_steps = max(1, int(schedule.get("total_steps", 1)))
+        self.warmup_steps = int(schedule.get("warmup_steps") or warmup_steps_for(self.total_steps))
+        anchor = schedule.get("anchor")
+        self.anchor = None if anchor is None else (int(anchor[0]), float(anchor[1]))
         if payload.get("scaler"):
             self.scaler.load_state_dict(payload["scaler"])
         set_rng_state(payload["rng"])
