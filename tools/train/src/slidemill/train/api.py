@@ -145,7 +145,8 @@ def prepare(config: TrainConfig) -> Prepared:
         warnings.append(f"class(es) {absent} have no labelled pixels in the training tiles")
     weights = auto_class_weights(fractions) if config.class_weights == "auto" else None
     identity = {
-        "arch": config.arch, "encoder": config.encoder, "num_classes": data.classes.num_trainable,
+        "arch": config.arch, "encoder": config.encoder, "norm": config.norm,
+        "num_classes": data.classes.num_trainable,
         "classes": [[c.name, c.label, c.ignore] for c in data.classes.classes],
         "tile_size_px": data.tile_size_px, "mpp": data.mpp,
         "split": {"strategy": split.strategy, "train": split.train, "val": split.val},
@@ -242,7 +243,7 @@ def _train(prepared: Prepared, report: ReportBuilder) -> TrainResult:
     class_names = [c.name for c in data.classes.trainable]
 
     with report.timed("build_model"):
-        model = build_model(config.arch, config.encoder, num_classes, config.encoder_weights)
+        model = build_model(config.arch, config.encoder, num_classes, config.encoder_weights, norm=config.norm)
     check_trainable(model, config, batch=min(config.batch_size, len(split.train)), tile_size_px=data.tile_size_px)
     trainer = engine.Trainer(model, num_classes=num_classes, mean=IMAGENET_MEAN, std=IMAGENET_STD, device=device,
                              lr=config.lr, weight_decay=config.weight_decay, amp=amp,
@@ -307,7 +308,7 @@ def _train(prepared: Prepared, report: ReportBuilder) -> TrainResult:
 
     best_path = checkpoints / "best.pt"
     best = engine.load_checkpoint(best_path if best_path.exists() else checkpoints / "last.pt")
-    model = build_model(config.arch, config.encoder, num_classes, None)
+    model = build_model(config.arch, config.encoder, num_classes, None, norm=config.norm)
     model.load_state_dict(best["model"])
     model = model.cpu().eval()
     best_row = next(r for r in state.history if r["epoch"] == best["epoch"])
@@ -448,7 +449,8 @@ def _export(model, stage: Path, prepared: Prepared, best_row: dict[str, Any], st
         weights = f"file:{Path(weights).name}"
     parameters = {"epochs_requested": config.epochs, "time_limit_min": config.time_limit_min,
                   "stopped_by_time_limit": state.stopped_by_time, "steps": state.step,
-                  "schedule_steps": state.total_steps, "batch_size": config.batch_size, "lr": config.lr,
+                  "schedule_steps": state.total_steps, "batch_size": config.batch_size, "norm": config.norm,
+                  "lr": config.lr,
                   "weight_decay": config.weight_decay, "optimizer": "AdamW", "grad_clip": config.grad_clip,
                   "schedule": "linear warmup (5% of the steps, at most 500), cosine decay to 1% per step",
                   "val_fraction": config.val_fraction, "val_slides": config.val_slides,
