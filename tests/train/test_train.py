@@ -378,3 +378,17 @@ def test_refuses_batch_of_one_for_architectures_that_cannot_train_on_it(tmp_path
     out = tmp_path / "m"
     _refused(invoke(small_tileset, "--out", out, "--arch", "deeplabv3plus", "--encoder", "resnet18",
                     "--batch-size", 1), out, "deeplabv3plus cannot train with --batch-size 1", "--batch-size 2")
+
+
+def test_norm_group_trains_and_exports_a_model_without_batch_norm(tmp_path, small_tileset, fast_encoder):
+    """--norm group reaches the network: the checkpoint holds no batch-norm statistics, the card records it,
+    the ONNX export passed its check; a resume with --norm batch is refused."""
+    out = tmp_path / "m"
+    result = invoke(small_tileset, "--out", out, "--encoder", fast_encoder, "--epochs", 1, "--norm", "group")
+    assert result.exit_code == 0, result.output
+    card = load_contract(out / "model-card.json", ModelCard)
+    assert card.training.parameters["norm"] == "group" and card.onnx.max_abs_diff < 1e-3
+    state = torch.load(out / "checkpoints" / "best.pt", weights_only=True)["model"]
+    assert not any(k.endswith("running_mean") for k in state)
+    refused = invoke(small_tileset, "--out", out, "--encoder", fast_encoder, "--epochs", 2, "--resume")
+    assert refused.exit_code == 2 and "norm is 'group' in the checkpoint but 'batch' now" in refused.output
