@@ -18,8 +18,8 @@ echo "  Ignore* = frayed edge and ink)"
 echo
 
 # Tiles of 64 px at 2 um/px (128 um), overlapping by half, only where annotated; slidemill-train's default
-# recipe from random weights with only a budget: 30 epochs (450 steps of 8 tiles; the validation IoU levels off
-# by then), capped by --time-limit 5 (minutes): a machine too busy to run the 30 epochs in 5 minutes gets a
+# recipe from random weights with only a budget: 30 epochs (360 steps of 8 tiles, about a minute of training on
+# an idle 2-core machine), capped by --time-limit 5 (minutes): a machine too busy to run the 30 epochs in 5 minutes gets a
 # schedule fitted to the 5 minutes instead. On an idle 2-core machine the epochs are the limit, so the
 # model is the same on every run (for one thread count).
 # The glass is annotated (Background) so the model learns to leave it out; postprocess keeps the tissue
