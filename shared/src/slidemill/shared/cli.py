@@ -199,10 +199,14 @@ def _user_error(exc: SlidemillError, log_format: LogFormat) -> None:
 
 @contextlib.contextmanager
 def cli_run(tool: str, *, log_format: LogFormat = LogFormat.text, debug: bool = False) -> Iterator[None]:
-    """Configure logging and turn errors into slidemill's exit codes."""
+    """Configure logging and turn errors into slidemill's exit codes; tool runs inside it write a failed
+    report on failure (slidemill.shared.lifecycle)."""
+    from .lifecycle import command_line_run
+
     configure_logging(log_format, debug)
     try:
-        yield
+        with command_line_run():
+            yield
     except typer.Exit:
         raise
     except SlidemillError as exc:

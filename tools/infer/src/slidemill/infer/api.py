@@ -19,11 +19,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from slidemill.shared.cli import package_version, worker_count
+from slidemill.shared.cli import worker_count
 from slidemill.shared.contracts import ModelRef, Prediction, RasterFile, Report, save_contract
 from slidemill.shared.errors import InputError
-from slidemill.shared.files import prepare_output_dir, staged_dir
 from slidemill.shared.geometry import PixelMapping, Region
+from slidemill.shared.lifecycle import ToolRun
 from slidemill.shared.report import ReportBuilder
 from slidemill.shared.slide import Slide, open_slide
 from slidemill.shared.tissue import slide_tissue
@@ -91,8 +91,15 @@ def normalise(img: np.ndarray, gain: np.ndarray, offset: np.ndarray) -> np.ndarr
 
 
 def run(config: InferConfig, argv: list[str] | None = None) -> InferResult:
-    """Predict `config.slide` with the model in `config.model_dir` into the folder `config.out`."""
-    report = ReportBuilder(TOOL, package_version(TOOL), argv)
+    """Predict `config.slide` with the model in `config.model_dir` into the folder `config.out`. The
+    lifecycle (output refused or replaced, staging, report, failed report) is slidemill.shared.lifecycle's."""
+    with ToolRun(TOOL, argv, out=config.out, kind="folder", overwrite=config.overwrite) as life:
+        prediction = _predict(config, life)
+    return InferResult(out=life.out, prediction=prediction, report=life.final)
+
+
+def _predict(config: InferConfig, life: ToolRun) -> Prediction:
+    report = life.report
     t_start = time.perf_counter()
     # --- every input is checked before any work ---------------------------------------------------
     bound_tile_cache()
@@ -108,7 +115,7 @@ def run(config: InferConfig, argv: list[str] | None = None) -> InferResult:
     slide_mpp = slide.require_mpp()
     slide.scale_for(card.input.mpp, allow_upsampling=config.allow_upsampling, option="the model's resolution")
     region = _region(config, slide, report)
-    prepare_output_dir(config.out, overwrite=config.overwrite)
+    life.check_output()
     cores = worker_count(0)
     workers = worker_count(config.workers)
     session = create_session(model, device=config.device, fp16=config.fp16, threads=cores, warn=report.warn)
@@ -167,64 +174,63 @@ def run(config: InferConfig, argv: list[str] | None = None) -> InferResult:
         x, y = full_mapping.to_level0(tx, ty)
         return normalise(slide.read_region(x, y, tile, tile, scale, pad_value=pad), gain, offset)
 
-    out = Path(config.out)
-    with staged_dir(out, overwrite=config.overwrite) as stage:
-        spill = Spill(stage / ".blocks.spill")
-        try:
-            t0 = time.perf_counter()
-            stats = predict(job, read_tile=read_tile, model=session.run, spill=spill, batch_size=config.batch_size,
-                            workers=workers, tta=config.tta, total_tiles=total_tiles)
-            report.timings_s["predict"] = round(time.perf_counter() - t0, 4)
-            with report.timed("pyramid"):
-                build_levels(spill, labels_spec, workers=cores)
-                build_levels(spill, probs_spec, workers=cores)
-            with report.timed("tiff"):
-                write_tiff(stage / "labels.tiff", spill, labels_spec, mpp=card.input.mpp)
-                write_tiff(stage / "probabilities.tiff", spill, probs_spec, mpp=card.input.mpp)
-        finally:
-            spill.close()
-        with report.timed("preview"):
-            write_preview(stage / "preview.png", stage / "labels.tiff", slide, mapping, card.classes,
-                          config.preview_size_px)
-        prediction = Prediction(
-            slide=slide.ref(),
-            model=ModelRef(name=card.name, architecture=card.architecture, encoder=card.encoder,
-                           onnx_sha256=model.sha256),
-            classes=card.classes, mpp=card.input.mpp, mapping=mapping, region=out_region, shard=config.shard,
-            tissue_only=config.tissue_only,
-            labels=RasterFile(file="labels.tiff", width=width, height=y1 - y0, bands=1),
-            probabilities=RasterFile(file="probabilities.tiff", width=width, height=y1 - y0, bands=classes),
-            preview="preview.png",
-        )
-        save_contract(prediction, stage / "prediction.json")
-        for name in ("prediction.json", "labels.tiff", "probabilities.tiff", "preview.png", "report.json"):
-            report.outputs.append(str(out / name))
-        predicted = int(stats.class_pixels[:255].sum())
-        report.count("tiles", stats.tiles)
-        report.count("tiles_planned", total_tiles)
-        report.count("cells_predicted", _cells_in_band(run_cells, grid, b0, b1))
-        report.count("batches", stats.batches)
-        report.count("model_calls", stats.model_calls)
-        report.count("blocks", stats.blocks)
-        report.count("empty_blocks", stats.empty_blocks)
-        report.count("raster_width_px", width)
-        report.count("raster_height_px", y1 - y0)
-        report.count("predicted_pixels", predicted)
-        report.count("chunk_width_px", per_chunk * BLOCK_PX)
-        for entry in card.classes.trainable:
-            report.count(f"pixels_{entry.name}", int(stats.class_pixels[entry.label]))
-        for name, seconds in stats.timings_s.items():
-            report.timings_s[name] = round(seconds, 4)
-        report.environment.update(session.info)
-        report.environment.update({"device": session.device, "intra_op_threads": str(session.threads),
-                                   "read_workers": str(workers), "fp16": str(session.fp16).lower(),
-                                   "cpu_count": str(os.cpu_count())})
-        elapsed = time.perf_counter() - t_start
-        report.count("megapixels_per_s", round(width * (y1 - y0) / 1e6 / max(elapsed, 1e-9), 4))
-        final_report = report.write(stage / "report.json")
+    out = life.out
+    stage = life.start()
+    spill = Spill(stage / ".blocks.spill")
+    try:
+        t0 = time.perf_counter()
+        stats = predict(job, read_tile=read_tile, model=session.run, spill=spill, batch_size=config.batch_size,
+                        workers=workers, tta=config.tta, total_tiles=total_tiles)
+        report.timings_s["predict"] = round(time.perf_counter() - t0, 4)
+        with report.timed("pyramid"):
+            build_levels(spill, labels_spec, workers=cores)
+            build_levels(spill, probs_spec, workers=cores)
+        with report.timed("tiff"):
+            write_tiff(stage / "labels.tiff", spill, labels_spec, mpp=card.input.mpp)
+            write_tiff(stage / "probabilities.tiff", spill, probs_spec, mpp=card.input.mpp)
+    finally:
+        spill.close()
+    with report.timed("preview"):
+        write_preview(stage / "preview.png", stage / "labels.tiff", slide, mapping, card.classes,
+                      config.preview_size_px)
+    prediction = Prediction(
+        slide=slide.ref(),
+        model=ModelRef(name=card.name, architecture=card.architecture, encoder=card.encoder,
+                       onnx_sha256=model.sha256),
+        classes=card.classes, mpp=card.input.mpp, mapping=mapping, region=out_region, shard=config.shard,
+        tissue_only=config.tissue_only,
+        labels=RasterFile(file="labels.tiff", width=width, height=y1 - y0, bands=1),
+        probabilities=RasterFile(file="probabilities.tiff", width=width, height=y1 - y0, bands=classes),
+        preview="preview.png",
+    )
+    save_contract(prediction, stage / "prediction.json")
+    for name in ("prediction.json", "labels.tiff", "probabilities.tiff", "preview.png", "report.json"):
+        report.outputs.append(str(out / name))
+    predicted = int(stats.class_pixels[:255].sum())
+    report.count("tiles", stats.tiles)
+    report.count("tiles_planned", total_tiles)
+    report.count("cells_predicted", _cells_in_band(run_cells, grid, b0, b1))
+    report.count("batches", stats.batches)
+    report.count("model_calls", stats.model_calls)
+    report.count("blocks", stats.blocks)
+    report.count("empty_blocks", stats.empty_blocks)
+    report.count("raster_width_px", width)
+    report.count("raster_height_px", y1 - y0)
+    report.count("predicted_pixels", predicted)
+    report.count("chunk_width_px", per_chunk * BLOCK_PX)
+    for entry in card.classes.trainable:
+        report.count(f"pixels_{entry.name}", int(stats.class_pixels[entry.label]))
+    for name, seconds in stats.timings_s.items():
+        report.timings_s[name] = round(seconds, 4)
+    report.environment.update(session.info)
+    report.environment.update({"device": session.device, "intra_op_threads": str(session.threads),
+                               "read_workers": str(workers), "fp16": str(session.fp16).lower(),
+                               "cpu_count": str(os.cpu_count())})
+    elapsed = time.perf_counter() - t_start
+    report.count("megapixels_per_s", round(width * (y1 - y0) / 1e6 / max(elapsed, 1e-9), 4))
     log.info("wrote %s: %d tiles in %d batches, %.1f%% of %d x %d pixels predicted", out, stats.tiles,
              stats.batches, 100.0 * predicted / max(1, width * (y1 - y0)), width, y1 - y0)
-    return InferResult(out=out, prediction=prediction, report=final_report)
+    return prediction
 
 
 def _cells_in_band(run_cells: np.ndarray, grid, b0: int, b1: int) -> int:

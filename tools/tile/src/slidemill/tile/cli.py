@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -32,10 +31,6 @@ from slidemill.shared.cli import (
 
 app = tool_app("slidemill-tile", "Cut a whole-slide image into tiles at a chosen resolution, keep the tissue, and "
                "turn QuPath GeoJSON (or ASAP / ImageScope XML) annotations into per-tile class masks.")
-
-
-def _interrupt(signum, frame):  # a workflow engine's SIGTERM cleans up like Ctrl-C
-    raise KeyboardInterrupt
 
 
 @app.command()
@@ -100,7 +95,6 @@ def main(
     version: version_option("slidemill-tile") = False,
 ) -> None:
     """Tiles, masks, tissue mask, preview and a tileset manifest in DIR."""
-    signal.signal(signal.SIGTERM, _interrupt)
     # large-image's in-process tile cache; without this it looks for a memcached server and logs about it
     os.environ.setdefault("LARGE_IMAGE_CACHE_BACKEND", "python")
     with cli_run("slidemill-tile", log_format=log_format, debug=debug):

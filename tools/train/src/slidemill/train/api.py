@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from slidemill.shared.cli import package_version, worker_count
+from slidemill.shared.cli import worker_count
 from slidemill.shared.contracts import (
     ClassMetrics,
     DataSplit,
@@ -29,8 +29,8 @@ from slidemill.shared.contracts import (
     save_contract,
 )
 from slidemill.shared.errors import InputError, OutputError
-from slidemill.shared.files import sha256_of, staged_dir
-from slidemill.shared.report import ReportBuilder
+from slidemill.shared.files import sha256_of
+from slidemill.shared.lifecycle import ToolRun
 
 from .augment import AUGMENTATIONS
 from .config import TrainConfig
@@ -212,15 +212,19 @@ def check_trainable(model, config: TrainConfig, *, batch: int, tile_size_px: int
 
 def run(config: TrainConfig, *, argv: list[str] | None = None) -> TrainResult:
     """Train, export to ONNX, check the export and write the model folder."""
-    report = ReportBuilder(TOOL, package_version(TOOL), argv)
-    with report.timed("validate"):
-        prepared = prepare(config)
-    for message in prepared.warnings:
-        report.warn(message)
-    return _train(prepared, report)
+    # the output folder is checked by `prepare` (--resume continues into it); the lifecycle replaces it
+    with ToolRun(TOOL, argv, out=config.out, kind="folder", overwrite=True) as life:
+        with life.report.timed("validate"):
+            prepared = prepare(config)
+        for message in prepared.warnings:
+            life.report.warn(message)
+        life.begin()
+        result = _train(prepared, life)
+    shutil.rmtree(work_dir_for(Path(config.out)), ignore_errors=True)  # the model folder is in place
+    return result
 
 
-def _train(prepared: Prepared, report: ReportBuilder) -> TrainResult:
+def _train(prepared: Prepared, life: ToolRun) -> TrainResult:
     import torch
 
     from . import engine
@@ -228,6 +232,7 @@ def _train(prepared: Prepared, report: ReportBuilder) -> TrainResult:
     from .model import IMAGENET_MEAN, IMAGENET_STD, build_model
 
     config, data, split = prepared.config, prepared.data, prepared.split
+    report = life.report
     out, work = Path(config.out), work_dir_for(Path(config.out))
     device = engine.resolve_device(config.device)
     if config.amp and device.type != "cuda":
@@ -312,52 +317,50 @@ def _train(prepared: Prepared, report: ReportBuilder) -> TrainResult:
     model = model.cpu().eval()
     best_row = next(r for r in state.history if r["epoch"] == best["epoch"])
 
-    with staged_dir(out, overwrite=True) as stage:
-        (stage / "checkpoints").mkdir()
-        for name in ("last.pt", "best.pt"):
-            if (checkpoints / name).exists():
-                shutil.copy2(checkpoints / name, stage / "checkpoints" / name)
-        with report.timed("export"):
-            card, diff = _export(model, stage, prepared, best_row, state, val_set,
-                                 reproducibility=reproducibility(device, trainer, workers, config))
-        from .outputs import write_confusion, write_curves, write_metrics_csv
+    stage = life.start()
+    (stage / "checkpoints").mkdir()
+    for name in ("last.pt", "best.pt"):
+        if (checkpoints / name).exists():
+            shutil.copy2(checkpoints / name, stage / "checkpoints" / name)
+    with report.timed("export"):
+        card, diff = _export(model, stage, prepared, best_row, state, val_set,
+                             reproducibility=reproducibility(device, trainer, workers, config))
+    from .outputs import write_confusion, write_curves, write_metrics_csv
 
-        if card.confusion_matrix is not None:
-            write_confusion(stage, card.confusion_matrix, class_names,
-                            title=f"validation, best epoch {best_row['epoch']}")
-        for message in card.warnings:
-            report.warn(message)
+    if card.confusion_matrix is not None:
+        write_confusion(stage, card.confusion_matrix, class_names,
+                        title=f"validation, best epoch {best_row['epoch']}")
+    for message in card.warnings:
+        report.warn(message)
 
-        write_metrics_csv(stage / "metrics.csv", state.history, class_names)
-        write_curves(stage / "curves.png", state.history, class_names, best_epoch=state.best_epoch,
-                     title=f"{config.arch} / {config.encoder}: {len(split.train)} training, {len(split.val)} "
-                     f"validation tiles ({split.strategy} split)")
-        save_contract(card, stage / "model-card.json")
-        report.inputs = [str(p) for p in config.tilesets]
-        report.outputs = [str(out / n) for n in ("model.onnx", "model-card.json", "checkpoints/last.pt",
-                                                  "checkpoints/best.pt", "metrics.csv", "curves.png",
-                                                  "confusion.csv", "confusion.png")]
-        report.count("tiles", len(data.samples))
-        report.count("train_tiles", len(split.train))
-        report.count("val_tiles", len(split.val))
-        report.count("excluded_tiles", split.excluded)
-        report.count("epochs", state.epoch)
-        report.count("epochs_this_run", state.epoch - epochs_before)
-        report.count("best_epoch", state.best_epoch or 0)
-        if card.mean_iou is not None:
-            report.count("val_mean_iou", round(card.mean_iou, 6))
-        report.count("onnx_max_abs_diff", diff)
-        rates = [r["train_tiles_per_s"] for r in state.history[epochs_before:]]
-        if rates:
-            report.count("train_tiles_per_s", round(float(np.mean(rates)), 3))
-            report.count("train_seconds", round(train_seconds, 3))
-        report.environment.update({"device": str(device), "torch": torch.__version__,
-                                   "amp": str(trainer.amp).lower(), "workers": str(workers),
-                                   "torch_threads": str(torch.get_num_threads())})
-        if device.type == "cuda":
-            report.environment["gpu"] = torch.cuda.get_device_name(device)
-        report.write(stage / "report.json")
-    shutil.rmtree(work, ignore_errors=True)
+    write_metrics_csv(stage / "metrics.csv", state.history, class_names)
+    write_curves(stage / "curves.png", state.history, class_names, best_epoch=state.best_epoch,
+                 title=f"{config.arch} / {config.encoder}: {len(split.train)} training, {len(split.val)} "
+                 f"validation tiles ({split.strategy} split)")
+    save_contract(card, stage / "model-card.json")
+    report.inputs = [str(p) for p in config.tilesets]
+    report.outputs = [str(out / n) for n in ("model.onnx", "model-card.json", "checkpoints/last.pt",
+                                              "checkpoints/best.pt", "metrics.csv", "curves.png",
+                                              "confusion.csv", "confusion.png")]
+    report.count("tiles", len(data.samples))
+    report.count("train_tiles", len(split.train))
+    report.count("val_tiles", len(split.val))
+    report.count("excluded_tiles", split.excluded)
+    report.count("epochs", state.epoch)
+    report.count("epochs_this_run", state.epoch - epochs_before)
+    report.count("best_epoch", state.best_epoch or 0)
+    if card.mean_iou is not None:
+        report.count("val_mean_iou", round(card.mean_iou, 6))
+    report.count("onnx_max_abs_diff", diff)
+    rates = [r["train_tiles_per_s"] for r in state.history[epochs_before:]]
+    if rates:
+        report.count("train_tiles_per_s", round(float(np.mean(rates)), 3))
+        report.count("train_seconds", round(train_seconds, 3))
+    report.environment.update({"device": str(device), "torch": torch.__version__,
+                               "amp": str(trainer.amp).lower(), "workers": str(workers),
+                               "torch_threads": str(torch.get_num_threads())})
+    if device.type == "cuda":
+        report.environment["gpu"] = torch.cuda.get_device_name(device)
     log.info("wrote %s (best epoch %s, mean validation IoU %s)", out, state.best_epoch,
              "n/a" if card.mean_iou is None else f"{card.mean_iou:.4f}")
     return TrainResult(out=out, card=card, epochs_run=state.epoch, best_epoch=state.best_epoch,
