@@ -53,8 +53,7 @@ def test_every_config_field_is_a_parameter_and_back_with_the_same_bounds(tool):
             assert param.type_descriptor.annotation == tp, name
         if not info.is_required() and info.default_factory is None and not is_list:
             assert param.default == info.default, name
-        assert param.required == (info.is_required() and not (cli_of(info).argument and not is_list
-                                                               and info.default is not None)), name
+        assert param.required == info.is_required(), name
 
 
 def _normal(text: str) -> str:
@@ -77,5 +76,7 @@ def test_help_at_80_columns_holds_every_description_whole_and_every_default(tool
             assert f"[default: {spec.shown_default}" in shown, name
         elif info.default not in (None, False) and info.default_factory is None and not info.is_required():
             default = getattr(info.default, "value", info.default)
+            if default is True:  # a flag's default is shown by its name
+                default = cli_of(info).names[0].lstrip("-")
             assert re.search(rf"\[default: {re.escape(str(default))}[;\]]", shown), (name, default)
     assert not re.search(r"\w \.(\s|$)", shown), "no stray space before a full stop"

@@ -163,9 +163,10 @@ def spelling(name: str, info: FieldInfo) -> str:
 
 def command_fields(config: type[BaseModel]) -> dict[str, FieldInfo]:
     """The config's fields that are command-line parameters (all but the api-only ones), in order:
-    positional arguments first."""
+    positional arguments first, then the tool's own options, then those it shares (SlideOptions)."""
+    own = set(config.__annotations__)
     fields = {n: f for n, f in config.model_fields.items() if not cli_of(f).api_only}
-    return dict(sorted(fields.items(), key=lambda item: not cli_of(item[1]).argument))
+    return dict(sorted(fields.items(), key=lambda item: (not cli_of(item[1]).argument, item[0] not in own)))
 
 
 def _parameter(name: str, info: FieldInfo) -> inspect.Parameter:
