@@ -10,7 +10,9 @@ Each field of a tool's config model becomes one command-line parameter:
   a bool a flag (`Cli(off="--everywhere")` adds its negative spelling);
 - `Cli(parse=f)` turns the typed text into the field's value (`X,Y,W,H` into a Region), and
   `Cli(must_exist="slide")` checks a path in slidemill's words before anything else;
-- `Cli(api_only=True)` keeps a field off the command line (values only a notebook can give).
+- `Cli(api_only=True)` keeps a field off the command line (values only a notebook can give);
+  `Cli(optional=True)` lets the command omit a required field (its `main` then builds the config, as
+  tile's SLIDE, which `--qupath-project` replaces).
 
 `config_command` adds the frame's own options (`--version`, `--log-format`, `--debug`) to every tool,
 builds the config inside `cli_run` (a ValidationError is exit 2 naming the options as typed, through
@@ -48,12 +50,13 @@ class Cli:
     parse: Callable[[str], Any] | None = None
     must_exist: str | None = None
     api_only: bool = False
+    optional: bool = False
 
     def __init__(self, *names: str, argument: bool = False, metavar: str | None = None, off: str | None = None,
                  shown_default: str | None = None, parse: Callable[[str], Any] | None = None,
-                 must_exist: str | None = None, api_only: bool = False):
+                 must_exist: str | None = None, api_only: bool = False, optional: bool = False):
         for key, value in dict(names=names, argument=argument, metavar=metavar, off=off, shown_default=shown_default,
-                               parse=parse, must_exist=must_exist, api_only=api_only).items():
+                               parse=parse, must_exist=must_exist, api_only=api_only, optional=optional).items():
             object.__setattr__(self, key, value)
 
 
@@ -176,8 +179,8 @@ def _parameter(name: str, info: FieldInfo) -> inspect.Parameter:
     item = typing.get_args(tp)[0] if is_list else tp
     if spec.parse is not None:
         item = str
-    required = info.is_required()
-    default = None if (required or info.default_factory is not None) else info.default
+    required = info.is_required() and not spec.optional
+    default = None if (info.is_required() or info.default_factory is not None) else info.default
     text = help_text(info.description)
     shown: bool | str = default is not None and not (item is bool and default is False)
     if spec.shown_default is not None:
@@ -229,7 +232,10 @@ def build_config(config: type[BaseModel], values: dict[str, Any], *, tool: str) 
     try:
         return config(**values)
     except ValidationError as exc:
+        # field names in a message are replaced by the options: those that cannot be an English word
+        # (an underscore in them) or that the command spells otherwise
         spellings = {n: spelling(n, f) for n, f in config.model_fields.items()}
+        spellings = {n: s for n, s in spellings.items() if "_" in n or s != "--" + n}
         raise option_error(exc, spellings, tool=tool) from None
 
 
