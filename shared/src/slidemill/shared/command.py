@@ -5,9 +5,12 @@ Each field of a tool's config model becomes one command-line parameter:
 - the field's name, spelled `--field-name`, unless a `Cli(...)` in its `Annotated` metadata names it
   (`Cli("--out", "-o")`), or makes it a positional argument (`Cli(argument=True, metavar="SLIDE")`);
 - its description is the help (first letter raised, a full stop added), its default the shown default
-  (`Cli(shown_default="0.5")` for a default the config computes), `ge`/`gt`/`le`/`lt` the accepted range
-  (an open end is checked by the config itself), a `Literal` its choices, a list a repeatable option,
-  a bool a flag (`Cli(off="--everywhere")` adds its negative spelling);
+  (`Cli(shown_default="0.5")` for a default the config computes, or one whose being typed matters:
+  the option is then passed only when typed, so the config's `model_fields_set` says so),
+  `ge`/`gt`/`le`/`lt` the accepted range (an open end is checked by the config itself), a `Literal`
+  its choices (shown as `a|b`, checked by the config so the error names the option as every other
+  does), a list a repeatable option, a bool a flag (`Cli(off="--everywhere")` adds its negative
+  spelling);
 - `Cli(parse=f)` turns the typed text into the field's value (`X,Y,W,H` into a Region), and
   `Cli(must_exist="slide")` checks a path in slidemill's words before anything else;
 - `Cli(api_only=True)` keeps a field off the command line (values only a notebook can give);
@@ -181,11 +184,16 @@ def _parameter(name: str, info: FieldInfo) -> inspect.Parameter:
         item = str
     required = info.is_required() and not spec.optional
     default = None if (info.is_required() or info.default_factory is not None) else info.default
+    if spec.shown_default is not None:  # the config's default applies; a value typed is one the user chose
+        default = None
     text = help_text(info.description)
     shown: bool | str = default is not None and not (item is bool and default is False)
     if spec.shown_default is not None:
         shown = spec.shown_default
-    metavar = spec.metavar or (None if typing.get_origin(item) is Literal or item is bool else METAVARS.get(item))
+    if typing.get_origin(item) is Literal:  # the config checks the choice, so its error reads as every other
+        metavar, item = spec.metavar or "|".join(map(str, typing.get_args(item))), str
+    else:
+        metavar = spec.metavar or (None if item is bool else METAVARS.get(item))
     limits = bounds(info)
     kwargs: dict[str, Any] = {"help": text, "show_default": shown, "metavar": metavar}
     if not spec.argument and not is_list and item in (int, float):
