@@ -49,8 +49,8 @@ def test_every_config_field_is_a_parameter_and_back_with_the_same_bounds(tool):
             # the command's range is the config's (an open end: the command takes it, the config refuses it)
             assert param.min == limits.get("ge", limits.get("gt")), name
             assert param.max == limits.get("le", limits.get("lt")), name
-        if typing.get_origin(tp) is typing.Literal:  # the choices shown; the config checks them
-            assert param.metavar == "|".join(typing.get_args(tp)), name
+        if typing.get_origin(tp) is typing.Literal:  # the choices checked while parsing, and shown
+            assert param.type_descriptor.annotation == tp and param.metavar == "|".join(typing.get_args(tp)), name
         if not info.is_required() and info.default_factory is None and not is_list:
             # the command's default is the config's, or none where the config applies its own (shown_default)
             assert param.default == (None if cli_of(info).shown_default is not None else info.default), name

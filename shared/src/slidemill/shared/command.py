@@ -8,9 +8,9 @@ Each field of a tool's config model becomes one command-line parameter:
   (`Cli(shown_default="0.5")` for a default the config computes, or one whose being typed matters:
   the option is then passed only when typed, so the config's `model_fields_set` says so),
   `ge`/`gt`/`le`/`lt` the accepted range (an open end is checked by the config itself), a `Literal`
-  its choices (shown as `a|b`, checked by the config so the error names the option as every other
-  does), a list a repeatable option, a bool a flag (`Cli(off="--everywhere")` adds its negative
-  spelling);
+  its choices (shown as `a|b`), a list a repeatable option, a bool a flag (`Cli(off="--everywhere")`
+  adds its negative spelling); what the command refuses while parsing is said as slidemill says
+  every user error (`UsageCommand`);
 - `Cli(parse=f)` turns the typed text into the field's value (`X,Y,W,H` into a Region), and
   `Cli(must_exist="slide")` checks a path in slidemill's words before anything else;
 - `Cli(api_only=True)` keeps a field off the command line (values only a notebook can give);
@@ -26,6 +26,7 @@ declared once here (`SlideOptions`), like `Workers`, `DeviceField` and `OVERWRIT
 from __future__ import annotations
 
 import inspect
+import sys
 import types
 import typing
 from collections.abc import Callable
@@ -35,8 +36,14 @@ from typing import Annotated, Any, Literal
 
 import annotated_types
 import typer
+import typer.core
 from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
+
+try:  # recent typer carries its own copy of click, and raises that copy's exceptions
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - typer on the real click
+    from click import exceptions as click_exceptions
 
 from .cli import DebugOption, LogFormat, LogFormatOption, cli_run, existing_path, option_error, version_option
 
@@ -190,8 +197,8 @@ def _parameter(name: str, info: FieldInfo) -> inspect.Parameter:
     shown: bool | str = default is not None and not (item is bool and default is False)
     if spec.shown_default is not None:
         shown = spec.shown_default
-    if typing.get_origin(item) is Literal:  # the config checks the choice, so its error reads as every other
-        metavar, item = spec.metavar or "|".join(map(str, typing.get_args(item))), str
+    if typing.get_origin(item) is Literal:
+        metavar = spec.metavar or "|".join(map(str, typing.get_args(item)))
     else:
         metavar = spec.metavar or (None if item is bool else METAVARS.get(item))
     limits = bounds(info)
@@ -276,5 +283,46 @@ def config_command(app: typer.Typer, config: type[BaseModel], *, tool: str, main
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__doc__ = doc
     command.__name__ = "main"
-    app.command()(command)
+    app.command(cls=type("ToolCommand", (UsageCommand,), {"tool": tool}))(command)
     return command
+
+
+class UsageCommand(typer.core.TyperCommand):
+    """A typer command whose parse errors (an unknown option, a bad value, a missing argument) are
+    slidemill's one paragraph on stderr naming the option and the value typed, exit 2, like every
+    other user error (click prints its usage block and `Error: ...`)."""
+
+    tool = "the tool"
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
+                                **extra)
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            code = super().main(args=argv, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
+                                **extra)
+        except click_exceptions.NoArgsIsHelpError as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click_exceptions.ClickException as exc:
+            print(f"error: {usage_paragraph(exc, argv, self.tool)}", file=sys.stderr)
+            sys.exit(exc.exit_code)
+        except click_exceptions.Abort:
+            print("Aborted!", file=sys.stderr)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def usage_paragraph(exc, argv: list[str], prog: str | None) -> str:
+    """`--class-weights sometimes: 'sometimes' is not one of 'none', 'auto'. See slidemill-train --help.`"""
+    message = exc.format_message()
+    param = getattr(exc, "param", None)
+    if isinstance(exc, click_exceptions.BadParameter) and not isinstance(exc, click_exceptions.MissingParameter) \
+            and param is not None:
+        names = [n for n in getattr(param, "opts", []) if n.startswith("--")] or [param.human_readable_name]
+        typed = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a in param.opts), None)
+        typed = typed or next((a.split("=", 1)[1] for a in argv for n in param.opts if a.startswith(n + "=")), None)
+        reason = exc.message.removeprefix("Value error, ")
+        message = f"{names[0]}{'' if typed is None else ' ' + typed}: {reason[:1].lower()}{reason[1:]}"
+    return " ".join(f"{message.rstrip('.')}. See {prog} --help.".split())
