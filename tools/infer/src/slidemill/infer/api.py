@@ -30,10 +30,10 @@ from slidemill.shared.tissue import slide_tissue
 
 from .config import BLOCK_PX, InferConfig
 from .grid import chunk_blocks, count_tiles, make_grid, shard_band
-from .model import create_session, load_model
+from .onnx_session import create_session, load_model
 from .pipeline import Job, predict
-from .raster import RasterSpec, Spill, build_levels, write_tiff
-from .tissue import TissuePixels, cell_tissue
+from .prediction_raster import RasterSpec, Spill, build_levels, write_tiff
+from .tissue_cells import TissuePixels, cell_tissue
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from slidemill.shared.errors import InputError
 from slidemill.shared.lifecycle import ToolRun
 from slidemill.shared.shapes import dissolve, drop_small, polygon_parts, sort_polygons
 
+from .common_slide import common_mpp, common_slide
 from .config import MergeConfig
-from .inputs import common_mpp, common_slide
 
 log = logging.getLogger(__name__)
 

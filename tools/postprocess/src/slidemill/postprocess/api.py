@@ -19,7 +19,7 @@ from slidemill.shared.shapes import annotation_objects, drop_small
 
 from . import cleanup
 from .config import PostprocessConfig
-from .raster import combine_shards, load_prediction, open_labels
+from .label_raster import combine_shards, load_prediction, open_labels
 from .vectorise import MaskOps, chunk_windows, vectorise_file
 
 log = logging.getLogger(__name__)

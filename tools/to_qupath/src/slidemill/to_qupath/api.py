@@ -32,7 +32,6 @@ from slidemill.shared.files import atomic_write, require_file
 from slidemill.shared.lifecycle import ToolRun
 
 from .config import ToQuPathConfig
-from .inputs import SlideGroup, find_slide, group_by_slide
 from .project import (
     SCRIPT_FILE,
     Project,
@@ -45,6 +44,7 @@ from .project import (
     open_project,
     save_project,
 )
+from .slide_matching import SlideGroup, find_slide, group_by_slide
 
 log = logging.getLogger(__name__)
 

@@ -123,7 +123,7 @@ def sampling_summary(prepared: Prepared) -> dict:
 def prepare(config: TrainConfig) -> Prepared:
     """Validate every input and option; nothing is written."""
     from .engine import resolve_device
-    from .model import check_names
+    from .network import check_names
 
     warnings: list[str] = []
     resolve_device(config.device)  # --device cuda without a GPU is refused before any work
@@ -229,7 +229,7 @@ def _train(prepared: Prepared, life: ToolRun) -> TrainResult:
 
     from . import engine
     from .loader import TileDataset, balanced_tile_weights, make_loader
-    from .model import IMAGENET_MEAN, IMAGENET_STD, build_model
+    from .network import IMAGENET_MEAN, IMAGENET_STD, build_model
 
     config, data, split = prepared.config, prepared.data, prepared.split
     report = life.report
@@ -422,7 +422,7 @@ def validation_summary(row: dict[str, Any], names: list[str], train: dict[str, i
 
 def _export(model, stage: Path, prepared: Prepared, best_row: dict[str, Any], state, val_set, *,
             reproducibility: dict[str, Any]) -> tuple[ModelCard, float]:
-    from .model import IMAGENET_MEAN, IMAGENET_STD, export_onnx, onnx_max_abs_diff
+    from .network import IMAGENET_MEAN, IMAGENET_STD, export_onnx, onnx_max_abs_diff
 
     config, data, split = prepared.config, prepared.data, prepared.split
     onnx_path = stage / "model.onnx"

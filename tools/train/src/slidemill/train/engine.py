@@ -21,7 +21,7 @@ from slidemill.shared.cli import Progress
 from slidemill.shared.errors import InputError
 from slidemill.shared.files import atomic_write
 
-from .model import CrossEntropyDiceLoss, Normalized, confusion, mean_iou, scores
+from .network import CrossEntropyDiceLoss, Normalized, confusion, mean_iou, scores
 
 log = logging.getLogger(__name__)
 
