@@ -43,7 +43,7 @@ def test_every_config_field_is_a_parameter_and_back_with_the_same_bounds(tool):
         tp = info.annotation
         if typing.get_origin(tp) in (typing.Union, types.UnionType):
             tp = next(a for a in typing.get_args(tp) if a is not type(None))
-        is_list = typing.get_origin(tp) is list
+        is_list = typing.get_origin(tp) is list or cli_of(info).batch  # a batch argument takes several slides
         assert (param.multiple or param.nargs == -1) == is_list, name
         if not is_list and not cli_of(info).argument and cli_of(info).parse is None:
             # the command's range is the config's (an open end: the command takes it, the config refuses it)

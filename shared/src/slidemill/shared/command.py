@@ -15,7 +15,8 @@ Each field of a tool's config model becomes one command-line parameter:
   `Cli(must_exist="slide")` checks a path in slidemill's words before anything else;
 - `Cli(api_only=True)` keeps a field off the command line (values only a notebook can give);
   `Cli(optional=True)` lets the command omit a required field (its `main` then builds the config, as
-  tile's SLIDE, which `--qupath-project` replaces).
+  tile's SLIDE, which `--qupath-project` replaces); `Cli(batch=True)` on a slide argument takes several
+  slides or a folder of them, each run into `OUT/<slide name>/` (slidemill.shared.batch).
 
 `config_command` adds the frame's own options (`--version`, `--log-format`, `--debug`) to every tool,
 builds the config inside `cli_run` (a ValidationError is exit 2 naming the options as typed, through
@@ -45,7 +46,9 @@ try:  # recent typer carries its own copy of click, and raises that copy's excep
 except ImportError:  # pragma: no cover - typer on the real click
     from click import exceptions as click_exceptions
 
+from .batch import expand_slides, is_batch, run_batch
 from .cli import DebugOption, LogFormat, LogFormatOption, cli_run, existing_path, option_error, version_option
+from .errors import InputError
 
 
 @dataclass(frozen=True)
@@ -61,12 +64,15 @@ class Cli:
     must_exist: str | None = None
     api_only: bool = False
     optional: bool = False
+    batch: bool = False
 
     def __init__(self, *names: str, argument: bool = False, metavar: str | None = None, off: str | None = None,
                  shown_default: str | None = None, parse: Callable[[str], Any] | None = None,
-                 must_exist: str | None = None, api_only: bool = False, optional: bool = False):
+                 must_exist: str | None = None, api_only: bool = False, optional: bool = False,
+                 batch: bool = False):
         for key, value in dict(names=names, argument=argument, metavar=metavar, off=off, shown_default=shown_default,
-                               parse=parse, must_exist=must_exist, api_only=api_only, optional=optional).items():
+                               parse=parse, must_exist=must_exist, api_only=api_only, optional=optional,
+                               batch=batch).items():
             object.__setattr__(self, key, value)
 
 
@@ -187,6 +193,8 @@ def _parameter(name: str, info: FieldInfo) -> inspect.Parameter:
     tp = _unwrap_optional(info.annotation)
     is_list = typing.get_origin(tp) is list
     item = typing.get_args(tp)[0] if is_list else tp
+    if spec.batch:  # one slide, several, or a folder of them
+        tp, is_list = list[item], True
     if spec.parse is not None:
         item = str
     required = info.is_required() and not spec.optional
@@ -269,15 +277,28 @@ def config_command(app: typer.Typer, config: type[BaseModel], *, tool: str, main
     ]
     extra_names = [p.name for p in extra]
     takes_values = "values" in inspect.signature(main).parameters
+    batch = next((n for n, f in command_fields(config).items() if cli_of(f).batch), None)
 
     def command(**typed: Any) -> None:
         with cli_run(tool, log_format=typed["log_format"], debug=typed["debug"]):
             values = config_values(config, typed)
             extras = {n: typed[n] for n in extra_names}
-            if takes_values:
-                main(values=values, **extras)
-            else:
-                main(build_config(config, values, tool=tool), **extras)
+
+            def call(these: dict[str, Any]):
+                if takes_values:
+                    return main(values=these, **extras)
+                return main(build_config(config, these, tool=tool), **extras)
+
+            if batch is None or batch not in values or not is_batch(values[batch]):
+                if batch in values:
+                    values[batch] = values[batch][0]
+                call(values)
+                return
+            if values.get("out") is None:
+                raise InputError("several slides need an output folder", fix="Pass --out DIR")
+            slides = expand_slides(values[batch])
+            run_batch(tool, slides, Path(values["out"]), overwrite=bool(values.get("overwrite")), argv=sys.argv,
+                      run_one=lambda slide, folder: call({**values, batch: slide, "out": folder}) or {})
 
     command.__signature__ = inspect.Signature(params)
     command.__annotations__ = {p.name: p.annotation for p in params}

@@ -52,6 +52,39 @@ def bound_tile_cache(items: int = TILE_CACHE_ITEMS) -> None:
         config.setConfig("cache_tileCache_maximum", items)
 
 
+# the last model folder loaded and its sessions: a batch of slides (or a notebook's loop) loads it once
+_LOADED: dict[tuple, tuple] = {}
+
+
+def _loaded_model(model_dir: Path):
+    """The model (card checked, sha256 verified) and a function giving its onnxruntime session for
+    (device, fp16, threads, warn), both loaded once while the folder's files stay the same; a session's
+    warnings are said again in every run that uses it."""
+    folder = Path(model_dir)
+    key = (str(folder.resolve()), tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size)
+                                             for p in folder.iterdir() if p.is_file()))) if folder.is_dir() else None
+    if key is None or key not in _LOADED:
+        model = load_model(folder)
+        _LOADED.clear()
+        if key is None:
+            return model, lambda device, fp16, threads, warn: create_session(model, device=device, fp16=fp16,
+                                                                             threads=threads, warn=warn)
+        _LOADED[key] = (model, {})
+    model, sessions = _LOADED[key]
+
+    def open_session(device: str, fp16: bool, threads: int, warn):
+        if (device, fp16, threads) not in sessions:
+            said: list[str] = []
+            sessions[(device, fp16, threads)] = (create_session(model, device=device, fp16=fp16, threads=threads,
+                                                                warn=said.append), said)
+        session, said = sessions[(device, fp16, threads)]
+        for message in said:
+            warn(message)
+        return session
+
+    return model, open_session
+
+
 @dataclass
 class InferResult:
     out: Path
@@ -105,7 +138,7 @@ def _predict(config: InferConfig, life: ToolRun) -> Prediction:
     bound_tile_cache()
     if not Path(config.slide).exists():  # a missing slide is named first, before the model is read
         open_slide(config.slide)
-    model = load_model(config.model_dir)
+    model, open_session = _loaded_model(config.model_dir)
     card = model.card
     channels = config.channels or card.input.slide_channels
     if channels and not config.channels:
@@ -118,7 +151,7 @@ def _predict(config: InferConfig, life: ToolRun) -> Prediction:
     life.check_output()
     cores = worker_count(0)
     workers = worker_count(config.workers)
-    session = create_session(model, device=config.device, fp16=config.fp16, threads=cores, warn=report.warn)
+    session = open_session(config.device, config.fp16, cores, report.warn)
     report.inputs += [str(config.slide), str(model.card_path), str(model.onnx_path)]
 
     scale = card.input.mpp / slide_mpp  # level-0 pixels per raster pixel

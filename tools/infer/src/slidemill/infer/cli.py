@@ -21,13 +21,14 @@ app = tool_app(
 )
 
 
-def main(config: InferConfig) -> None:
+def main(config: InferConfig) -> dict:
     from .api import run
 
     result = run(config, argv=sys.argv)
     p = result.prediction
     typer.echo(f"{result.out}: labels {p.labels.width} x {p.labels.height} at {p.mpp} um/px, "
                f"{int(result.report.counts.get('tiles', 0))} tiles on {result.report.environment.get('provider')}")
+    return {"tiles": result.report.counts.get("tiles", 0)}
 
 
 config_command(app, InferConfig, tool=TOOL, main=main)

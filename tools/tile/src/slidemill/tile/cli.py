@@ -35,7 +35,7 @@ PROJECT_OPTIONS = [
 ]
 
 
-def main(values: dict[str, Any], qupath_project: Path | None, slide_dirs: list[Path] | None) -> None:
+def main(values: dict[str, Any], qupath_project: Path | None, slide_dirs: list[Path] | None) -> dict | None:
     from slidemill.shared.errors import InputError, MissingInputError
     from slidemill.shared.slide import open_slide  # noqa: F401 - fail fast on a broken install
 
@@ -63,6 +63,7 @@ def main(values: dict[str, Any], qupath_project: Path | None, slide_dirs: list[P
 
     result = run(config, argv=sys.argv)
     typer.echo(f"{result.out}: {result.tiles_written} tiles, {result.megapixels:.1f} MP in {result.seconds:.1f} s")
+    return {"tiles_written": result.tiles_written}
 
 
 config_command(app, TileConfig, tool=TOOL, main=main, extra=PROJECT_OPTIONS,
