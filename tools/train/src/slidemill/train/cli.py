@@ -67,7 +67,17 @@ def main(
         "--sampling", help="balanced: tiles holding rare classes are drawn more often; uniform: every tile "
         "once per epoch.")] = "balanced",
     augment: Annotated[str, typer.Option(
-        "--augment", help="standard (flips, 90-degree rotations, H&E stain jitter, blur) or none.")] = "standard",
+        "--augment", help="standard (flips, 90-degree rotations, HED stain jitter, brightness/contrast, blur), "
+        "geometry (flips and rotations only) or none.")] = "standard",
+    hed_jitter: Annotated[float, typer.Option(
+        "--hed-jitter", min=0.0, max=0.5, help="Strength s of standard's HED stain jitter: each stain's optical "
+        "density is scaled by U[1-s, 1+s] and shifted by U[-s, s]; 0 turns stain jitter off.")] = 0.05,
+    stain_normalisation: Annotated[str, typer.Option(
+        "--stain-normalisation", help="none, macenko or reinhard: map every tile to one target's stain colours "
+        "with its own slide's transform (fitted by slidemill-tile); infer applies the same.")] = "none",
+    stain_reference: Annotated[Path | None, typer.Option(
+        "--stain-reference", help="RGB image or slide whose stain fit is the target [default: the median of the "
+        "training slides' fits].", show_default=False)] = None,
     patches: Annotated[str, typer.Option(
         "--patches", help="tiles (the tileset's tiles) or random: with refs tilesets (slidemill-tile --store refs), "
         "each epoch patches at random positions inside the annotated area, class-balanced, seeded by --seed.")
@@ -113,6 +123,8 @@ def main(
                   "encoder_weights": encoder_weights, "epochs": epochs, "time_limit_min": time_limit,
                   "batch_size": batch_size, "lr": lr, "sampling": sampling, "threads": threads,
                   "val_slides": names, "class_weights": class_weights, "augment": augment,
+                  "hed_jitter": hed_jitter, "stain_normalisation": stain_normalisation,
+                  "stain_reference": stain_reference,
                   "device": device.value, "amp": amp, "patches": patches, "slides": slide or [],
                   "resume": resume, "seed": seed, "workers": workers,
                   "early_stopping_patience": early_stopping_patience, "overwrite": overwrite}

@@ -40,8 +40,17 @@ class TrainConfig(BaseModel):
                                   description="slide names to validate on (instead of --val-fraction)")
     class_weights: Literal["none", "auto"] = Field(
         "auto", description="auto: cross-entropy weights from the training tiles' class fractions")
-    augment: Literal["standard", "none"] = Field(
-        "standard", description="standard: flips, 90-degree rotations, H&E stain/colour jitter, blur")
+    augment: Literal["standard", "geometry", "none"] = Field(
+        "standard", description="standard: flips, 90-degree rotations, HED stain jitter, brightness/contrast, blur; "
+        "geometry: flips and rotations only; none")
+    hed_jitter: float = Field(0.05, ge=0, le=0.5, description="strength of standard's HED stain jitter: each stain's "
+                              "optical density times U[1-s, 1+s] plus U[-s, s]; 0 = no stain jitter")
+    stain_normalisation: Literal["none", "macenko", "reinhard"] = Field(
+        "none", description="map every tile's stain colours to one target with its own slide's fitted transform "
+        "(recorded in the model card; infer applies the same)")
+    stain_reference: Path | None = Field(
+        None, description="an RGB image or slide whose fit is the target; default: the median of the training "
+        "slides' fits")
     patches: Literal["tiles", "random"] = Field(
         "tiles", description="tiles: the tileset's tiles; random: refs tilesets only, each epoch patches at random "
         "positions inside the annotated area (class-balanced, seeded)")
@@ -89,4 +98,7 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _unique(self) -> TrainConfig:
         self.val_slides = list(dict.fromkeys(self.val_slides))
+        if self.stain_reference is not None and self.stain_normalisation == "none":
+            raise ValueError("--stain-reference was given with --stain-normalisation none: the reference is the "
+                             "target of a normalisation; give --stain-normalisation macenko or reinhard too")
         return self
