@@ -127,17 +127,15 @@ def not_brightfield_rgb(pixels, tissue_mode: str | None) -> str | None:
     """Why a slide is not brightfield RGB (so no stain model fits it), or None when it is: dark-field tissue
     detection (fluorescence), grey pixels (one channel), or RGB composed of channels chosen from a
     multichannel file. `pixels` is the slide's `PixelMeaning` (None: unknown, taken as RGB)."""
-    if tissue_mode == "darkfield":
-        return ("the slide is dark-field (tissue brighter than its background, as in fluorescence); Macenko and "
-                "Reinhard model brightfield stains (H&E), so no stain model was fitted")
-    if pixels is None:
-        return None
-    if len(pixels.channels) == 1:
+    if pixels is not None and len(pixels.channels) == 1:
         return "the slide is grey (one channel); stain models need brightfield RGB, so none was fitted"
-    if pixels.frames > 1 or pixels.bands - int(pixels.alpha) not in (1, 3):
+    if pixels is not None and (pixels.frames > 1 or pixels.bands - int(pixels.alpha) not in (1, 3)):
         names = ", ".join(p.name for p in pixels.channels)
         return (f"the slide's RGB is made of channels chosen from a multichannel file ({names}), not a brightfield "
                 "RGB scan; stain models need brightfield RGB, so none was fitted")
+    if tissue_mode == "darkfield":
+        return ("the slide is dark-field (tissue brighter than its background, as in fluorescence); Macenko and "
+                "Reinhard model brightfield stains (H&E), so no stain model was fitted")
     return None
 
 
