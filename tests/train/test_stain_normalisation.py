@@ -70,10 +70,11 @@ def _distance(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float(np.abs(a.mean(0) - b.mean(0)).max()), float(np.abs(a.std(0) - b.std(0)).max())
 
 
-# Measured (1024 x 1024 px slides, 64 tiles of 64 px each): the two stainings' channel means differ by up to
-# 77.2 grey levels and their spreads by 8.3. Normalised to the pooled target: means within 2.8 (Macenko) and
-# 3.2 (Reinhard), spreads within 1.6 and 4.0; lab-b normalised to lab-a as --stain-reference: means within 4.7
-# and 4.1 of lab-a's. The bounds below are a third of the "before" figures, far from both.
+# Measured (1024 x 1024 px slides, tiles of 64 px at 1 um/px; see README "Stain normalisation"): the two
+# stainings' channel means differ by up to 77.2 grey levels and their standard deviations by 8.3. Normalised
+# to the pooled target: means within 2.8 (Macenko) and 3.2 (Reinhard), deviations within 1.6 and 4.0; lab-b
+# normalised to lab-a as --stain-reference: means within 4.7 (Macenko) and 4.1 (Reinhard) of lab-a's,
+# deviations within 1.9 and 6.4. The means must come ten times closer, the deviations closer at all.
 @pytest.mark.parametrize("method", ["macenko", "reinhard"])
 @pytest.mark.parametrize("reference", [False, True])
 def test_two_stainings_of_one_tissue_come_closer(labs, method, reference):
@@ -91,7 +92,7 @@ def test_two_stainings_of_one_tissue_come_closer(labs, method, reference):
     else:  # both to the pooled target
         mean_after, spread_after = _distance(normalised["lab-a.tiff"], normalised["lab-b.tiff"])
     assert mean_after < mean_before / 10, (mean_before, mean_after)
-    assert spread_after < spread_before * 0.8, (spread_before, spread_after)
+    assert spread_after < spread_before, (spread_before, spread_after)
 
 
 def test_the_target_is_the_reference_fit_or_the_median_of_the_training_slides(labs):
