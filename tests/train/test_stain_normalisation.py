@@ -149,17 +149,21 @@ def test_every_tile_of_a_slide_goes_through_one_fixed_transform_and_keeps_its_ma
         assert len(np.unique(pairs[:, 3:], axis=0)) == len(inputs)  # and no two classes merged
 
 
-def test_tilesets_without_a_fit_are_refused_naming_them(labs, tmp_path):
-    root, tilesets = labs
-    # an older tileset (1.1, no stain member)
-    old = tmp_path / "old"
-    old.mkdir()
-    data = json.loads((tilesets[1] / "tileset.json").read_text())
+def _older_tileset(tileset: Path, folder: Path) -> Path:
+    """The tileset as slidemill-tile 1.1 wrote it: no stain member."""
+    folder.mkdir()
+    data = json.loads((tileset / "tileset.json").read_text())
     data["schema_version"] = "1.1"
     del data["stain"]
-    (old / "tileset.json").write_text(json.dumps(data))
+    (folder / "tileset.json").write_text(json.dumps(data))
     for entry in ("tiles", "masks"):
-        (old / entry).symlink_to(tilesets[1] / entry)
+        (folder / entry).symlink_to(tileset / entry)
+    return folder
+
+
+def test_tilesets_without_a_fit_are_refused_naming_them(labs, tmp_path):
+    root, tilesets = labs
+    old = _older_tileset(tilesets[1], tmp_path / "old")
     loaded = load_tilesets([tilesets[0], old])
     assert loaded.tilesets[1].stain is None
     with pytest.raises(InputError, match="records no stain fit") as info:
@@ -249,6 +253,10 @@ def test_stain_options_are_checked(labs, tmp_path):
     assert result.exit_code == 2 and "--stain-normalisation" in result.output
     result = CliRunner().invoke(app, [str(tilesets[0]), "--out", str(tmp_path / "m"), "--augment", "colour"])
     assert result.exit_code == 2
+    old = _older_tileset(tilesets[1], tmp_path / "old")
+    result = CliRunner().invoke(app, [str(tilesets[0]), str(old), "--out", str(tmp_path / "m"),
+                                      "--stain-normalisation", "reinhard"])
+    assert result.exit_code == 2 and "records no stain fit" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "m").exists()
 
 
