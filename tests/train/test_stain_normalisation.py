@@ -232,6 +232,7 @@ def test_training_records_the_normalisation_and_infer_applies_the_same(labs, tmp
     assert card.schema_version == "1.2" and stain.method == "macenko"
     assert stain.target_source == "training-slides" and stain.pooled_slides == ["lab-a.tiff"]
     assert stain.target == recorded["lab-a.tiff"].macenko and stain.tissue_mpp == 4.0
+    assert json.loads((out / "report.json").read_text())["environment"]["stain_normalisation"] == "macenko"
     augmentation = card.training.parameters["augmentation"]
     assert augmentation["pipeline"] == "standard" and augmentation["stain"]["alpha"] == [0.9, 1.1]
 

@@ -362,6 +362,7 @@ def _train(prepared: Prepared, report: ReportBuilder) -> TrainResult:
         if rates:
             report.count("train_tiles_per_s", round(float(np.mean(rates)), 3))
             report.count("train_seconds", round(train_seconds, 3))
+        report.environment.update({"stain_normalisation": config.stain_normalisation, "augment": config.augment})
         report.environment.update({"device": str(device), "torch": torch.__version__,
                                    "amp": str(trainer.amp).lower(), "workers": str(workers),
                                    "torch_threads": str(torch.get_num_threads())})
