@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pipeline_support import PIPELINE, REPO, check_command_line, command_name, dockerfile_targets, installed
+from pipeline_support import BIN, PIPELINE, REPO, check_command_line, command_name, dockerfile_targets, installed
 from workflow_files import (
     ARGO,
     MAIN_NF,
@@ -33,7 +33,11 @@ from workflow_files import (
     run_local_dry_run,
 )
 
-SOURCES = ["run-local", "run-local-model-shards", "nextflow", "argo"]
+from slidemill.shared.qupath_project import EXPORT_DIR, java_file_uri
+
+SOURCES = ["run-local", "run-local-model-shards", "run-local-project", "nextflow", "argo"]
+# main.nf processes that run a tool under another name: the QuPath project's list, tile and import
+PROCESS_TOOL = {"LIST_IMAGES": "tile", "TILE_PROJECT": "tile", "TO_QUPATH_PROJECT": "to_qupath"}
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +49,17 @@ def sandbox(tmp_path_factory):
         (slides / name).write_bytes(b"placeholder")
     (slides / "case-01.geojson").write_text('{"type": "FeatureCollection", "features": []}')
     (slides / "notes.txt").write_text("not a slide")
+    # a QuPath project of three images: case-01 (exported), case-02, and case-03 whose slide is gone
+    images = [{"serverBuilder": {"builderType": "uri", "uri": java_file_uri(path), "args": []}, "entryID": i,
+               "randomizedName": f"r{i}", "imageName": path.name, "metadata": {}}
+              for i, path in enumerate([slides / "case-01.svs", slides / "case-02.tiff", root / "gone" / "case-03.svs"],
+                                       start=1)]
+    project = root / "project"
+    (project / EXPORT_DIR).mkdir(parents=True)
+    (project / "project.qpproj").write_text(json.dumps(
+        {"version": "0.5.1", "createTimestamp": 1, "modifyTimestamp": 1,
+         "uri": java_file_uri(project / "project.qpproj"), "lastID": 3, "images": images}))
+    (project / EXPORT_DIR / "1.geojson").write_text('{"type": "FeatureCollection", "features": []}')
     return root
 
 
@@ -62,6 +77,8 @@ def _nextflow_values(root) -> dict[str, str]:
         "predictions": f"{s}/predictions/prediction-0 {s}/predictions/prediction-1",
         "shapes": f"{s}/case-01.shapes.geojson",
         "slide_args": f"--slide {s}/slides/case-01.svs --slide {s}/slides/case-02.svs",
+        "project": f"{s}/project",
+        "slide_dir_args": f"--slide-dir {s}/slide-dirs/slides",
     }
 
 
@@ -74,6 +91,9 @@ def _argo_values(root) -> dict[str, str]:
         "=sprig.regexReplaceAll('\\\\.[^.]+$', inputs.parameters.slide, '')": "case-01",
         "=workflow.parameters.model != '' ? workflow.parameters.model : '/data/runs/' + workflow.parameters.run "
         "+ '/model'": "/data/runs/slidemill/model",
+        "inputs.parameters.slide-path": "/data/slides/case-01.svs",
+        "=workflow.parameters['qupath-project'] != '' ? workflow.parameters['qupath-project'] : '/data/runs/' + "
+        "workflow.parameters.run + '/qupath-project'": "/data/runs/slidemill/qupath-project",
         "_data": data,
     }
 
@@ -92,6 +112,10 @@ def commands_of(source: str, root) -> list:
                                   "--model", str(root / "model"), "--shards", "3", "--device", "cpu",
                                   "--slide-mpp", "0.25", "--postprocess-args", "--min-area-um2 50",
                                   "--merge-args", "--max-gap-um 4"])
+    if source == "run-local-project":
+        return run_local_dry_run(["--qupath-project", str(root / "project"), "--out", str(root / "out-c"),
+                                  "--slide-dir", str(root / "slides"), "--bin", str(BIN), "--mpp", "1.0",
+                                  "--epochs", "3", "--workers", "2"])
     if source == "nextflow":
         return nextflow_command_lines(_nextflow_values(root), {"shard_args": ["--shard 1/4", ""]})
     if source == "argo":
@@ -190,10 +214,11 @@ def test_run_local_help():
 
 def test_nextflow_processes_labels_stubs_and_containers():
     processes = nextflow_processes(MAIN_NF.read_text())
-    assert set(processes) == {"TILE", "TRAIN", "INFER", "POSTPROCESS", "MERGE_ANNOTATIONS", "TO_QUPATH"}
+    tools = {"TILE", "TRAIN", "INFER", "POSTPROCESS", "MERGE_ANNOTATIONS", "TO_QUPATH"}
+    assert set(processes) == tools | set(PROCESS_TOOL)
     config = NEXTFLOW_CONFIG.read_text()
     for name, process in processes.items():
-        tool = name.lower()
+        tool = PROCESS_TOOL.get(name, name.lower())
         assert process.labels == (["gpu"] if tool in {"train", "infer"} else ["cpu"]), name
         assert process.stub, f"process {name} needs a stub: block that creates its outputs"
         m = re.search(rf"withName:\s*{name}\s*\{{\s*container\s*=\s*\"([^\"]+)\"", config)

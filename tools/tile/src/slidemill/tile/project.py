@@ -80,13 +80,14 @@ def image_list(project_path: Path, *, search_dirs: list[Path] | None = None) -> 
     `name` (image name), `slide` (the slide found for it, found the way `read_project` finds slides; when
     none is found, the path its URI names, so the step that opens it fails naming where the project
     says it is), `found_by` ("uri", "relative to the project", "search folder", or "" when not found) and
-    `annotations` (its exported `slidemill/annotations/<entryID>.geojson`, or ""). Paths are absolute.
+    `annotations` (its exported `slidemill/annotations/<entryID>.geojson`, or ""). Paths are absolute, a
+    found slide's with its links resolved (a workflow engine may stage it through a link of its own).
     Raises InputError for a project that does not parse."""
     project = read_project(project_path, search_dirs=search_dirs or [])
     rows = []
     for image in project.images:
         if image.slide is not None:
-            slide = str(image.slide.absolute())
+            slide = str(image.slide.resolve())  # the file itself: a staged link may not be there later
         else:
             named = uri_to_path(image.uri) if image.uri else None
             slide = str(named) if named is not None else ""
