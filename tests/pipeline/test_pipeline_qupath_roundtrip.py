@@ -111,15 +111,19 @@ def roundtrip(tmp_path_factory):
     report = json.loads((out / "tiles" / "report.json").read_text())
     assert [(item["id"], item["status"]) for item in report["items"]] == [("1", "ok"), ("2", "ok")], report
     slides = {int(item["id"]): Path(item["inputs"][0]) for item in report["items"]}  # where tile found them
+    summary = [line.split("\t") for line in (out / "summary.tsv").read_text().splitlines()]
+    after = files_of(project)
+    again = run_step(argv, cwd=root, timings=timings, name="run-local.sh again", timeout=300)
+    assert "0 slide(s) done, 2 skipped" in again.stdout and files_of(project) == after  # a rerun resumes
     printed = {}
     for entry_id in slides:  # what to-qupath printed on stdout: the one import command
         log = (out / "slides" / str(entry_id) / "logs" / "to-qupath.log").read_text()
         printed[entry_id] = "\n".join(line for line in log.splitlines() if not re.match(r"\d\d:\d\d:\d\d ", line))
-    return out, project, before, slides, printed
+    return out, project, before, slides, printed, summary
 
 
 def test_tile_found_each_slide_relative_to_the_moved_project(roundtrip):
-    out, _, _, slides, _ = roundtrip
+    out, _, _, slides, _, _ = roundtrip
     lab = out.parent / "moved lab"
     assert slides == {e: lab / "slides" / folder / "scan.tiff" for e, (folder, _, _) in SLIDES.items()}
     listed = [line.split("\t") for line in (out / "images.tsv").read_text().splitlines()[1:]]
@@ -131,15 +135,14 @@ def test_tile_found_each_slide_relative_to_the_moved_project(roundtrip):
 
 
 def test_the_workflow_names_each_images_results_by_its_entry(roundtrip):
-    out, _, _, _, _ = roundtrip
-    rows = [line.split("\t") for line in (out / "summary.tsv").read_text().splitlines()]
-    assert rows == [["slide", "status", "step", "exit_code", "message"], ["1", "ok", "", "0", ""],
-                    ["2", "ok", "", "0", ""]]
+    out, _, _, _, _, summary = roundtrip
+    assert summary == [["slide", "status", "step", "exit_code", "message"], ["1", "ok", "", "0", ""],
+                       ["2", "ok", "", "0", ""]]
     assert sorted(p.name for p in (out / "slides").iterdir()) == ["1", "2"]  # not one scan/ for both
 
 
 def test_the_project_lists_the_same_two_entries_and_keeps_qupaths_files(roundtrip):
-    _, project, before, _, _ = roundtrip
+    _, project, before, _, _, _ = roundtrip
     after = files_of(project)
     assert after["project.qpproj"] == before["project.qpproj"]  # same IDs, URIs, randomizedName, timestamps
     assert "project.qpproj.backup" not in after  # nothing was rewritten, so nothing backed up
@@ -159,7 +162,7 @@ def test_each_entrys_import_loads_the_predictions_of_its_own_slide(roundtrip):
     from slidemill.to_qupath import file_problems
     from slidemill.to_qupath.project import IMPORT_SCRIPT
 
-    out, project, _, slides, printed = roundtrip
+    out, project, _, slides, printed, _ = roundtrip
     # the import script loads PROJECT_BASE_DIR/slidemill/objects/<entry ID>.geojson for each entry
     assert "buildFilePath(PROJECT_BASE_DIR, 'slidemill', 'objects', entry.getID() + '.geojson')" in IMPORT_SCRIPT
     assert (project / "scripts" / "import-slidemill.groovy").read_text() == IMPORT_SCRIPT

@@ -257,6 +257,7 @@ workflow {
             error "give --qupath_project (its images are the slides, its export the annotations) or --slides, not both"
         }
         project = file(params.qupath_project, checkIfExists: true)
+        project = project.isFile() ? project.parent : project  // the folder: its export and scripts are in it
         dirs = params.slide_dir ? file(params.slide_dir, type: 'dir', checkIfExists: true) : []
         dirs = dirs instanceof List ? dirs : [dirs]
         images = LIST_IMAGES(project, dirs).images.splitCsv(header: true, sep: '\t')
