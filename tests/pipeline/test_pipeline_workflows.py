@@ -253,6 +253,30 @@ def test_run_local_project_image_without_its_slide_fails_and_the_run_says_so(tmp
     assert sorted(p.name for p in project.iterdir()) == ["project.qpproj"]
 
 
+def test_run_local_project_with_nothing_exported_stops_with_the_qupath_command(tmp_path):
+    """The first run on a project nobody exported yet: tile writes the export script into it, and the
+    workflow stops (exit 2) passing on the QuPath command that runs it; no model, no image inferred."""
+    from slidemill.shared.qupath_project import EXPORT_SCRIPT, EXPORT_SCRIPT_FILE
+
+    slide = tmp_path / "slides" / "case.svs"
+    slide.parent.mkdir()
+    slide.write_bytes(b"placeholder")
+    project = tmp_path / "project"
+    project.mkdir()
+    images = [{"serverBuilder": {"builderType": "uri", "uri": java_file_uri(slide), "args": []}, "entryID": 1,
+               "randomizedName": "r1", "imageName": "case.svs", "metadata": {}}]
+    (project / "project.qpproj").write_text(json.dumps({"version": "0.5.1", "createTimestamp": 1,
+                                                        "modifyTimestamp": 1, "lastID": 1, "images": images}))
+    out = tmp_path / "out"
+    result = subprocess.run(["bash", str(RUN_LOCAL), "--qupath-project", str(project), "--out", str(out),
+                             "--bin", str(BIN)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "the QuPath project could not be tiled (exit 2)" in result.stderr
+    assert f"Run `QuPath script --project={project / 'project.qpproj'}" in result.stderr, result.stderr
+    assert (project / EXPORT_SCRIPT_FILE).read_text() == EXPORT_SCRIPT
+    assert not (out / "model").exists() and not (out / "slides" / "1").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--slides", "{slides}", "--qupath-project", "{project}", "--out", "{out}"], "not both"),
     (["--qupath-project", "{tmp}/no-project", "--out", "{out}"], "the QuPath project does not exist"),
