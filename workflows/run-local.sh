@@ -35,7 +35,8 @@
 #                           .png .jpg .jpeg, or a DICOM series folder)
 #   --qupath-project P      a QuPath project (its folder or project.qpproj) instead of --slides
 #   --slide-dir DIR         with --qupath-project: a folder to look for slides in by file name, when
-#                           they are not where the project says (repeat for several)
+#                           they are not where the project says (repeat for several; a file name two
+#                           images of the project share is not looked for: which one it is is unknown)
 #   --out DIR               output folder (created)
 #   --model DIR             an existing model folder (from slidemill-train): infer only
 #   --annotations DIR       where <slide name>.geojson files are (default: beside the slides)
