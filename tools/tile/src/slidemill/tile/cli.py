@@ -55,6 +55,10 @@ def main(
     slide_dirs: Annotated[list[Path] | None, typer.Option(
         "--slide-dir", help="With --qupath-project: a folder to look for slides that are not where the project "
         "says, by file name. Repeat for several.", show_default=False)] = None,
+    list_images: Annotated[bool, typer.Option(
+        "--list-images", help="With --qupath-project: tile nothing, write the list of the project's images to "
+        "--out (.json or .tsv: entry ID, name, slide found, how, exported annotations), which the workflows "
+        "fan out over.")] = False,
     classes: Annotated[Path | None, typer.Option(
         "--classes", help='Class table JSON {"classes": [{"name", "label", "color", "ignore"}]}; default: the '
         "annotation class names, sorted, labels 0..n-1, Ignore* = 255.")] = None,
@@ -120,6 +124,17 @@ def main(
 
             raise MissingInputError("slide does not exist", path=slide,
                                     fix="Check the path and that the folder is mounted")
+        if list_images:
+            if qupath_project is None:
+                raise InputError("--list-images lists the images of a QuPath project", path=slide,
+                                 fix="Pass --qupath-project PROJECT instead of SLIDE")
+            from .project import write_image_list
+
+            rows = write_image_list(qupath_project, out, search_dirs=slide_dirs or [], overwrite=overwrite)
+            found = sum(1 for r in rows if r["found_by"])
+            typer.echo(f"{out}: {len(rows)} images, {found} with their slide found, "
+                       f"{sum(1 for r in rows if r['annotations'])} with exported annotations")
+            return
         if qupath_project is not None and annotations:
             raise InputError("--annotations cannot be given with --qupath-project (the project's export is used)",
                              path=qupath_project, fix="Leave out --annotations")
