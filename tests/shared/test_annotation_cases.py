@@ -254,7 +254,7 @@ def test_tile_marks_its_background_class_and_older_manifests_still_read(tmp_path
     tileset, _ = tile(tmp_path, slide, case(cases, "derived-classes"), "--background", "Glas")
     assert [c.name for c in tileset.classes.background] == ["Glas"]
     data = json.loads((tmp_path / "tiles" / "tileset.json").read_text())
-    assert data["schema_version"] == "1.1"
+    assert data["schema_version"] == "1.2"
     data["schema_version"] = "1.0"
     for entry in data["classes"]["classes"]:
         del entry["background"]  # as 1.0 wrote it

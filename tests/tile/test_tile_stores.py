@@ -42,7 +42,7 @@ def test_lossless_stores_give_the_cut_pixels(tmp_path, synthetic, synthetic_geoj
     out = tmp_path / store
     result = _run(synthetic, synthetic_geojson, out, store=store)
     tileset = load_contract(out / "tileset.json", TileSet)
-    assert tileset.store.kind == store and tileset.schema_version == "1.1"
+    assert tileset.store.kind == store and tileset.schema_version == "1.2"
     assert len(tileset.tiles) == len(reference) > 10
     if store == "png":
         assert (out / "tiles").is_dir() and not (out / "tiles.zarr.zip").exists()

@@ -20,13 +20,14 @@ import cv2
 import numpy as np
 
 from slidemill.shared.cli import worker_count
-from slidemill.shared.contracts import ModelRef, Prediction, RasterFile, Report, save_contract
+from slidemill.shared.contracts import ModelRef, Prediction, RasterFile, Report, StainApplied, save_contract
 from slidemill.shared.errors import InputError
 from slidemill.shared.geometry import PixelMapping, Region
 from slidemill.shared.lifecycle import ToolRun
 from slidemill.shared.report import ReportBuilder
 from slidemill.shared.slide import Slide, open_slide
-from slidemill.shared.tissue import slide_tissue
+from slidemill.shared.stain import StainNormaliser, fit_slide_stain
+from slidemill.shared.tissue import TISSUE_MPP, TissueMap, slide_tissue
 
 from .config import BLOCK_PX, InferConfig
 from .grid import chunk_blocks, count_tiles, make_grid, shard_band
@@ -123,6 +124,35 @@ def normalise(img: np.ndarray, gain: np.ndarray, offset: np.ndarray) -> np.ndarr
     return out
 
 
+def stain_transform(card, slide: Slide, config: InferConfig, tissue: TissueMap | None,
+                    report: ReportBuilder) -> tuple[StainNormaliser | None, StainApplied | None]:
+    """The model card's stain normalisation for this slide (None, None when the card has none): the slide is
+    fitted by the rule tile used (`fit_slide_stain` on `slide_tissue` at the card's tissue_mpp; `tissue` is
+    reused when it was detected by that rule), and every tile goes through StainNormaliser(fit, card target).
+    InputError (exit 2) when the slide cannot be fitted (not brightfield RGB, too little stain)."""
+    wanted = card.input.stain_normalisation
+    if wanted is None:
+        return None, None
+    if tissue is None or wanted.tissue_mpp != TISSUE_MPP:
+        tissue = slide_tissue(slide, mode=config.tissue_mode, tissue_mpp=wanted.tissue_mpp)
+    fit = fit_slide_stain(slide, tissue, tissue_mpp=wanted.tissue_mpp)
+    source = fit.get(wanted.method)
+    if source is None:
+        reason = fit.not_fitted.get(wanted.method, "")
+        hint = " (a brightfield slide taken for dark-field: pass --tissue-mode brightfield)" if "dark-field" in \
+            reason else ""
+        raise InputError(f"cannot be stain-normalised as the model expects ({wanted.method}, trained with "
+                         f"--stain-normalisation): {reason}", path=config.slide,
+                         fix=f"Predict brightfield RGB H&E slides with this model{hint}, or use a model trained "
+                         "with --stain-normalisation none")
+    log.info("%s: stain normalisation %s, the slide's fit on its tissue thumbnail (%d pixels) to the model's "
+             "target", slide.name, wanted.method, source.pixels)
+    report.environment["stain_normalisation"] = wanted.method
+    applied = StainApplied(method=wanted.method, source=source, target=wanted.target, tissue_mpp=wanted.tissue_mpp,
+                           thumbnail_scale=fit.thumbnail_scale)
+    return StainNormaliser(source, wanted.target), applied
+
+
 def run(config: InferConfig, argv: list[str] | None = None) -> InferResult:
     """Predict `config.slide` with the model in `config.model_dir` into the folder `config.out`. The
     lifecycle (output refused or replaced, staging, report, failed report) is slidemill.shared.lifecycle's."""
@@ -165,6 +195,7 @@ def _predict(config: InferConfig, life: ToolRun) -> Prediction:
         report.warn(f"the model works at {card.input.mpp} um/px, finer than the slide's {slide_mpp} um/px: "
                     "the slide is upsampled")
 
+    tissue = None
     with report.timed("tissue"):
         if config.tissue_only:
             tissue = slide_tissue(slide, mode=config.tissue_mode)
@@ -179,6 +210,8 @@ def _predict(config: InferConfig, life: ToolRun) -> Prediction:
         else:
             run_cells = np.ones((grid.n_rows, grid.n_cols), bool)
             tissue_pixels = None
+    with report.timed("stain"):
+        stain, stain_applied = stain_transform(card, slide, config, tissue, report)
     if config.shard is not None:
         b0, b1 = shard_band(grid, run_cells, config.shard.index, config.shard.count)
     else:
@@ -205,7 +238,10 @@ def _predict(config: InferConfig, life: ToolRun) -> Prediction:
     def read_tile(ci: int, cj: int) -> np.ndarray:
         tx, ty = grid.tile_xy(ci, cj)
         x, y = full_mapping.to_level0(tx, ty)
-        return normalise(slide.read_region(x, y, tile, tile, scale, pad_value=pad), gain, offset)
+        pixels = slide.read_region(x, y, tile, tile, scale, pad_value=pad)
+        if stain is not None:  # the slide's fixed stain transform, as in training
+            pixels = stain(pixels)
+        return normalise(pixels, gain, offset)
 
     out = life.out
     stage = life.start()
@@ -234,7 +270,7 @@ def _predict(config: InferConfig, life: ToolRun) -> Prediction:
         tissue_only=config.tissue_only,
         labels=RasterFile(file="labels.tiff", width=width, height=y1 - y0, bands=1),
         probabilities=RasterFile(file="probabilities.tiff", width=width, height=y1 - y0, bands=classes),
-        preview="preview.png",
+        preview="preview.png", stain=stain_applied,
     )
     save_contract(prediction, stage / "prediction.json")
     for name in ("prediction.json", "labels.tiff", "probabilities.tiff", "preview.png", "report.json"):

@@ -21,6 +21,8 @@ from slidemill.shared.cli import Progress, worker_count
 from slidemill.shared.contracts import TileRecord, TileSet, TileStoreInfo, TilingParams, save_contract
 from slidemill.shared.errors import InputError
 from slidemill.shared.lifecycle import ToolRun
+from slidemill.shared.report import ReportBuilder
+from slidemill.shared.stain import SlideStain, fit_slide_stain
 from slidemill.shared.tilestore import (
     CONTAINER_NAME,
     IMAGE_CODECS,
@@ -295,6 +297,23 @@ def _write_container_store(plan: TilePlan, config: TileConfig, stage: Path, work
         writer.close()
 
 
+def fit_stain_models(plan: TilePlan, report: ReportBuilder) -> SlideStain:
+    """Both stain models of the plan's slide, fitted once on the tissue thumbnail the plan already holds
+    (`fit_slide_stain`), for train's --stain-normalisation; what was not fitted is logged and warned with why."""
+    stain = fit_slide_stain(plan.renderer.open(), plan.tissue, tissue_mpp=plan.config.tissue_mpp)
+    fitted = [m for m in ("macenko", "reinhard") if stain.get(m) is not None]
+    report.environment["stain_fitted"] = ",".join(fitted) or "none"
+    if fitted:
+        log.info("%s: stain models fitted on the tissue thumbnail: %s", plan.slide_ref.name, ", ".join(fitted))
+    reasons = sorted(set(stain.not_fitted.values()))
+    for reason in reasons:
+        methods = " and ".join(m.capitalize() for m, r in stain.not_fitted.items() if r == reason)
+        message = f"{methods} stain model(s) not fitted: {reason} (train's --stain-normalisation cannot use it)"
+        log.info("%s: %s", plan.slide_ref.name, message)
+        report.warn(message)
+    return stain
+
+
 def run(config: TileConfig, *, argv: list[str] | None = None) -> TileResult:
     """Cut the slide into tiles and masks under `config.out` (all or nothing), with a manifest,
     tissue mask, preview and report."""
@@ -315,6 +334,8 @@ def _tile(config: TileConfig, life: ToolRun) -> TileResult:
     workers = min(worker_count(config.workers), max(1, len(plan) // MIN_TILES_PER_WORKER))
     if not plan.specs:
         report.warn(f"the tileset is empty: {plan.empty_reason}")
+    with report.timed("stain"):
+        stain = fit_stain_models(plan, report)
     log.info("%s: %d of %d tiles to write (%d x %d px at %.4g um/px, %d worker(s))", plan.slide_ref.name,
              len(plan), plan.grid_cols * plan.grid_rows, config.tile_size_px, config.tile_size_px,
              config.target_mpp, workers)
@@ -335,7 +356,7 @@ def _tile(config: TileConfig, life: ToolRun) -> TileResult:
                               tissue_mode=plan.tissue_mode)
         tileset = TileSet(slide=plan.slide_ref, params=params, mapping=plan.mapping, classes=plan.classes,
                           tissue_mask="tissue.png", preview="preview.png", store=_store_info(config, out),
-                          tiles=_records(plan, fractions, config.store))
+                          stain=stain, tiles=_records(plan, fractions, config.store))
         # readable when small; one line when large (100,000 tiles stay a quick read)
         save_contract(tileset, stage / "tileset.json", indent=1 if len(plan) <= 5000 else None)
     megapixels = len(plan) * config.tile_size_px ** 2 / 1e6

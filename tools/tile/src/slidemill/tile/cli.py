@@ -32,10 +32,16 @@ PROJECT_OPTIONS = [
             "--slide-dir", metavar="PATH", show_default=False,
             help="With --qupath-project: a folder to look for slides that are not where the project says, by "
             "file name. Repeat for several.")]),
+    inspect.Parameter("list_images", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
+        bool, typer.Option(
+            "--list-images",
+            help="With --qupath-project: tile nothing, write the list of the project's images to --out (.json or "
+            ".tsv: entry ID, name, slide found, how, exported annotations), which the workflows fan out over.")]),
 ]
 
 
-def main(values: dict[str, Any], qupath_project: Path | None, slide_dirs: list[Path] | None) -> dict | None:
+def main(values: dict[str, Any], qupath_project: Path | None, slide_dirs: list[Path] | None,
+         list_images: bool) -> dict | None:
     from slidemill.shared.errors import InputError, MissingInputError
     from slidemill.shared.slide import open_slide  # noqa: F401 - fail fast on a broken install
 
@@ -47,6 +53,19 @@ def main(values: dict[str, Any], qupath_project: Path | None, slide_dirs: list[P
                          "give a SLIDE or --qupath-project, not both", fix=f"See {TOOL} --help")
     if slide is not None and not slide.exists():
         raise MissingInputError("slide does not exist", path=slide, fix="Check the path and that the folder is mounted")
+    if list_images:
+        if qupath_project is None:
+            raise InputError("--list-images lists the images of a QuPath project", path=slide,
+                             fix="Pass --qupath-project PROJECT instead of SLIDE")
+        from .project import write_image_list
+
+        out = values["out"]
+        rows = write_image_list(qupath_project, out, search_dirs=slide_dirs or [],
+                                overwrite=bool(values.get("overwrite")))
+        found = sum(1 for r in rows if r["found_by"])
+        typer.echo(f"{out}: {len(rows)} images, {found} with their slide found, "
+                   f"{sum(1 for r in rows if r['annotations'])} with exported annotations")
+        return None
     if qupath_project is not None and values.get("annotations"):
         raise InputError("--annotations cannot be given with --qupath-project (the project's export is used)",
                          path=qupath_project, fix="Leave out --annotations")

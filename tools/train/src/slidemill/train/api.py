@@ -32,9 +32,10 @@ from slidemill.shared.errors import InputError, OutputError
 from slidemill.shared.files import sha256_of
 from slidemill.shared.lifecycle import ToolRun
 
-from .augment import AUGMENTATIONS
+from .augment import DEFAULT_HED_JITTER, describe_augment, make_augment
 from .config import TrainConfig
 from .data import Split, TrainingData, auto_class_weights, class_fractions, load_tilesets, split_samples
+from .stain import StainPlan, plan_stain
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class Prepared:
     identity: dict[str, Any]
     resume_from: Path | None
     warnings: list[str]
+    stain: StainPlan | None = None
 
 
 def random_patches(prepared: Prepared):
@@ -107,8 +109,12 @@ def random_patches(prepared: Prepared):
         if reader is None or ts.store.kind != "refs":
             raise InputError(f"is a {ts.store.kind} tileset, but --patches random reads patches from the slide",
                              path=path, fix="Tile with --store refs (and --annotations), or train with --patches tiles")
+    stains = []
+    if prepared.stain is not None:
+        stains = [n for n, ts in zip(prepared.stain.normalisers, data.tilesets, strict=True)
+                  if ts.slide.name in split.train_slides]
     return RandomPatches(readers, data.classes, data.tile_size_px, seed=prepared.config.seed,
-                         exclude=[data.samples[i] for i in split.val])
+                         exclude=[data.samples[i] for i in split.val], stains=stains)
 
 
 def sampling_summary(prepared: Prepared) -> dict:
@@ -144,15 +150,19 @@ def prepare(config: TrainConfig) -> Prepared:
     if absent and any(s.class_fractions for s in train_samples):
         warnings.append(f"class(es) {absent} have no labelled pixels in the training tiles")
     weights = auto_class_weights(fractions) if config.class_weights == "auto" else None
+    stain = plan_stain(config, data, split.train_slides)
     identity = {
         "arch": config.arch, "encoder": config.encoder, "num_classes": data.classes.num_trainable,
         "classes": [[c.name, c.label, c.ignore] for c in data.classes.classes],
         "tile_size_px": data.tile_size_px, "mpp": data.mpp,
         "split": {"strategy": split.strategy, "train": split.train, "val": split.val},
+        "stain": None if stain is None else {"method": stain.card.method,
+                                             "target": stain.card.target.model_dump(mode="json")},
         "settings": {"batch_size": config.batch_size, "lr": config.lr, "weight_decay": config.weight_decay,
                      "augment": config.augment, "class_weights": config.class_weights, "amp": config.amp,
                      "sampling": config.sampling, "grad_clip": config.grad_clip,
-                     **({"patches": config.patches} if config.patches != "tiles" else {})},
+                     **({"patches": config.patches} if config.patches != "tiles" else {}),
+                     **({"hed_jitter": config.hed_jitter} if config.hed_jitter != DEFAULT_HED_JITTER else {})},
     }
     out, work = Path(config.out), work_dir_for(Path(config.out))
     if out.exists() and not out.is_dir():
@@ -178,7 +188,7 @@ def prepare(config: TrainConfig) -> Prepared:
         if (work / "checkpoints" / "last.pt").exists() and not config.overwrite:
             raise OutputError(f"an interrupted run's checkpoints are in {work}", path=out,
                               fix="Pass --resume to continue that run, or --overwrite to start afresh")
-    prepared = Prepared(config, data, split, weights, identity, resume_from, warnings)
+    prepared = Prepared(config, data, split, weights, identity, resume_from, warnings, stain)
     random_patches(prepared)  # --patches random on a store without shapes is refused before any work
     return prepared
 
@@ -272,15 +282,16 @@ def _train(prepared: Prepared, life: ToolRun) -> TrainResult:
 
     workers = resolve_workers(config.workers, device.type)
     pin = device.type == "cuda"
-    augment = AUGMENTATIONS[config.augment]
+    augment = make_augment(config.augment, config.hed_jitter)
+    stains = prepared.stain.normalisers if prepared.stain is not None else []
     train_samples = [data.samples[i] for i in split.train]
     train_set = TileDataset(train_samples, data.tile_size_px, num_classes, augment=augment, seed=config.seed,
-                            patches=random_patches(prepared))
+                            patches=random_patches(prepared), stains=stains)
     weights = None
     if config.sampling == "balanced":
         weights = balanced_tile_weights([dict(s.class_fractions) for s in train_samples], class_names)
     val_set = TileDataset([data.samples[i] for i in split.val], data.tile_size_px, num_classes,
-                          augment=None, seed=config.seed)
+                          augment=None, seed=config.seed, stains=stains)
     train_loader, train_sampler, train_generator = make_loader(
         train_set, batch_size=config.batch_size, shuffle=True, seed=config.seed, workers=workers, pin_memory=pin,
         weights=weights)
@@ -356,6 +367,7 @@ def _train(prepared: Prepared, life: ToolRun) -> TrainResult:
     if rates:
         report.count("train_tiles_per_s", round(float(np.mean(rates)), 3))
         report.count("train_seconds", round(train_seconds, 3))
+    report.environment.update({"stain_normalisation": config.stain_normalisation, "augment": config.augment})
     report.environment.update({"device": str(device), "torch": torch.__version__,
                                "amp": str(trainer.amp).lower(), "workers": str(workers),
                                "torch_threads": str(torch.get_num_threads())})
@@ -455,7 +467,8 @@ def _export(model, stage: Path, prepared: Prepared, best_row: dict[str, Any], st
                   "weight_decay": config.weight_decay, "optimizer": "AdamW", "grad_clip": config.grad_clip,
                   "schedule": "linear warmup (5% of the steps, at most 500), cosine decay to 1% per step",
                   "val_fraction": config.val_fraction, "val_slides": config.val_slides,
-                  "class_weights": config.class_weights, "augment": config.augment, "seed": config.seed,
+                  "class_weights": config.class_weights, "augment": config.augment,
+                  "augmentation": describe_augment(config.augment, config.hed_jitter), "seed": config.seed,
                   "amp": config.amp, "early_stopping_patience": config.early_stopping_patience,
                   "stopped_early": state.stopped_early, "split_excluded_tiles": split.excluded,
                   "sampling": sampling_summary(prepared)}
@@ -468,7 +481,8 @@ def _export(model, stage: Path, prepared: Prepared, best_row: dict[str, Any], st
         classes=data.classes,
         input=ModelInput(mpp=data.mpp, tile_size_px=data.tile_size_px,
                          normalization=Normalization(mean=IMAGENET_MEAN, std=IMAGENET_STD),
-                         slide_channels=data.slide_channels),
+                         slide_channels=data.slide_channels,
+                         stain_normalisation=None if prepared.stain is None else prepared.stain.card),
         onnx=OnnxFile(file="model.onnx", sha256=sha256_of(onnx_path), opset=opset, max_abs_diff=diff),
         training=TrainingSummary(tilesets=[str(p) for p in config.tilesets], slides=data.slides,
                                  tiles=len(data.samples), epochs=state.epoch, best_epoch=state.best_epoch,

@@ -54,8 +54,17 @@ class TrainConfig(BaseModel):
     class_weights: Literal["none", "auto"] = Field(
         "auto", description="auto: cross-entropy weights from the training tiles' class fractions (median-frequency "
         "balancing), or none")
-    augment: Literal["standard", "none"] = Field(
-        "standard", description="standard (flips, 90-degree rotations, H&E stain jitter, blur) or none")
+    augment: Literal["standard", "geometry", "none"] = Field(
+        "standard", description="standard: flips, 90-degree rotations, HED stain jitter, brightness/contrast, blur; "
+        "geometry: flips and rotations only; none")
+    hed_jitter: float = Field(0.05, ge=0, le=0.5, description="strength s of standard's HED stain jitter: each "
+                              "stain's optical density is scaled by U[1-s, 1+s] and shifted by U[-s, s]; 0 turns "
+                              "stain jitter off")
+    stain_normalisation: Literal["none", "macenko", "reinhard"] = Field(
+        "none", description="map every tile to one target's stain colours with its own slide's transform (fitted "
+        "by slidemill-tile; recorded in the model card; infer applies the same)")
+    stain_reference: Annotated[Path | None, Cli(shown_default="the median of the training slides' fits")] = Field(
+        None, description="an RGB image or slide whose stain fit is the target")
     patches: Literal["tiles", "random"] = Field(
         "tiles", description="tiles (the tileset's tiles) or random: with refs tilesets (slidemill-tile --store "
         "refs), each epoch patches at random positions inside the annotated area, class-balanced, seeded by --seed")
@@ -115,4 +124,7 @@ class TrainConfig(BaseModel):
             raise ValueError("--val-fraction and --val-slides were both given; give one: a fraction of tiles, or "
                              "the slides to validate on")
         self.val_slides = list(dict.fromkeys(self.val_slides))
+        if self.stain_reference is not None and self.stain_normalisation == "none":
+            raise ValueError("--stain-reference was given with --stain-normalisation none: the reference is the "
+                             "target of a normalisation; give --stain-normalisation macenko or reinhard too")
         return self

@@ -35,6 +35,7 @@ class Sample:
     class_fractions: tuple[tuple[str, float], ...] = ()
     reader: TilesetReader | None = field(default=None, compare=False, hash=False, repr=False)
     tile_index: int = -1
+    tileset: int = 0  # index of its tileset in TrainingData.tilesets (its slide's stain transform)
 
     def overlaps(self, other: Sample) -> bool:
         return (self.slide == other.slide and self.x < other.x + other.width and other.x < self.x + self.width
@@ -148,12 +149,12 @@ def load_tilesets(paths: list[Path], *, check_files: bool = True, slides: list[P
     samples: list[Sample] = []
     skipped = 0
     missing: list[Path] = []
-    for ts, path, reader in zip(tilesets, manifests, readers, strict=True):
+    for number, (ts, path, reader) in enumerate(zip(tilesets, manifests, readers, strict=True)):
         base = path.parent
         if reader is not None:  # zarr / refs: every tile has its mask in the container
             samples.extend(Sample(image=None, mask=None, slide=ts.slide.name, x=t.x, y=t.y, width=t.width,
                                   height=t.height, class_fractions=tuple(sorted(t.class_fractions.items())),
-                                  reader=reader, tile_index=i) for i, t in enumerate(ts.tiles))
+                                  reader=reader, tile_index=i, tileset=number) for i, t in enumerate(ts.tiles))
             continue
         for tile in ts.tiles:
             if not tile.mask:
@@ -166,7 +167,7 @@ def load_tilesets(paths: list[Path], *, check_files: bool = True, slides: list[P
                         missing.append(f)
             samples.append(Sample(image=image, mask=mask, slide=ts.slide.name, x=tile.x, y=tile.y,
                                   width=tile.width, height=tile.height,
-                                  class_fractions=tuple(sorted(tile.class_fractions.items()))))
+                                  class_fractions=tuple(sorted(tile.class_fractions.items())), tileset=number))
         if missing:
             more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
             raise MissingInputError(f"lists tile files that do not exist ({missing[0]}{more})", path=path,
