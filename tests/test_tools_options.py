@@ -21,7 +21,7 @@ BIN = Path(sys.executable).parent
 CONFIGS = {"postprocess": "PostprocessConfig", "merge_annotations": "MergeConfig", "to_qupath": "ToQuPathConfig",
            "infer": "InferConfig", "tile": "TileConfig", "train": "TrainConfig"}
 # options of a command that are not config fields (what the command does with them instead)
-COMMAND_ONLY = {"tile": {"qupath_project", "slide_dirs"}}
+COMMAND_ONLY = {"tile": {"qupath_project", "slide_dirs", "list_images"}}
 
 
 def _config(tool: str):
