@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/tile.py [--size 20480] [--tile-size 512] [--workers 0] [--keep DIR]
                                         [--memory-tiles 100000]
+    .venv/bin/python benchmarks/tile.py --tiles 100000     # the memory run only
 
 Generates a synthetic JPEG-compressed pyramidal TIFF (`write_synthetic_slide`, 256 x 256 JPEG tiles,
 quality 90, 0.25 um/px) of SIZE x SIZE pixels with the example annotations (written as QuPath
@@ -148,12 +149,64 @@ def read_back(tileset: Path, workers: int) -> tuple[float, float, int]:
     return time.perf_counter() - t0, sum(p[1] for p in parts), sum(p[0] for p in parts)
 
 
+_READ_ALL = """
+import resource, sys, time
+from slidemill.shared.tilestore import open_tileset
+from slidemill.train.data import load_tilesets
+t0 = time.perf_counter()
+data = load_tilesets([sys.argv[1]])
+index_s = time.perf_counter() - t0
+reader = open_tileset(sys.argv[1])
+step = max(1, len(reader) // 5000)
+for i in range(0, len(reader), step):
+    image, mask = reader.read(i)
+print(len(data.samples), len(reader), index_s, time.perf_counter() - t0,
+      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def read_all(tileset: Path) -> tuple[int, float, float, float]:
+    """Train's dataset index (`load_tilesets`) and tiles read (`open_tileset(...).read(i)`, every
+    tile up to 5,000, else an even sample of 5,000) in a fresh process: (tiles, seconds to build the
+    index, seconds in all, peak RSS in MB)."""
+    result = subprocess.run([sys.executable, "-c", _READ_ALL, str(tileset)], check=True, capture_output=True,
+                            text=True)
+    samples, count, index_s, total_s, rss = result.stdout.split()
+    assert int(samples) == int(count)
+    return int(count), float(index_s), float(total_s), float(rss)
+
+
+def memory_runs(work: Path, tiles: int, workers: int, size: int = 0, slide: Path | None = None) -> None:
+    """Peak resident memory of `slidemill-tile --store refs` (64 px tiles, masks drawn) at `tiles`
+    tiles and at 1/16 of them, and of reading each tileset back as train does: memory should not
+    grow with the tile count."""
+    mt = 64
+    side = max(size, math.ceil(math.sqrt(tiles)) * mt)
+    big = work / "memory.tiff"
+    if slide is not None and side == size:
+        big = slide
+    elif not big.exists():
+        make_slide(big, side)
+    write_annotations(work / "memory.geojson", side)
+    for tile_px in (mt * 4, mt):
+        count = (-(-side // tile_px)) ** 2
+        out = work / f"out-memory-{tile_px}"
+        wall, _, rss = run_tile(big, out, tile_px, workers, "refs", work / "memory.geojson")
+        print(f"memory: slidemill-tile --store refs, {count} tiles of {tile_px} px with masks ({workers} worker(s)): "
+              f"{wall:.1f} s, peak {rss:.0f} MB in the largest process")
+        read, index_s, total_s, read_rss = read_all(out)
+        print(f"memory: reading it back ({read} tiles: train's index in {index_s:.1f} s, then up to 5,000 "
+              f"tiles read, {total_s:.1f} s in all): peak {read_rss:.0f} MB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=20480, help="slide width and height (>= 20000)")
     parser.add_argument("--tile-size", type=int, default=512)
     parser.add_argument("--workers", type=int, default=0, help="slidemill-tile workers; 0 = one per core")
     parser.add_argument("--memory-tiles", type=int, default=100_000, help="tiles of the memory run (0: skip)")
+    parser.add_argument("--tiles", type=int, default=0,
+                        help="only the memory run, at this many tiles (e.g. 100000): peak RSS of tile and reader")
     parser.add_argument("--keep", type=Path, help="keep the slide and outputs in this folder")
     args = parser.parse_args()
     from slidemill.shared.cli import worker_count
@@ -164,6 +217,11 @@ def main() -> None:
     slide = work / "synthetic-jpeg.tiff"
     annotations = work / "synthetic.geojson"
     try:
+        if args.tiles:
+            memory_runs(work, args.tiles, workers)
+            load = os.getloadavg()
+            print(f"cpu cores: {os.cpu_count()}, load average: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+            return
         if not slide.exists():
             seconds = make_slide(slide, args.size)
             print(f"slide: {args.size} x {args.size} px JPEG pyramid, {slide.stat().st_size / 1e6:.0f} MB, "
@@ -212,20 +270,7 @@ def main() -> None:
         print(f"ratio png store / plain loop: {png / plain:.2f}; zarr / plain loop: {zarr_n / plain:.2f}")
 
         if args.memory_tiles:
-            mt = 64
-            side = max(args.size, math.ceil(math.sqrt(args.memory_tiles)) * mt)
-            big = work / "memory.tiff"
-            if side != args.size:
-                make_slide(big, side)
-            else:
-                big = slide
-            write_annotations(work / "memory.geojson", side)
-            for tile_px in (mt * 4, mt):
-                count = (-(-side // tile_px)) ** 2
-                wall, _, rss = run_tile(big, work / f"out-memory-{tile_px}", tile_px, workers, "refs",
-                                        work / "memory.geojson")
-                print(f"memory: refs store, {count} tiles of {tile_px} px with masks ({workers} worker(s)): "
-                      f"{wall:.1f} s, peak {rss:.0f} MB in the largest process")
+            memory_runs(work, args.memory_tiles, workers, args.size, slide)
         load = os.getloadavg()
         print(f"cpu cores: {os.cpu_count()}, load average after the run: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} "
               "(other work on the machine slows the wall-clock figures, not the per-CPU-second ones)")

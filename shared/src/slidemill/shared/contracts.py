@@ -190,10 +190,16 @@ class TileStoreInfo(Strict):
 
 
 class TileSet(Contract):
+    """A tileset manifest. Its tile rows are in `tiles_file` (1.2: JSON Lines, one `TileRecord` per
+    line, written as the tiles come, so neither writer nor reader holds them all as objects) or, in
+    manifests before 1.2, inline in `tiles`. Read them with `slidemill.shared.tiletable.read_tile_table`,
+    which takes either."""
+
     KIND: ClassVar[str] = "tileset"
-    VERSION: ClassVar[str] = "1.1"  # 1.1: background classes; slide pixel meaning, series, mpp sources; stores
+    # 1.1: background classes; slide pixel meaning, series, mpp sources; stores. 1.2: rows in tiles_file
+    VERSION: ClassVar[str] = "1.2"
     schema_id: Literal["slidemill/tileset"] = Field("slidemill/tileset", alias="schema")
-    schema_version: str = Field("1.1", pattern=r"^1\.\d+$")
+    schema_version: str = Field("1.2", pattern=r"^1\.\d+$")
     slide: SlideRef
     params: TilingParams
     mapping: PixelMapping = Field(description="tile pixels to level-0 pixels (origin 0; per tile add x, y)")
@@ -201,20 +207,42 @@ class TileSet(Contract):
     tissue_mask: RelPath | None = None
     preview: RelPath | None = None
     store: TileStoreInfo = Field(default_factory=TileStoreInfo, description="how the pixels are kept")
-    tiles: list[TileRecord]
+    tiles: list[TileRecord] = Field(
+        default_factory=list, description="the tile rows inline (manifests before 1.2); empty with tiles_file")
+    tiles_file: RelPath | None = Field(
+        None, description="1.2: the tile rows, JSON Lines: one TileRecord per line in index order, tile_count lines")
+    tile_count: int | None = Field(None, ge=0, description="1.2: the number of tiles (lines of tiles_file)")
 
     @model_validator(mode="after")
     def _store_complete(self) -> TileSet:
         kind = self.store.kind
-        if kind == "png" and any(t.image is None for t in self.tiles):
-            raise ValueError("a png store needs an image file for every tile")
+        if self.tiles_file is not None:
+            if self.tiles:
+                raise ValueError("tile rows are either inline (tiles) or in tiles_file, not both")
+            if self.tile_count is None:
+                raise ValueError("a tiles_file needs its tile_count")
+        elif self.tile_count is not None and self.tile_count != len(self.tiles):
+            raise ValueError(f"tile_count is {self.tile_count} but {len(self.tiles)} tile rows are inline")
         if kind == "zarr" and self.store.container is None:
             raise ValueError("a zarr store needs its container file")
         if kind == "refs" and self.store.slide_path is None:
             raise ValueError("a refs store needs the slide's path")
-        if kind in ("zarr", "refs") and any(t.index != i for i, t in enumerate(self.tiles)):
-            raise ValueError("tile indices must be 0..n-1 in order (they are the container's rows)")
+        check_rows(kind, self.tiles)
         return self
+
+    @property
+    def count(self) -> int:
+        """The number of tiles, wherever the rows are."""
+        return self.tile_count if self.tile_count is not None else len(self.tiles)
+
+
+def check_rows(kind: str, rows, start: int = 0) -> None:
+    """The per-row rules of a store (png: every tile has its image file; zarr and refs: indices are
+    0..n-1 in order, the container's rows), for inline rows and for each chunk of a tiles file."""
+    if kind == "png" and any(t.image is None for t in rows):
+        raise ValueError("a png store needs an image file for every tile")
+    if kind in ("zarr", "refs") and any(t.index != i for i, t in enumerate(rows, start)):
+        raise ValueError("tile indices must be 0..n-1 in order (they are the container's rows)")
 
 
 # --- model card --------------------------------------------------------------------------------

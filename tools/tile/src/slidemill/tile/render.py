@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from slidemill.shared.rasterize import LabelledShape, Rasterizer
 from slidemill.shared.stored_tiles import StoredLevels, read_tile_pixels
 from slidemill.shared.tilestore import encode_chunk, mask_codec
 from slidemill.shared.tilestore import image_codec as tile_image_codec
+from slidemill.shared.tiletable import COLUMNS
 
 from .pngenc import write_png
 
@@ -37,6 +39,50 @@ class TileSpec:
     @property
     def stem(self) -> str:
         return f"r{self.row:05d}_c{self.col:05d}"
+
+
+class TileSpecs(Sequence):
+    """The kept tiles of a plan, in order, as one numpy structured array (`COLUMNS`, ~60 bytes a
+    tile, against ~500 as `TileSpec` objects): `specs[i]` builds the `TileSpec`, `specs[a:b]` a list
+    of them (a worker's batch). `append` grows the array by doubling while the plan is made."""
+
+    def __init__(self, capacity: int = 0):
+        self._rows = np.zeros(max(capacity, 16), COLUMNS)
+        self._n = 0
+
+    def append(self, index: int, row: int, col: int, x: float, y: float, width: float, height: float,
+               pad_right_px: int, pad_bottom_px: int, tissue_fraction: float) -> None:
+        if self._n == len(self._rows):
+            self._rows = np.resize(self._rows, 2 * len(self._rows))
+        self._rows[self._n] = (index, col, row, x, y, width, height, pad_right_px, pad_bottom_px, tissue_fraction)
+        self._n += 1
+
+    @property
+    def rows(self) -> np.ndarray:
+        return self._rows[:self._n]
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _spec(self, i: int) -> TileSpec:
+        r = self._rows[i]
+        return TileSpec(index=int(r["index"]), row=int(r["row"]), col=int(r["col"]), x=float(r["x"]),
+                        y=float(r["y"]), width=float(r["width"]), height=float(r["height"]),
+                        pad_right_px=int(r["pad_right_px"]), pad_bottom_px=int(r["pad_bottom_px"]),
+                        tissue_fraction=float(r["tissue_fraction"]))
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self._spec(k) for k in range(*i.indices(self._n))]
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(i)
+        return self._spec(i)
+
+    def __iter__(self):
+        for k in range(self._n):
+            yield self._spec(k)
 
 
 @dataclass
