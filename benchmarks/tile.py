@@ -15,10 +15,13 @@ GeoJSON, so every store also draws and writes masks), then measures on the same 
    included). The grid is level 0's, so tiles come from decoding the stored tiles directly;
 3. reading the refs tileset back as train does (`open_tileset(...).read(i)`: image from the slide,
    mask from the container) in N processes, against the decode ceiling x N;
-4. the plain loop people write: `openslide.OpenSlide.read_region((x, y), 0, (T, T))` and
+4. an unaligned grid (--mpp 0.37): tiles read one region each against read in strips (one region
+   per run of neighbours in a row, cut in memory), CPU seconds in one process;
+5. the plain loop people write: `openslide.OpenSlide.read_region((x, y), 0, (T, T))` and
    `.convert("RGB").save(png)` with PIL's defaults, one process, no masks;
-5. memory: a refs run of at least MEMORY_TILES tiles (64 px tiles), peak resident memory of its
-   largest process next to a run of about 1/16 the tiles (the manifest itself grows with the count).
+6. memory: a refs run of at least MEMORY_TILES tiles (64 px tiles), peak resident memory of its
+   largest process next to a run of 1/16 the tiles, and of reading each back as train does
+   (train's dataset index, then tiles read); `--tiles N` runs this part alone.
 
 Megapixels per second count the tile pixels delivered (T x T per tile). The machine's load is
 printed with the figures: other work slows the wall-clock ones.
@@ -95,6 +98,27 @@ def write_annotations(path: Path, size: int) -> None:
     from slidemill.shared.testing import example_shapes, qupath_geojson
 
     path.write_text(json.dumps(qupath_geojson(example_shapes(size, size), flavour="0.4")))
+
+
+def unaligned_reads(slide: Path, tile: int, mpp: float = 0.37, count: int = 600) -> tuple[float, float, int]:
+    """CPU seconds to read `count` tiles (a block of whole grid rows) of a grid at `mpp` that aligns with
+    no stored level, one read per tile (`TileRenderer.render`) and in strips (`read_images`, as tile's
+    workers do): (one by one, in strips, tiles)."""
+    from slidemill.tile import plan_tiles
+
+    plan = plan_tiles(slide, mpp=mpp, tile_size_px=tile, overlap_px=0, all_tiles=True)
+    renderer = plan.renderer
+    start = (len(plan) // 2 // plan.grid_cols) * plan.grid_cols  # whole rows from the middle of the slide
+    specs = plan.specs[start:start + count]
+    renderer.read_images(specs[:4])  # warm: slide open, caches
+    c0 = time.process_time()
+    for spec in specs:
+        renderer.render(spec)
+    single = time.process_time() - c0
+    c0 = time.process_time()
+    for k in range(0, len(specs), 64):  # a worker's batch
+        renderer.read_images(specs[k:k + 64])
+    return single, time.process_time() - c0, len(specs)
 
 
 def run_tile(slide: Path, out: Path, tile: int, workers: int, store: str, annotations: Path,
@@ -256,6 +280,10 @@ def main() -> None:
         refs_cpu = count * t * t / 1e6 / read_cpu
         print(f"refs tileset read back as train reads it ({workers} process(es), image from the slide + mask): "
               f"{count} tiles in {read_s:.1f} s = {refs_read:.1f} MP/s ({refs_cpu:.1f} MP per CPU-second)")
+
+        single_s, strips_s, count = unaligned_reads(slide, 256)
+        print(f"unaligned grid (--mpp 0.37, 256 px, 1.48 level-0 px per tile px): {count} tiles read one by one in "
+              f"{single_s:.1f} CPU-s, in strips of a batch in {strips_s:.1f} CPU-s: {single_s / strips_s:.2f}x")
 
         plain_s, plain_cpu, count = run_plain_loop(slide, work / "plain-out", t, args.size)
         plain_mp = count * t * t / 1e6

@@ -131,8 +131,10 @@ def iter_tiles(slide: TileConfig | str | Path, *, workers: int = 1, plan: TilePl
         return
     plan = plan or plan_tiles(slide, **options)
     if workers <= 1 or len(plan) <= 1:
-        for i in range(len(plan)):
-            yield plan.tile(i)
+        renderer = plan.renderer
+        for batch in _chunks(plan.specs, batch_size(renderer.tile_size_px, len(plan), 1)):
+            for spec, image, mask in render.render_batch(renderer, batch):
+                yield Tile(spec=spec, image=image, mask=mask, class_fractions=renderer.class_fractions(mask))
         return
     with _executor(plan, workers) as pool:
         size = batch_size(plan.renderer.tile_size_px, len(plan), workers)
@@ -261,14 +263,14 @@ def _write_png_store(plan: TilePlan, config: TileConfig, stage: Path, workers: i
     (stage / "tiles").mkdir()
     if plan.classes is not None:
         (stage / "masks").mkdir()
+    size = batch_size(config.tile_size_px, len(plan), workers)
     if workers <= 1:
-        for spec in plan.specs:
-            index, frac = plan.renderer.write(stage, spec, config.png_compression)
-            rows.add(index, frac)
-            progress.advance()
+        for batch in _chunks(plan.specs, size):
+            for index, frac in render.write_batch(plan.renderer, stage, config.png_compression, batch):
+                rows.add(index, frac)
+            progress.advance(len(batch))
         return
     with _executor(plan, workers) as pool:
-        size = batch_size(config.tile_size_px, len(plan), workers)
         for batch in _bounded_map(pool, render.worker_write, _chunks(plan.specs, size), 3 * workers,
                                   stage, config.png_compression):
             for index, frac in batch:
@@ -291,11 +293,11 @@ def _write_container_store(plan: TilePlan, config: TileConfig, stage: Path, work
                 rows.add(index, {})
             progress.advance(len(plan))
         elif workers <= 1:
-            for spec in plan.specs:
-                index, frac, image, mask = plan.renderer.encode(spec, codec)
-                writer.put(index, image, mask)
-                rows.add(index, frac)
-                progress.advance()
+            for batch in _chunks(plan.specs, batch_size(config.tile_size_px, len(plan), 1)):
+                for index, frac, image, mask in render.encode_batch(plan.renderer, codec, batch):
+                    writer.put(index, image, mask)
+                    rows.add(index, frac)
+                progress.advance(len(batch))
         else:
             size = batch_size(config.tile_size_px, len(plan), workers)
             with _executor(plan, workers) as pool:
