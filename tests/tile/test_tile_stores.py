@@ -219,3 +219,33 @@ def test_incomplete_or_bad_rows_file_is_refused(tmp_path, synthetic, synthetic_g
     rows.unlink()
     with pytest.raises(MissingInputError, match="tiles.jsonl"):
         read_tile_table(out / "tileset.json", load_contract(out / "tileset.json", TileSet))
+
+
+def test_refs_slide_path_goes_up_but_is_never_absolute(tmp_path, synthetic_geojson, reference, synthetic):
+    """The slide of a refs tileset lives outside it: its path may go up with '..' (the one manifest path
+    that may), so a project folder holding slides/ and tilesets/ moves as a whole; an absolute path is
+    refused when the manifest is read, and the tileset's own files never leave its folder."""
+    project = tmp_path / "project"
+    (project / "slides").mkdir(parents=True)
+    shutil.copy(synthetic, project / "slides" / synthetic.name)
+    out = project / "tilesets" / "a"
+    from slidemill.tile import TileConfig, run
+
+    run(TileConfig(slide=project / "slides" / synthetic.name, out=out, annotations=[synthetic_geojson], workers=1,
+                   store="refs", **OPTIONS))
+    data = json.loads((out / "tileset.json").read_text())
+    assert data["store"]["slide_path"] == f"../../slides/{synthetic.name}"
+    moved = tmp_path / "moved"
+    shutil.move(project, moved)  # the whole project moves: the relative path still resolves
+    image, mask = open_tileset(moved / "tilesets" / "a").read(2)
+    assert np.array_equal(image, reference[2].image) and np.array_equal(mask, reference[2].mask)
+    for bad in (str(moved / "slides" / synthetic.name), "C:/slides/x.tiff", "..\\slides\\x.tiff"):
+        data["store"]["slide_path"] = bad
+        (moved / "tilesets" / "a" / "tileset.json").write_text(json.dumps(data))
+        with pytest.raises(ContractError, match="must be relative"):
+            open_tileset(moved / "tilesets" / "a")
+    data["store"]["slide_path"] = f"../../slides/{synthetic.name}"
+    data["tiles_file"] = "../rows.jsonl"
+    (moved / "tilesets" / "a" / "tileset.json").write_text(json.dumps(data))
+    with pytest.raises(ContractError, match="leaves the manifest's folder"):
+        open_tileset(moved / "tilesets" / "a")

@@ -25,6 +25,21 @@ RelPath = Annotated[
           # the same rule for JSON Schema users (pydantic's own regex engine has no look-ahead)
           json_schema_extra={"pattern": r"^(?![/\\])(?![A-Za-z]:)(?!(.*/)?\.\.(/|$))[^\\]+$"}),
 ]
+
+
+def _check_slide_path(value: str) -> str:
+    if not value or "\\" in value or value.startswith("/") or (len(value) > 1 and value[1] == ":"):
+        raise ValueError(f"slide path {value!r} must be relative to the manifest's folder, '/'-separated")
+    return value
+
+
+# A refs tileset's slide: an input that lives outside the tileset, so unlike RelPath it may go up
+# with '..'; still relative (the tileset folder and the slides folder move together) and '/'-separated.
+SlidePath = Annotated[
+    str,
+    AfterValidator(_check_slide_path),
+    Field(json_schema_extra={"pattern": r"^(?![/\\])(?![A-Za-z]:)[^\\]+$"}),
+]
 Triple = tuple[float, float, float]
 
 
@@ -183,9 +198,11 @@ class TileStoreInfo(Strict):
     container: RelPath | None = Field(None, description="the zip file of the zarr container (zarr, refs)")
     image_codec: str | None = Field(None, description="codec of the container's images, e.g. blosc-lz4, jpeg-q95")
     lossless: bool = Field(True, description="the stored pixels equal the slide's (false for a lossy codec)")
-    slide_path: str | None = Field(
-        None, description="refs: the slide, relative to this file's folder ('/'-separated, may go up with '..': "
-        "the slide lives outside the tileset); train's --slide gives it again when it moved")
+    slide_path: SlidePath | None = Field(
+        None, description="refs: the slide, relative to this file's folder, '/'-separated. The one manifest path "
+        "that may go up with '..': the slide is an input that lives outside the tileset (the tileset's own files "
+        "never do); never absolute, so the tileset and the slides folder can move together. train's --slide "
+        "gives the slide again when it moved")
     shapes: RelPath | None = Field(None, description="refs: the labelled annotation shapes (JSON, level-0 WKB)")
 
 
