@@ -223,12 +223,32 @@ def memory_runs(work: Path, tiles: int, workers: int, size: int = 0, slide: Path
               f"tiles read, {total_s:.1f} s in all): peak {read_rss:.0f} MB")
 
 
+def scaling_rounds(slide: Path, work: Path, tile: int, workers: int, annotations: Path, rounds: int,
+                   megapixels: float) -> None:
+    """`rounds` pairs of zarr runs, N workers then 1, back to back: each pair's wall-clock ratio (the
+    machine's load changes less within a pair) and CPU-seconds of each, with the load average."""
+    ratios = []
+    for r in range(rounds):
+        load = os.getloadavg()[0]
+        wall_n, cpu_n, _ = run_tile(slide, work / "out-scale-n", tile, workers, "zarr", annotations)
+        wall_1, cpu_1, _ = run_tile(slide, work / "out-scale-1", tile, 1, "zarr", annotations)
+        ratios.append(wall_1 / wall_n)
+        print(f"scaling round {r + 1}: zarr {workers} workers {megapixels / wall_n:.1f} MP/s ({cpu_n:.1f} CPU-s), "
+              f"1 worker {megapixels / wall_1:.1f} MP/s ({cpu_1:.1f} CPU-s): {ratios[-1]:.2f}x "
+              f"(load average {load:.1f} before)")
+    ratios.sort()
+    print(f"ratio zarr {workers} workers / 1 worker over {rounds} round(s): median {ratios[len(ratios) // 2]:.2f}, "
+          f"best {ratios[-1]:.2f} (aim >= 1.7 with 2)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=20480, help="slide width and height (>= 20000)")
     parser.add_argument("--tile-size", type=int, default=512)
     parser.add_argument("--workers", type=int, default=0, help="slidemill-tile workers; 0 = one per core")
     parser.add_argument("--memory-tiles", type=int, default=100_000, help="tiles of the memory run (0: skip)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of the worker-scaling pair (zarr with N workers, then with 1), each its own ratio")
     parser.add_argument("--tiles", type=int, default=0,
                         help="only the memory run, at this many tiles (e.g. 100000): peak RSS of tile and reader")
     parser.add_argument("--keep", type=Path, help="keep the slide and outputs in this folder")
@@ -295,6 +315,7 @@ def main() -> None:
               f"{refs_cpu / (decoded_mp / decode_cpu):.2f} per CPU-second (aim >= 0.5)")
         print(f"ratio zarr / png store ({workers} worker(s), masks written): {zarr_n / png:.2f} (aim >= 2)")
         print(f"ratio zarr {workers} workers / 1 worker: {zarr_n / zarr_1:.2f} (aim >= 1.7 with 2)")
+        scaling_rounds(slide, work, t, workers, annotations, args.rounds, megapixels)
         print(f"ratio png store / plain loop: {png / plain:.2f}; zarr / plain loop: {zarr_n / plain:.2f}")
 
         if args.memory_tiles:
