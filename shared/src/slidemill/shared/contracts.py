@@ -2,7 +2,8 @@
 
 Every file carries `"schema": "slidemill/<kind>"` and `"schema_version": "MAJOR.MINOR"`. A reader
 accepts any minor version of its major and refuses another major with a message saying so.
-Paths inside a manifest are relative to the manifest's folder and never leave it.
+Paths inside a manifest are relative to the manifest's folder and never leave it; the one exception
+is a refs tileset's `store.slide_path`, an input outside the tileset, which may go up with '..'.
 """
 
 from __future__ import annotations
@@ -246,11 +247,6 @@ class TileSet(Contract):
             raise ValueError("a refs store needs the slide's path")
         check_rows(kind, self.tiles)
         return self
-
-    @property
-    def count(self) -> int:
-        """The number of tiles, wherever the rows are."""
-        return self.tile_count if self.tile_count is not None else len(self.tiles)
 
 
 def check_rows(kind: str, rows, start: int = 0) -> None:
