@@ -18,6 +18,7 @@ from .classes import RGB, ClassTable
 from .errors import ContractError, InputError
 from .files import atomic_write, check_relative_path, require_file
 from .geometry import PixelMapping, Region
+from .stain import SlideStain, StainMethod, StainParameters
 
 RelPath = Annotated[
     str,
@@ -214,7 +215,8 @@ class TileSet(Contract):
     which takes either."""
 
     KIND: ClassVar[str] = "tileset"
-    # 1.1: background classes; slide pixel meaning, series, mpp sources; stores. 1.2: rows in tiles_file
+    # 1.1: background classes; slide pixel meaning, series, mpp sources; stores. 1.2: the slide's stain fits;
+    # rows in tiles_file
     VERSION: ClassVar[str] = "1.2"
     schema_id: Literal["slidemill/tileset"] = Field("slidemill/tileset", alias="schema")
     schema_version: str = Field("1.2", pattern=r"^1\.\d+$")
@@ -225,6 +227,9 @@ class TileSet(Contract):
     tissue_mask: RelPath | None = None
     preview: RelPath | None = None
     store: TileStoreInfo = Field(default_factory=TileStoreInfo, description="how the pixels are kept")
+    stain: SlideStain | None = Field(
+        None, description="the slide's stain colour models (Macenko, Reinhard), fitted once on its tissue thumbnail, "
+        "or why not (1.2); null: written before 1.2, no fit recorded")
     tiles: list[TileRecord] = Field(
         default_factory=list, description="the tile rows inline (manifests before 1.2); empty with tiles_file")
     tiles_file: RelPath | None = Field(
@@ -266,6 +271,25 @@ class Normalization(Strict):
     std: Triple = Field(description="per-channel std of RGB scaled to 0-1")
 
 
+class StainNormalisation(Strict):
+    """The stain normalisation a model was trained with (model card 1.2): every tile of a slide went through
+    `StainNormaliser(that slide's fit, target)`; infer fits the slide it predicts by the same rule
+    (`fit_slide_stain` on `slide_tissue` at `tissue_mpp`) and applies the same transform to every tile."""
+
+    method: StainMethod
+    target: StainParameters = Field(description="the target colour model every slide is mapped to")
+    target_source: Literal["reference", "training-slides"] = Field(
+        description="reference: fitted on --stain-reference; training-slides: pooled from the training slides' "
+        "recorded fits")
+    reference: str | None = Field(None, description="the reference image's file name (target_source reference)")
+    reference_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="its sha256")
+    reference_mpp: float | None = Field(None, gt=0, description="the reference's microns per pixel used for its "
+                                        "tissue thumbnail")
+    pooled_slides: list[str] = Field(default_factory=list, description="the slides whose fits were pooled")
+    pooling: str | None = Field(None, description="how the fits were pooled (target_source training-slides)")
+    tissue_mpp: float = Field(gt=0, description="the thumbnail rule of every fit (slide_tissue's tissue_mpp)")
+
+
 class ModelInput(Strict):
     mpp: float = Field(gt=0, description="microns per pixel the model was trained at")
     tile_size_px: int = Field(gt=0, description="tile size the model was trained on")
@@ -274,6 +298,8 @@ class ModelInput(Strict):
     slide_channels: list[str] | None = Field(
         None, min_length=1, max_length=3, description="the slide channels the tiles were made of, by name, where "
         "the tilesets chose them (--channel; 1.1): infer reads the same ones when --channel is not given")
+    stain_normalisation: StainNormalisation | None = Field(
+        None, description="the stain normalisation applied to every tile before the model (1.2); null: none")
     layout: Literal["NCHW"] = "NCHW"
     dtype: Literal["float32"] = "float32"
 
@@ -327,9 +353,10 @@ class TrainingSummary(Strict):
 
 class ModelCard(Contract):
     KIND: ClassVar[str] = "model"
-    VERSION: ClassVar[str] = "1.1"  # 1.1: background classes; per-class validation, confusion, reproducibility
+    # 1.1: background classes; per-class validation, confusion, reproducibility. 1.2: stain normalisation
+    VERSION: ClassVar[str] = "1.2"
     schema_id: Literal["slidemill/model"] = Field("slidemill/model", alias="schema")
-    schema_version: str = Field("1.1", pattern=r"^1\.\d+$")
+    schema_version: str = Field("1.2", pattern=r"^1\.\d+$")
     name: str
     architecture: str = Field(description="segmentation-models-pytorch architecture, e.g. unet")
     encoder: str = Field(description="encoder name, e.g. efficientnet-b0")
@@ -385,14 +412,26 @@ class Shard(Strict):
         return self
 
 
+class StainApplied(Strict):
+    """The stain normalisation infer applied to every tile (prediction 1.2): the slide's own fit (source) to
+    the model card's target."""
+
+    method: StainMethod
+    source: StainParameters = Field(description="the slide's fit, by fit_slide_stain on its tissue thumbnail")
+    target: StainParameters = Field(description="the model card's target")
+    tissue_mpp: float = Field(gt=0, description="the thumbnail rule of the fit")
+    thumbnail_scale: float = Field(gt=0, description="level-0 pixels per thumbnail pixel of the fit")
+
+
 class Prediction(Contract):
     """Label raster: class label per pixel, 255 where nothing was predicted (no tissue, other shard).
     Probability raster: one band per trainable class in label order, 0-255 for 0-1."""
 
     KIND: ClassVar[str] = "prediction"
-    VERSION: ClassVar[str] = "1.1"  # 1.1: background classes; slide pixel meaning, series, mpp sources
+    # 1.1: background classes; slide pixel meaning, series, mpp sources. 1.2: the stain normalisation applied
+    VERSION: ClassVar[str] = "1.2"
     schema_id: Literal["slidemill/prediction"] = Field("slidemill/prediction", alias="schema")
-    schema_version: str = Field("1.1", pattern=r"^1\.\d+$")
+    schema_version: str = Field("1.2", pattern=r"^1\.\d+$")
     slide: SlideRef
     model: ModelRef
     classes: ClassTable
@@ -404,6 +443,8 @@ class Prediction(Contract):
     labels: RasterFile
     probabilities: RasterFile | None = None
     preview: RelPath | None = None
+    stain: StainApplied | None = Field(None, description="the stain normalisation applied to the tiles (1.2); "
+                                       "null: none")
 
 
 # --- annotations (GeoJSON) ---------------------------------------------------------------------

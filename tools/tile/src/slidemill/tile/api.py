@@ -17,11 +17,12 @@ import cv2
 import numpy as np
 
 from slidemill.shared.classes import IGNORE_LABEL
-from slidemill.shared.cli import Progress, package_version, worker_count
+from slidemill.shared.cli import Progress, worker_count
 from slidemill.shared.contracts import TileRecord, TileSet, TileStoreInfo, TilingParams, save_contract
 from slidemill.shared.errors import InputError
-from slidemill.shared.files import prepare_output_dir, staged_dir
+from slidemill.shared.lifecycle import ToolRun
 from slidemill.shared.report import ReportBuilder
+from slidemill.shared.stain import SlideStain, fit_slide_stain
 from slidemill.shared.tilestore import (
     CONTAINER_NAME,
     IMAGE_CODECS,
@@ -311,13 +312,35 @@ def _write_container_store(plan: TilePlan, config: TileConfig, stage: Path, work
         writer.close()
 
 
+def fit_stain_models(plan: TilePlan, report: ReportBuilder) -> SlideStain:
+    """Both stain models of the plan's slide, fitted once on the tissue thumbnail the plan already holds
+    (`fit_slide_stain`), for train's --stain-normalisation; what was not fitted is logged and warned with why."""
+    stain = fit_slide_stain(plan.renderer.open(), plan.tissue, tissue_mpp=plan.config.tissue_mpp)
+    fitted = [m for m in ("macenko", "reinhard") if stain.get(m) is not None]
+    report.environment["stain_fitted"] = ",".join(fitted) or "none"
+    if fitted:
+        log.info("%s: stain models fitted on the tissue thumbnail: %s", plan.slide_ref.name, ", ".join(fitted))
+    reasons = sorted(set(stain.not_fitted.values()))
+    for reason in reasons:
+        methods = " and ".join(m.capitalize() for m, r in stain.not_fitted.items() if r == reason)
+        message = f"{methods} stain model(s) not fitted: {reason} (train's --stain-normalisation cannot use it)"
+        log.info("%s: %s", plan.slide_ref.name, message)
+        report.warn(message)
+    return stain
+
+
 def run(config: TileConfig, *, argv: list[str] | None = None) -> TileResult:
     """Cut the slide into tiles and masks under `config.out` (all or nothing), with a manifest,
     tissue mask, preview and report."""
     if config.out is None:
         raise InputError("no output folder given", fix="Pass --out DIR")
-    out = prepare_output_dir(config.out, overwrite=config.overwrite)
-    report = ReportBuilder(TOOL, package_version(TOOL), argv)
+    with ToolRun(TOOL, argv, out=config.out, kind="folder", overwrite=config.overwrite) as life:
+        life.check_output()
+        return _tile(config, life)
+
+
+def _tile(config: TileConfig, life: ToolRun) -> TileResult:
+    out, report = life.out, life.report
     t0 = time.perf_counter()
     with report.timed("plan"):
         plan = make_plan(config)
@@ -326,52 +349,53 @@ def run(config: TileConfig, *, argv: list[str] | None = None) -> TileResult:
     workers = min(worker_count(config.workers), max(1, len(plan) // MIN_TILES_PER_WORKER))
     if not plan.specs:
         report.warn(f"the tileset is empty: {plan.empty_reason}")
+    with report.timed("stain"):
+        stain = fit_stain_models(plan, report)
     log.info("%s: %d of %d tiles to write (%d x %d px at %.4g um/px, %d worker(s))", plan.slide_ref.name,
              len(plan), plan.grid_cols * plan.grid_rows, config.tile_size_px, config.tile_size_px,
              config.target_mpp, workers)
-    with staged_dir(out, overwrite=config.overwrite) as stage:
-        with (report.timed("tiles"), Progress(len(plan), "tiles", "tiles") as progress,
-              TileRowWriter(stage / ROWS_NAME) as writer):
-            rows = _Rows(plan, config.store, writer)
-            if config.store == "png":
-                _write_png_store(plan, config, stage, workers, rows, progress)
-            else:
-                _write_container_store(plan, config, stage, workers, rows, progress)
-        if writer.count != len(plan):
-            raise RuntimeError(f"wrote {writer.count} tile rows for {len(plan)} tiles")
-        with report.timed("write"):
-            write_png(stage / "tissue.png", plan.tissue.mask.astype(np.uint8) * 255, 6)
-            write_png(stage / "preview.png", draw_preview(plan), 6)
-            params = TilingParams(mpp=config.target_mpp, tile_size_px=config.tile_size_px,
-                                  overlap_px=config.overlap_px,
-                                  tissue_threshold=None if config.all_tiles else config.tissue_threshold,
-                                  annotated_only=config.annotated_only, background_class=config.background_class,
-                                  tissue_mode=plan.tissue_mode)
-            tileset = TileSet(slide=plan.slide_ref, params=params, mapping=plan.mapping, classes=plan.classes,
-                              tissue_mask="tissue.png", preview="preview.png", store=_store_info(config, out),
-                              tiles_file=ROWS_NAME, tile_count=len(plan))
-            save_contract(tileset, stage / "tileset.json", indent=1)
-        megapixels = len(plan) * config.tile_size_px ** 2 / 1e6
-        seconds = time.perf_counter() - t0
-        report.inputs = [str(config.slide), *(str(a) for a in config.annotations)]
-        if config.classes_file:
-            report.inputs.append(str(config.classes_file))
-        report.outputs = [str(out / n) for n in ("tileset.json", *_store_outputs(config, plan), "tissue.png",
-                                                       "preview.png")]
-        stats = plan.stats
-        report.counts.update({
-            "tiles_written": len(plan), "grid_tiles": plan.grid_cols * plan.grid_rows,
-            "grid_cols": plan.grid_cols, "grid_rows": plan.grid_rows, "megapixels": round(megapixels, 3),
-            "workers": workers, "tissue_fraction_of_slide": round(float(plan.tissue.mask.mean()), 4),
-            "annotation_files": stats.files, "annotations_read": stats.shapes, "annotations_used": stats.used,
-            "annotations_repaired": stats.repaired, "annotations_skipped": stats.skipped,
-            "annotations_unclassified_skipped": stats.unclassified, "annotations_outside_slide": stats.outside,
-        })
-        report.counts["megapixels_per_s"] = round(megapixels / max(report.timings_s.get("tiles", 0), 1e-9), 3)
-        report.environment["slide_reader"] = plan.slide_ref.reader
-        report.environment["tissue_mode"] = plan.tissue_mode
-        report.environment["tile_store"] = config.store
-        report.write(stage / "report.json")
+    stage = life.start()
+    with (report.timed("tiles"), Progress(len(plan), "tiles", "tiles") as progress,
+          TileRowWriter(stage / ROWS_NAME) as writer):
+        rows = _Rows(plan, config.store, writer)
+        if config.store == "png":
+            _write_png_store(plan, config, stage, workers, rows, progress)
+        else:
+            _write_container_store(plan, config, stage, workers, rows, progress)
+    if writer.count != len(plan):
+        raise RuntimeError(f"wrote {writer.count} tile rows for {len(plan)} tiles")
+    with report.timed("write"):
+        write_png(stage / "tissue.png", plan.tissue.mask.astype(np.uint8) * 255, 6)
+        write_png(stage / "preview.png", draw_preview(plan), 6)
+        params = TilingParams(mpp=config.target_mpp, tile_size_px=config.tile_size_px,
+                              overlap_px=config.overlap_px,
+                              tissue_threshold=None if config.all_tiles else config.tissue_threshold,
+                              annotated_only=config.annotated_only, background_class=config.background_class,
+                              tissue_mode=plan.tissue_mode)
+        tileset = TileSet(slide=plan.slide_ref, params=params, mapping=plan.mapping, classes=plan.classes,
+                          tissue_mask="tissue.png", preview="preview.png", store=_store_info(config, out),
+                          stain=stain, tiles_file=ROWS_NAME, tile_count=len(plan))
+        save_contract(tileset, stage / "tileset.json", indent=1)
+    megapixels = len(plan) * config.tile_size_px ** 2 / 1e6
+    seconds = time.perf_counter() - t0
+    report.inputs = [str(config.slide), *(str(a) for a in config.annotations)]
+    if config.classes_file:
+        report.inputs.append(str(config.classes_file))
+    report.outputs = [str(out / n) for n in ("tileset.json", *_store_outputs(config, plan), "tissue.png",
+                                               "preview.png")]
+    stats = plan.stats
+    report.counts.update({
+        "tiles_written": len(plan), "grid_tiles": plan.grid_cols * plan.grid_rows,
+        "grid_cols": plan.grid_cols, "grid_rows": plan.grid_rows, "megapixels": round(megapixels, 3),
+        "workers": workers, "tissue_fraction_of_slide": round(float(plan.tissue.mask.mean()), 4),
+        "annotation_files": stats.files, "annotations_read": stats.shapes, "annotations_used": stats.used,
+        "annotations_repaired": stats.repaired, "annotations_skipped": stats.skipped,
+        "annotations_unclassified_skipped": stats.unclassified, "annotations_outside_slide": stats.outside,
+    })
+    report.counts["megapixels_per_s"] = round(megapixels / max(report.timings_s.get("tiles", 0), 1e-9), 3)
+    report.environment["slide_reader"] = plan.slide_ref.reader
+    report.environment["tissue_mode"] = plan.tissue_mode
+    report.environment["tile_store"] = config.store
     log.info("wrote %d tiles (%.1f MP) to %s in %.1f s", len(plan), megapixels, out, seconds)
     return TileResult(out=out, tileset=tileset, tiles_written=len(plan), megapixels=megapixels, seconds=seconds,
                       warnings=list(report.warnings))

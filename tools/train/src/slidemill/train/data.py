@@ -36,6 +36,7 @@ class Sample:
     class_fractions: tuple[tuple[str, float], ...] = ()
     reader: TilesetReader | None = field(default=None, compare=False, hash=False, repr=False)
     tile_index: int = -1
+    tileset: int = 0  # index of its tileset in TrainingData.tilesets (its slide's stain transform)
 
     def overlaps(self, other: Sample) -> bool:
         return (self.slide == other.slide and self.x < other.x + other.width and other.x < self.x + self.width
@@ -152,14 +153,14 @@ def load_tilesets(paths: list[Path], *, check_files: bool = True, slides: list[P
     samples: list[Sample] = []
     skipped = 0
     missing: list[Path] = []
-    for ts, path, reader, table in zip(tilesets, manifests, readers, tables, strict=True):
+    for number, (ts, path, reader, table) in enumerate(zip(tilesets, manifests, readers, tables, strict=True)):
         base = path.parent
         # straight from the table's columns: no TileRecord built per tile
         columns = zip(*(table.rows[c].tolist() for c in ("x", "y", "width", "height")), table.fraction_items(),
                       strict=True)
         if reader is not None:  # zarr / refs: every tile has its mask in the container
             samples.extend(Sample(image=None, mask=None, slide=ts.slide.name, x=x, y=y, width=w, height=h,
-                                  class_fractions=fractions, reader=reader, tile_index=i)
+                                  class_fractions=fractions, reader=reader, tile_index=i, tileset=number)
                            for i, (x, y, w, h, fractions) in enumerate(columns))
             continue
         for (x, y, w, h, fractions), image_rel, mask_rel in zip(columns, table.images, table.masks, strict=True):
@@ -172,7 +173,7 @@ def load_tilesets(paths: list[Path], *, check_files: bool = True, slides: list[P
                     if not f.is_file():
                         missing.append(f)
             samples.append(Sample(image=image, mask=mask, slide=ts.slide.name, x=x, y=y, width=w, height=h,
-                                  class_fractions=fractions))
+                                  class_fractions=fractions, tileset=number))
         if missing:
             more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
             raise MissingInputError(f"lists tile files that do not exist ({missing[0]}{more})", path=path,
