@@ -20,6 +20,7 @@ from slidemill.shared.testing import (
     stained_renderer,
     write_synthetic_slide,
 )
+from slidemill.shared.tiletable import tile_records
 from slidemill.train.config import TrainConfig
 from slidemill.train.data import load_tilesets
 from slidemill.train.loader import TileDataset
@@ -155,6 +156,8 @@ def _older_tileset(tileset: Path, folder: Path) -> Path:
     data = json.loads((tileset / "tileset.json").read_text())
     data["schema_version"] = "1.1"
     del data["stain"]
+    data["tiles"] = [r.model_dump(mode="json") for r in tile_records(tileset)]  # 1.1 kept the rows inline
+    del data["tiles_file"], data["tile_count"]
     (folder / "tileset.json").write_text(json.dumps(data))
     for entry in ("tiles", "masks"):
         (folder / entry).symlink_to(tileset / entry)
@@ -177,7 +180,7 @@ def test_tilesets_without_a_fit_are_refused_naming_them(labs, tmp_path):
     reason = "the tissue thumbnail has only 12 stained pixels, too few to fit a Macenko stain model"
     stain = ts.stain.model_copy(update={"macenko": None, "not_fitted": {"macenko": reason}})
     save_contract(ts.model_copy(update={"stain": stain}), failed / "tileset.json")
-    for entry in ("tiles", "masks"):
+    for entry in ("tiles", "masks", "tiles.jsonl"):
         (failed / entry).symlink_to(tilesets[1] / entry)
     loaded = load_tilesets([tilesets[0], failed])
     with pytest.raises(InputError, match="has no macenko stain fit.*only 12 stained pixels") as info:

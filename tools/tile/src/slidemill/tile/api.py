@@ -31,6 +31,7 @@ from slidemill.shared.tilestore import (
     open_tileset,
     write_shapes,
 )
+from slidemill.shared.tiletable import ROWS_NAME, TileRowWriter
 
 from . import render
 from .config import TileConfig
@@ -131,8 +132,10 @@ def iter_tiles(slide: TileConfig | str | Path, *, workers: int = 1, plan: TilePl
         return
     plan = plan or plan_tiles(slide, **options)
     if workers <= 1 or len(plan) <= 1:
-        for i in range(len(plan)):
-            yield plan.tile(i)
+        renderer = plan.renderer
+        for batch in _chunks(plan.specs, batch_size(renderer.tile_size_px, len(plan), 1)):
+            for spec, image, mask in render.render_batch(renderer, batch):
+                yield Tile(spec=spec, image=image, mask=mask, class_fractions=renderer.class_fractions(mask))
         return
     with _executor(plan, workers) as pool:
         size = batch_size(plan.renderer.tile_size_px, len(plan), workers)
@@ -150,7 +153,7 @@ def read_tileset(path: str | Path, *, slide: str | Path | None = None) -> Iterat
     """Every tile of a written tileset (png, zarr or refs store; `slide` gives a refs tileset's slide
     again when it moved), as `Tile`s in manifest order, through the shared tileset reader."""
     reader = open_tileset(path, slide=slide)
-    for i, r in enumerate(reader.tileset.tiles):
+    for i, r in enumerate(reader.records()):
         image, mask = reader.read(i)
         spec = TileSpec(index=r.index, row=r.row, col=r.col, x=r.x, y=r.y, width=r.width, height=r.height,
                         pad_right_px=r.pad_right_px, pad_bottom_px=r.pad_bottom_px, tissue_fraction=r.tissue_fraction)
@@ -191,9 +194,9 @@ def draw_preview(plan: TilePlan) -> np.ndarray:
                     cv2.fillPoly(overlay, [hole], (255, 255, 255))
                 cv2.polylines(img, [ext], True, color, 1)
         img = cv2.addWeighted(overlay, 0.35, img, 0.65, 0)
-    for spec in plan.specs:
-        x0, y0 = round(spec.x / scale), round(spec.y / scale)
-        x1, y1 = round((spec.x + spec.width) / scale), round((spec.y + spec.height) / scale)
+    rows = plan.specs.rows
+    corners = np.stack([rows["x"], rows["y"], rows["x"] + rows["width"], rows["y"] + rows["height"]], axis=1)
+    for x0, y0, x1, y1 in np.round(corners / scale).astype(np.int64).tolist():
         cv2.rectangle(img, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), TILE_RGB, 1)
     from slidemill.shared.preview import class_entries, compose
 
@@ -209,14 +212,22 @@ def draw_preview(plan: TilePlan) -> np.ndarray:
 # --- the command -------------------------------------------------------------------------------
 
 
-def _records(plan: TilePlan, fractions: dict[int, dict[str, float]], store: str) -> list[TileRecord]:
-    files = store == "png"
-    masks = files and plan.classes is not None
-    return [TileRecord(index=s.index, col=s.col, row=s.row, x=s.x, y=s.y, width=s.width, height=s.height,
-                       pad_right_px=s.pad_right_px, pad_bottom_px=s.pad_bottom_px,
-                       tissue_fraction=s.tissue_fraction, class_fractions=fractions.get(s.index, {}),
-                       image=f"tiles/{s.stem}.png" if files else None, mask=f"masks/{s.stem}.png" if masks else None)
-            for s in plan.specs]
+class _Rows:
+    """The manifest's tile rows, streamed to the rows file as tiles are finished (in index order):
+    nothing per tile stays in memory."""
+
+    def __init__(self, plan: TilePlan, store: str, writer: TileRowWriter):
+        self.plan, self.writer = plan, writer
+        self.files = store == "png"
+        self.masks = self.files and plan.classes is not None
+
+    def add(self, index: int, fractions: dict[str, float]) -> None:
+        s = self.plan.specs[index]
+        self.writer.add(TileRecord(
+            index=s.index, col=s.col, row=s.row, x=s.x, y=s.y, width=s.width, height=s.height,
+            pad_right_px=s.pad_right_px, pad_bottom_px=s.pad_bottom_px, tissue_fraction=s.tissue_fraction,
+            class_fractions=fractions, image=f"tiles/{s.stem}.png" if self.files else None,
+            mask=f"masks/{s.stem}.png" if self.masks else None))
 
 
 def _slide_path_from(out: Path, slide: Path) -> str:
@@ -242,32 +253,34 @@ def _store_info(config: TileConfig, out: Path) -> TileStoreInfo:
 
 def _store_outputs(config: TileConfig, plan: TilePlan) -> list[str]:
     if config.store == "png":
-        return ["tiles", "masks"] if plan.classes is not None else ["tiles"]
-    return [CONTAINER_NAME, SHAPES_NAME] if config.store == "refs" and config.annotations else [CONTAINER_NAME]
+        return [ROWS_NAME, "tiles", "masks"] if plan.classes is not None else [ROWS_NAME, "tiles"]
+    if config.store == "refs" and config.annotations:
+        return [ROWS_NAME, CONTAINER_NAME, SHAPES_NAME]
+    return [ROWS_NAME, CONTAINER_NAME]
 
 
-def _write_png_store(plan: TilePlan, config: TileConfig, stage: Path, workers: int,
-                     fractions: dict[int, dict[str, float]], progress: Progress) -> None:
+def _write_png_store(plan: TilePlan, config: TileConfig, stage: Path, workers: int, rows: _Rows,
+                     progress: Progress) -> None:
     (stage / "tiles").mkdir()
     if plan.classes is not None:
         (stage / "masks").mkdir()
+    size = batch_size(config.tile_size_px, len(plan), workers)
     if workers <= 1:
-        for spec in plan.specs:
-            index, frac = plan.renderer.write(stage, spec, config.png_compression)
-            fractions[index] = frac
-            progress.advance()
+        for batch in _chunks(plan.specs, size):
+            for index, frac in render.write_batch(plan.renderer, stage, config.png_compression, batch):
+                rows.add(index, frac)
+            progress.advance(len(batch))
         return
     with _executor(plan, workers) as pool:
-        size = batch_size(config.tile_size_px, len(plan), workers)
         for batch in _bounded_map(pool, render.worker_write, _chunks(plan.specs, size), 3 * workers,
                                   stage, config.png_compression):
             for index, frac in batch:
-                fractions[index] = frac
+                rows.add(index, frac)
             progress.advance(len(batch))
 
 
-def _write_container_store(plan: TilePlan, config: TileConfig, stage: Path, workers: int,
-                           fractions: dict[int, dict[str, float]], progress: Progress) -> None:
+def _write_container_store(plan: TilePlan, config: TileConfig, stage: Path, workers: int, rows: _Rows,
+                           progress: Progress) -> None:
     """zarr: images and masks in one zip container; refs: masks only (no pixel of the slide read).
     Workers render and encode; this process only appends the chunks to the zip."""
     codec = config.image_codec if config.store == "zarr" else None
@@ -277,13 +290,15 @@ def _write_container_store(plan: TilePlan, config: TileConfig, stage: Path, work
     writer = ContainerWriter(stage / CONTAINER_NAME, len(plan), config.tile_size_px, codec=codec, masks=masks)
     try:
         if codec is None and not masks:
-            progress.advance(len(plan))  # positions only: nothing to read or draw
+            for index in range(len(plan)):  # positions only: nothing to read or draw
+                rows.add(index, {})
+            progress.advance(len(plan))
         elif workers <= 1:
-            for spec in plan.specs:
-                index, frac, image, mask = plan.renderer.encode(spec, codec)
-                writer.put(index, image, mask)
-                fractions[index] = frac
-                progress.advance()
+            for batch in _chunks(plan.specs, batch_size(config.tile_size_px, len(plan), 1)):
+                for index, frac, image, mask in render.encode_batch(plan.renderer, codec, batch):
+                    writer.put(index, image, mask)
+                    rows.add(index, frac)
+                progress.advance(len(batch))
         else:
             size = batch_size(config.tile_size_px, len(plan), workers)
             with _executor(plan, workers) as pool:
@@ -291,7 +306,7 @@ def _write_container_store(plan: TilePlan, config: TileConfig, stage: Path, work
                                           codec):
                     for index, frac, image, mask in batch:
                         writer.put(index, image, mask)
-                        fractions[index] = frac
+                        rows.add(index, frac)
                     progress.advance(len(batch))
     finally:
         writer.close()
@@ -339,13 +354,16 @@ def _tile(config: TileConfig, life: ToolRun) -> TileResult:
     log.info("%s: %d of %d tiles to write (%d x %d px at %.4g um/px, %d worker(s))", plan.slide_ref.name,
              len(plan), plan.grid_cols * plan.grid_rows, config.tile_size_px, config.tile_size_px,
              config.target_mpp, workers)
-    fractions: dict[int, dict[str, float]] = {}
     stage = life.start()
-    with report.timed("tiles"), Progress(len(plan), "tiles", "tiles") as progress:
+    with (report.timed("tiles"), Progress(len(plan), "tiles", "tiles") as progress,
+          TileRowWriter(stage / ROWS_NAME) as writer):
+        rows = _Rows(plan, config.store, writer)
         if config.store == "png":
-            _write_png_store(plan, config, stage, workers, fractions, progress)
+            _write_png_store(plan, config, stage, workers, rows, progress)
         else:
-            _write_container_store(plan, config, stage, workers, fractions, progress)
+            _write_container_store(plan, config, stage, workers, rows, progress)
+    if writer.count != len(plan):
+        raise RuntimeError(f"wrote {writer.count} tile rows for {len(plan)} tiles")
     with report.timed("write"):
         write_png(stage / "tissue.png", plan.tissue.mask.astype(np.uint8) * 255, 6)
         write_png(stage / "preview.png", draw_preview(plan), 6)
@@ -356,16 +374,15 @@ def _tile(config: TileConfig, life: ToolRun) -> TileResult:
                               tissue_mode=plan.tissue_mode)
         tileset = TileSet(slide=plan.slide_ref, params=params, mapping=plan.mapping, classes=plan.classes,
                           tissue_mask="tissue.png", preview="preview.png", store=_store_info(config, out),
-                          stain=stain, tiles=_records(plan, fractions, config.store))
-        # readable when small; one line when large (100,000 tiles stay a quick read)
-        save_contract(tileset, stage / "tileset.json", indent=1 if len(plan) <= 5000 else None)
+                          stain=stain, tiles_file=ROWS_NAME, tile_count=len(plan))
+        save_contract(tileset, stage / "tileset.json", indent=1)
     megapixels = len(plan) * config.tile_size_px ** 2 / 1e6
     seconds = time.perf_counter() - t0
     report.inputs = [str(config.slide), *(str(a) for a in config.annotations)]
     if config.classes_file:
         report.inputs.append(str(config.classes_file))
     report.outputs = [str(out / n) for n in ("tileset.json", *_store_outputs(config, plan), "tissue.png",
-                                                   "preview.png")]
+                                               "preview.png")]
     stats = plan.stats
     report.counts.update({
         "tiles_written": len(plan), "grid_tiles": plan.grid_cols * plan.grid_rows,
