@@ -87,7 +87,7 @@ def run_command(args: list[str]) -> tuple[float, float, float]:
 def model_alone(model_dir: Path, batches: int, batch_size: int) -> tuple[float, float]:
     """Wall and CPU seconds of `batches` calls of session.run on random batches, with the tool's
     own session settings."""
-    from slidemill.infer.model import create_session, load_model
+    from slidemill.infer.onnx_session import create_session, load_model
     from slidemill.shared.cli import worker_count
 
     model = load_model(model_dir)

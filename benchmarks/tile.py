@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/tile.py [--size 20480] [--tile-size 512] [--workers 0] [--keep DIR]
                                         [--memory-tiles 100000]
+    .venv/bin/python benchmarks/tile.py --tiles 100000     # the memory run only
 
 Generates a synthetic JPEG-compressed pyramidal TIFF (`write_synthetic_slide`, 256 x 256 JPEG tiles,
 quality 90, 0.25 um/px) of SIZE x SIZE pixels with the example annotations (written as QuPath
@@ -14,10 +15,13 @@ GeoJSON, so every store also draws and writes masks), then measures on the same 
    included). The grid is level 0's, so tiles come from decoding the stored tiles directly;
 3. reading the refs tileset back as train does (`open_tileset(...).read(i)`: image from the slide,
    mask from the container) in N processes, against the decode ceiling x N;
-4. the plain loop people write: `openslide.OpenSlide.read_region((x, y), 0, (T, T))` and
+4. an unaligned grid (--mpp 0.37): tiles read one region each against read in strips (one region
+   per run of neighbours in a row, cut in memory), CPU seconds in one process;
+5. the plain loop people write: `openslide.OpenSlide.read_region((x, y), 0, (T, T))` and
    `.convert("RGB").save(png)` with PIL's defaults, one process, no masks;
-5. memory: a refs run of at least MEMORY_TILES tiles (64 px tiles), peak resident memory of its
-   largest process next to a run of about 1/16 the tiles (the manifest itself grows with the count).
+6. memory: a refs run of at least MEMORY_TILES tiles (64 px tiles), peak resident memory of its
+   largest process next to a run of 1/16 the tiles, and of reading each back as train does
+   (train's dataset index, then tiles read); `--tiles N` runs this part alone.
 
 Megapixels per second count the tile pixels delivered (T x T per tile). The machine's load is
 printed with the figures: other work slows the wall-clock ones.
@@ -96,6 +100,27 @@ def write_annotations(path: Path, size: int) -> None:
     path.write_text(json.dumps(qupath_geojson(example_shapes(size, size), flavour="0.4")))
 
 
+def unaligned_reads(slide: Path, tile: int, mpp: float = 0.37, count: int = 600) -> tuple[float, float, int]:
+    """CPU seconds to read `count` tiles (a block of whole grid rows) of a grid at `mpp` that aligns with
+    no stored level, one read per tile (`TileRenderer.render`) and in strips (`read_images`, as tile's
+    workers do): (one by one, in strips, tiles)."""
+    from slidemill.tile import plan_tiles
+
+    plan = plan_tiles(slide, mpp=mpp, tile_size_px=tile, overlap_px=0, all_tiles=True)
+    renderer = plan.renderer
+    start = (len(plan) // 2 // plan.grid_cols) * plan.grid_cols  # whole rows from the middle of the slide
+    specs = plan.specs[start:start + count]
+    renderer.read_images(specs[:4])  # warm: slide open, caches
+    c0 = time.process_time()
+    for spec in specs:
+        renderer.render(spec)
+    single = time.process_time() - c0
+    c0 = time.process_time()
+    for k in range(0, len(specs), 64):  # a worker's batch
+        renderer.read_images(specs[k:k + 64])
+    return single, time.process_time() - c0, len(specs)
+
+
 def run_tile(slide: Path, out: Path, tile: int, workers: int, store: str, annotations: Path,
              *extra: str) -> tuple[float, float, float]:
     """Wall seconds, CPU seconds (all processes) and peak RSS in MB (largest process) of one run."""
@@ -148,12 +173,84 @@ def read_back(tileset: Path, workers: int) -> tuple[float, float, int]:
     return time.perf_counter() - t0, sum(p[1] for p in parts), sum(p[0] for p in parts)
 
 
+_READ_ALL = """
+import resource, sys, time
+from slidemill.shared.tilestore import open_tileset
+from slidemill.train.data import load_tilesets
+t0 = time.perf_counter()
+data = load_tilesets([sys.argv[1]])
+index_s = time.perf_counter() - t0
+reader = open_tileset(sys.argv[1])
+step = max(1, len(reader) // 5000)
+for i in range(0, len(reader), step):
+    image, mask = reader.read(i)
+print(len(data.samples), len(reader), index_s, time.perf_counter() - t0,
+      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def read_all(tileset: Path) -> tuple[int, float, float, float]:
+    """Train's dataset index (`load_tilesets`) and tiles read (`open_tileset(...).read(i)`, every
+    tile up to 5,000, else an even sample of 5,000) in a fresh process: (tiles, seconds to build the
+    index, seconds in all, peak RSS in MB)."""
+    result = subprocess.run([sys.executable, "-c", _READ_ALL, str(tileset)], check=True, capture_output=True,
+                            text=True)
+    samples, count, index_s, total_s, rss = result.stdout.split()
+    assert int(samples) == int(count)
+    return int(count), float(index_s), float(total_s), float(rss)
+
+
+def memory_runs(work: Path, tiles: int, workers: int, size: int = 0, slide: Path | None = None) -> None:
+    """Peak resident memory of `slidemill-tile --store refs` (64 px tiles, masks drawn) at `tiles`
+    tiles and at 1/16 of them, and of reading each tileset back as train does: memory should not
+    grow with the tile count."""
+    mt = 64
+    side = max(size, math.ceil(math.sqrt(tiles)) * mt)
+    big = work / "memory.tiff"
+    if slide is not None and side == size:
+        big = slide
+    elif not big.exists():
+        make_slide(big, side)
+    write_annotations(work / "memory.geojson", side)
+    for tile_px in (mt * 4, mt):
+        count = (-(-side // tile_px)) ** 2
+        out = work / f"out-memory-{tile_px}"
+        wall, _, rss = run_tile(big, out, tile_px, workers, "refs", work / "memory.geojson")
+        print(f"memory: slidemill-tile --store refs, {count} tiles of {tile_px} px with masks ({workers} worker(s)): "
+              f"{wall:.1f} s, peak {rss:.0f} MB in the largest process")
+        read, index_s, total_s, read_rss = read_all(out)
+        print(f"memory: reading it back ({read} tiles: train's index in {index_s:.1f} s, then up to 5,000 "
+              f"tiles read, {total_s:.1f} s in all): peak {read_rss:.0f} MB")
+
+
+def scaling_rounds(slide: Path, work: Path, tile: int, workers: int, annotations: Path, rounds: int,
+                   megapixels: float) -> None:
+    """`rounds` pairs of zarr runs, N workers then 1, back to back: each pair's wall-clock ratio (the
+    machine's load changes less within a pair) and CPU-seconds of each, with the load average."""
+    ratios = []
+    for r in range(rounds):
+        load = os.getloadavg()[0]
+        wall_n, cpu_n, _ = run_tile(slide, work / "out-scale-n", tile, workers, "zarr", annotations)
+        wall_1, cpu_1, _ = run_tile(slide, work / "out-scale-1", tile, 1, "zarr", annotations)
+        ratios.append(wall_1 / wall_n)
+        print(f"scaling round {r + 1}: zarr {workers} workers {megapixels / wall_n:.1f} MP/s ({cpu_n:.1f} CPU-s), "
+              f"1 worker {megapixels / wall_1:.1f} MP/s ({cpu_1:.1f} CPU-s): {ratios[-1]:.2f}x "
+              f"(load average {load:.1f} before)")
+    ratios.sort()
+    print(f"ratio zarr {workers} workers / 1 worker over {rounds} round(s): median {ratios[len(ratios) // 2]:.2f}, "
+          f"best {ratios[-1]:.2f} (aim >= 1.7 with 2)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=20480, help="slide width and height (>= 20000)")
     parser.add_argument("--tile-size", type=int, default=512)
     parser.add_argument("--workers", type=int, default=0, help="slidemill-tile workers; 0 = one per core")
     parser.add_argument("--memory-tiles", type=int, default=100_000, help="tiles of the memory run (0: skip)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of the worker-scaling pair (zarr with N workers, then with 1), each its own ratio")
+    parser.add_argument("--tiles", type=int, default=0,
+                        help="only the memory run, at this many tiles (e.g. 100000): peak RSS of tile and reader")
     parser.add_argument("--keep", type=Path, help="keep the slide and outputs in this folder")
     args = parser.parse_args()
     from slidemill.shared.cli import worker_count
@@ -164,6 +261,11 @@ def main() -> None:
     slide = work / "synthetic-jpeg.tiff"
     annotations = work / "synthetic.geojson"
     try:
+        if args.tiles:
+            memory_runs(work, args.tiles, workers)
+            load = os.getloadavg()
+            print(f"cpu cores: {os.cpu_count()}, load average: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+            return
         if not slide.exists():
             seconds = make_slide(slide, args.size)
             print(f"slide: {args.size} x {args.size} px JPEG pyramid, {slide.stat().st_size / 1e6:.0f} MB, "
@@ -199,6 +301,10 @@ def main() -> None:
         print(f"refs tileset read back as train reads it ({workers} process(es), image from the slide + mask): "
               f"{count} tiles in {read_s:.1f} s = {refs_read:.1f} MP/s ({refs_cpu:.1f} MP per CPU-second)")
 
+        single_s, strips_s, count = unaligned_reads(slide, 256)
+        print(f"unaligned grid (--mpp 0.37, 256 px, 1.48 level-0 px per tile px): {count} tiles read one by one in "
+              f"{single_s:.1f} CPU-s, in strips of a batch in {strips_s:.1f} CPU-s: {single_s / strips_s:.2f}x")
+
         plain_s, plain_cpu, count = run_plain_loop(slide, work / "plain-out", t, args.size)
         plain_mp = count * t * t / 1e6
         plain = plain_mp / plain_s
@@ -209,23 +315,11 @@ def main() -> None:
               f"{refs_cpu / (decoded_mp / decode_cpu):.2f} per CPU-second (aim >= 0.5)")
         print(f"ratio zarr / png store ({workers} worker(s), masks written): {zarr_n / png:.2f} (aim >= 2)")
         print(f"ratio zarr {workers} workers / 1 worker: {zarr_n / zarr_1:.2f} (aim >= 1.7 with 2)")
+        scaling_rounds(slide, work, t, workers, annotations, args.rounds, megapixels)
         print(f"ratio png store / plain loop: {png / plain:.2f}; zarr / plain loop: {zarr_n / plain:.2f}")
 
         if args.memory_tiles:
-            mt = 64
-            side = max(args.size, math.ceil(math.sqrt(args.memory_tiles)) * mt)
-            big = work / "memory.tiff"
-            if side != args.size:
-                make_slide(big, side)
-            else:
-                big = slide
-            write_annotations(work / "memory.geojson", side)
-            for tile_px in (mt * 4, mt):
-                count = (-(-side // tile_px)) ** 2
-                wall, _, rss = run_tile(big, work / f"out-memory-{tile_px}", tile_px, workers, "refs",
-                                        work / "memory.geojson")
-                print(f"memory: refs store, {count} tiles of {tile_px} px with masks ({workers} worker(s)): "
-                      f"{wall:.1f} s, peak {rss:.0f} MB in the largest process")
+            memory_runs(work, args.memory_tiles, workers, args.size, slide)
         load = os.getloadavg()
         print(f"cpu cores: {os.cpu_count()}, load average after the run: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} "
               "(other work on the machine slows the wall-clock figures, not the per-CPU-second ones)")

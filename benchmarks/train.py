@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from slidemill.train.data import load_tilesets
     from slidemill.train.engine import Trainer, resolve_device, seed_everything
     from slidemill.train.loader import TileDataset, make_loader
-    from slidemill.train.model import IMAGENET_MEAN, IMAGENET_STD, build_model
+    from slidemill.train.network import IMAGENET_MEAN, IMAGENET_STD, build_model
 
     device = resolve_device(args.device)
     workers = resolve_workers(args.workers, device.type)

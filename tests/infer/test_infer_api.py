@@ -248,7 +248,7 @@ def test_a_failure_mid_run_leaves_no_output(slide_path, oracle_dir, tmp_path, mo
     """An error in the model, the writer thread or a reader thread stops the run cleanly: the error
     reaches the caller and neither the output folder nor its staging folder is left behind."""
     import slidemill.infer.api as api_module
-    import slidemill.infer.model as model_module
+    import slidemill.infer.onnx_session as model_module
     import slidemill.infer.pipeline as pipeline_module
 
     calls = {"n": 0}

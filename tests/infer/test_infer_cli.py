@@ -160,7 +160,7 @@ def test_oracle_card_is_what_the_tests_think(oracle_dir):
 
 def test_io_binding_path_gives_the_plain_result(oracle_dir):
     """The I/O binding path (used on CUDA) exercised on the CPU: same outputs as session.run."""
-    from slidemill.infer.model import create_session, load_model
+    from slidemill.infer.onnx_session import create_session, load_model
 
     session = create_session(load_model(oracle_dir), device="cpu", threads=1)
     assert session.provider == "CPUExecutionProvider" and not session.io_binding

@@ -4,11 +4,12 @@ The test makes a QuPath project as QuPath leaves it (project.qpproj, data/<entry
 two images that have the same file name, `scan.tiff`, in two folders (entry IDs are unique, image names
 need not be), with each image's annotations in `slidemill/annotations/<entryID>.geojson` as the export
 script writes them. Then the lab folder (project and slides) is moved, as when a project is copied to
-another machine: the project's URIs point at the old place. The real command lines run:
-tile --qupath-project -> train -> infer -> postprocess -> merge-annotations -> to-qupath --project (the
-same project, one run per image). Afterwards the project lists the same two entries (IDs, URIs,
-randomizedName, names: project.qpproj byte for byte), QuPath's own files are as they were, and the file
-each entry's import loads holds the predictions of that entry's slide.
+another machine: the project's URIs point at the old place. The shell workflow runs on the project as
+its input (`workflows/run-local.sh --qupath-project`), and with it the real command lines: tile
+--list-images, tile --qupath-project -> train -> infer -> postprocess -> merge-annotations -> to-qupath
+--project (the same project, one run per image). Afterwards the project lists the same two entries (IDs,
+URIs, randomizedName, names: project.qpproj byte for byte), QuPath's own files are as they were, and the
+file each entry's import loads holds the predictions of that entry's slide.
 
 The two slides differ in shape (wide and tall), so whose predictions an entry got is known exactly: the
 slide each file names, and the extent its objects cover. Tiny slides and one epoch of a tiny model keep
@@ -18,12 +19,12 @@ it to seconds; how good the model is is the other pipeline tests' business.
 from __future__ import annotations
 
 import json
-import subprocess
+import re
 import uuid
 from pathlib import Path
 
 import pytest
-from pipeline_support import BIN, PIPELINE, command_name, require_tools, run_step
+from pipeline_support import BIN, PIPELINE, require_tools, run_step
 from shapely.geometry import Point, box, shape
 from shapely.ops import unary_union
 
@@ -36,8 +37,8 @@ SLIDES = {1: ("a", 512, 320), 2: ("b", 320, 512)}
 PROJECT_CLASSES = [{"name": "Tumor", "color": -3670016}, {"name": "Stroma", "color": -6895466},
                    {"name": "Tissue", "color": -2187064}]
 TRAIN_ARGS = ["--arch", "linknet", "--encoder", "timm-mobilenetv3_small_minimal_100", "--encoder-weights", "none",
-              "--epochs", "1", "--batch-size", "4", "--lr", "0.01", "--augment", "none", "--seed", "0",
-              "--workers", "0"]
+              "--batch-size", "4", "--lr", "0.01", "--augment", "none", "--seed", "0"]
+RUN_LOCAL = Path(__file__).resolve().parents[2] / "workflows" / "run-local.sh"
 
 
 def shapes_of(entry_id: int) -> list[SyntheticShape]:
@@ -92,16 +93,6 @@ def files_of(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-class Steps:
-    def __init__(self, root: Path):
-        self.root = root
-        self.timings: dict[str, float] = {}
-
-    def __call__(self, tool: str, *args, name: str | None = None) -> subprocess.CompletedProcess:
-        argv = [str(BIN / command_name(tool)), *map(str, args)]
-        return run_step(argv, cwd=self.root, timings=self.timings, name=name or tool, timeout=600)
-
-
 @pytest.fixture(scope="module")
 def roundtrip(tmp_path_factory):
     require_tools(PIPELINE)
@@ -110,39 +101,48 @@ def roundtrip(tmp_path_factory):
     (root / "lab").rename(root / "moved lab")  # the URIs in project.qpproj now point at the old place
     project = root / "moved lab" / "project"
     before = files_of(project)
-    run = Steps(root)
-
-    run("tile", "--qupath-project", project, "--out", "tiles", "--mpp", 1.0, "--tile-size", 64, "--overlap", 0,
-        "--workers", 1)
-    report = json.loads((root / "tiles" / "report.json").read_text())
+    timings: dict[str, float] = {}
+    out = root / "out"
+    argv = ["bash", str(RUN_LOCAL), "--qupath-project", str(project), "--out", str(out), "--bin", str(BIN),
+            "--mpp", "1.0", "--tile-size", "64", "--epochs", "1", "--workers", "1", "--device", "cpu",
+            "--tile-args", "--overlap 0", "--infer-args", "--overlap 0", "--train-args", " ".join(TRAIN_ARGS)]
+    result = run_step(argv, cwd=root, timings=timings, name="run-local.sh", timeout=900)
+    print("round trip:", timings, "\n", result.stdout)
+    report = json.loads((out / "tiles" / "report.json").read_text())
     assert [(item["id"], item["status"]) for item in report["items"]] == [("1", "ok"), ("2", "ok")], report
     slides = {int(item["id"]): Path(item["inputs"][0]) for item in report["items"]}  # where tile found them
-    run("train", *[f"tiles/{e}" for e in SLIDES], "--out", "model", *TRAIN_ARGS)
+    summary = [line.split("\t") for line in (out / "summary.tsv").read_text().splitlines()]
+    after = files_of(project)
+    again = run_step(argv, cwd=root, timings=timings, name="run-local.sh again", timeout=300)
+    assert "0 slide(s) done, 2 skipped" in again.stdout and files_of(project) == after  # a rerun resumes
     printed = {}
-    for entry_id, slide in slides.items():
-        run("infer", slide, "model", "--out", f"prediction-{entry_id}", "--overlap", 0, "--workers", 1,
-            name=f"infer {entry_id}")
-        run("postprocess", f"prediction-{entry_id}", "--out", f"shapes-{entry_id}.geojson", "--workers", 1,
-            name=f"postprocess {entry_id}")
-        run("merge_annotations", f"shapes-{entry_id}.geojson", "--out", f"merged-{entry_id}.geojson",
-            name=f"merge {entry_id}")
-        result = run("to_qupath", f"merged-{entry_id}.geojson", "--out", f"qupath-{entry_id}", "--slide", slide,
-                     "--project", project, name=f"to-qupath {entry_id}")
-        printed[entry_id] = result.stdout.strip()
-    print("round trip step timings (s):", run.timings)
-    return root, project, before, slides, printed
+    for entry_id in slides:  # what to-qupath printed on stdout: the one import command
+        log = (out / "slides" / str(entry_id) / "logs" / "to-qupath.log").read_text()
+        printed[entry_id] = "\n".join(line for line in log.splitlines() if not re.match(r"\d\d:\d\d:\d\d ", line))
+    return out, project, before, slides, printed, summary
 
 
 def test_tile_found_each_slide_relative_to_the_moved_project(roundtrip):
-    root, _, _, slides, _ = roundtrip
-    assert slides == {e: root / "moved lab" / "slides" / folder / "scan.tiff" for e, (folder, _, _) in SLIDES.items()}
+    out, _, _, slides, _, _ = roundtrip
+    lab = out.parent / "moved lab"
+    assert slides == {e: lab / "slides" / folder / "scan.tiff" for e, (folder, _, _) in SLIDES.items()}
+    listed = [line.split("\t") for line in (out / "images.tsv").read_text().splitlines()[1:]]
+    assert listed == [[str(e), "scan.tiff", str(slides[e]), "relative to the project",
+                       str(lab / "project" / EXPORT_DIR / f"{e}.geojson")] for e in SLIDES]
     for entry_id, (_, w, h) in SLIDES.items():
-        tileset = json.loads((root / "tiles" / str(entry_id) / "tileset.json").read_text())
+        tileset = json.loads((out / "tiles" / str(entry_id) / "tileset.json").read_text())
         assert (tileset["slide"]["name"], tileset["slide"]["width"], tileset["slide"]["height"]) == ("scan.tiff", w, h)
 
 
+def test_the_workflow_names_each_images_results_by_its_entry(roundtrip):
+    out, _, _, _, _, summary = roundtrip
+    assert summary == [["slide", "status", "step", "exit_code", "message"], ["1", "ok", "", "0", ""],
+                       ["2", "ok", "", "0", ""]]
+    assert sorted(p.name for p in (out / "slides").iterdir()) == ["1", "2"]  # not one scan/ for both
+
+
 def test_the_project_lists_the_same_two_entries_and_keeps_qupaths_files(roundtrip):
-    root, project, before, _, _ = roundtrip
+    _, project, before, _, _, _ = roundtrip
     after = files_of(project)
     assert after["project.qpproj"] == before["project.qpproj"]  # same IDs, URIs, randomizedName, timestamps
     assert "project.qpproj.backup" not in after  # nothing was rewritten, so nothing backed up
@@ -162,7 +162,7 @@ def test_each_entrys_import_loads_the_predictions_of_its_own_slide(roundtrip):
     from slidemill.to_qupath import file_problems
     from slidemill.to_qupath.project import IMPORT_SCRIPT
 
-    root, project, _, slides, printed = roundtrip
+    out, project, _, slides, printed, _ = roundtrip
     # the import script loads PROJECT_BASE_DIR/slidemill/objects/<entry ID>.geojson for each entry
     assert "buildFilePath(PROJECT_BASE_DIR, 'slidemill', 'objects', entry.getID() + '.geojson')" in IMPORT_SCRIPT
     assert (project / "scripts" / "import-slidemill.groovy").read_text() == IMPORT_SCRIPT
@@ -173,7 +173,7 @@ def test_each_entrys_import_loads_the_predictions_of_its_own_slide(roundtrip):
         loaded = project / "slidemill" / "objects" / f"{entry_id}.geojson"
         assert file_problems(loaded) == []
         # the same bytes as that slide's own to-qupath output, whose chain started from that slide
-        assert loaded.read_bytes() == (root / f"qupath-{entry_id}" / "scan.geojson").read_bytes()
+        assert loaded.read_bytes() == (out / "slides" / str(entry_id) / "qupath" / "scan.geojson").read_bytes()
         data = json.loads(loaded.read_text())
         _, w, h = SLIDES[entry_id]
         assert (data["slide"]["name"], data["slide"]["width"], data["slide"]["height"]) == ("scan.tiff", w, h)
@@ -181,10 +181,10 @@ def test_each_entrys_import_loads_the_predictions_of_its_own_slide(roundtrip):
         covered = unary_union([shape(f["geometry"]) for f in data["features"]])
         assert box(0, 0, w, h).buffer(1e-6).covers(covered)
         extents[entry_id] = covered.bounds
-        prediction = json.loads((root / f"prediction-{entry_id}" / "prediction.json").read_text())
+        prediction = json.loads((out / "slides" / str(entry_id) / "prediction" / "prediction.json").read_text())
         assert (prediction["slide"]["width"], prediction["slide"]["height"]) == (w, h)
         assert printed[entry_id].startswith("QuPath script --project=") and "--save" in printed[entry_id]
-        (item,) = json.loads((root / f"qupath-{entry_id}" / "report.json").read_text())["items"]
+        (item,) = json.loads((out / "slides" / str(entry_id) / "qupath" / "report.json").read_text())["items"]
         assert (item["id"], item["outputs"]) == (str(entry_id), [str(loaded)])
     # the wide slide's objects reach past the tall slide's width, the tall one's past the wide one's height
     assert extents[1][2] > SLIDES[2][1] and extents[2][3] > SLIDES[1][2], extents

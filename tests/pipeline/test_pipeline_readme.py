@@ -83,11 +83,37 @@ def test_quick_start_comes_first_with_the_two_commands():
         assert sub in running
 
 
+def _make_lab(lab) -> None:
+    """The README's example QuPath project: lab/project of lab/slides/{a,b}/scan.svs, both exported."""
+    import json
+
+    from slidemill.shared.qupath_project import EXPORT_DIR, java_file_uri
+
+    if (lab / "project").exists():
+        return
+    (lab / "project" / EXPORT_DIR).mkdir(parents=True)
+    images = []
+    for entry_id, folder in enumerate("ab", start=1):
+        slide = lab / "slides" / folder / "scan.svs"
+        slide.parent.mkdir(parents=True)
+        slide.write_bytes(b"placeholder")
+        images.append({"serverBuilder": {"builderType": "uri", "uri": java_file_uri(slide), "args": []},
+                       "entryID": entry_id, "randomizedName": f"r{entry_id}", "imageName": slide.name, "metadata": {}})
+        exported = lab / "project" / EXPORT_DIR / f"{entry_id}.geojson"
+        exported.write_text('{"type": "FeatureCollection", "features": []}')
+    (lab / "project" / "project.qpproj").write_text(json.dumps(
+        {"version": "0.5.1", "createTimestamp": 1, "modifyTimestamp": 1, "lastID": 2, "images": images}))
+
+
 def _localise(argv: list[str], tmp_path) -> list[str]:
-    """out/... -> a temporary folder, demo/... -> the repository's bundled sample (absolute)."""
+    """out/... -> a temporary folder, demo/... -> the repository's bundled sample (absolute), lab/... -> the
+    example QuPath project, made in a temporary folder."""
     out = []
     for a in argv:
-        if a.startswith("out/"):
+        if a.startswith("lab/"):
+            _make_lab(tmp_path / "lab")
+            a = str(tmp_path / a)
+        elif a.startswith("out/"):
             a = str(tmp_path / a)
         elif a.startswith("demo/") or a == "demo":
             a = str(REPO / a)

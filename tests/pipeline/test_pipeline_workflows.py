@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pipeline_support import PIPELINE, REPO, check_command_line, command_name, dockerfile_targets, installed
+from pipeline_support import BIN, PIPELINE, REPO, check_command_line, command_name, dockerfile_targets, installed
 from workflow_files import (
     ARGO,
     MAIN_NF,
@@ -33,7 +33,11 @@ from workflow_files import (
     run_local_dry_run,
 )
 
-SOURCES = ["run-local", "run-local-model-shards", "nextflow", "argo"]
+from slidemill.shared.qupath_project import EXPORT_DIR, java_file_uri
+
+SOURCES = ["run-local", "run-local-model-shards", "run-local-project", "nextflow", "argo"]
+# main.nf processes that run a tool under another name: the QuPath project's list, tile and import
+PROCESS_TOOL = {"LIST_IMAGES": "tile", "TILE_PROJECT": "tile", "TO_QUPATH_PROJECT": "to_qupath"}
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +49,17 @@ def sandbox(tmp_path_factory):
         (slides / name).write_bytes(b"placeholder")
     (slides / "case-01.geojson").write_text('{"type": "FeatureCollection", "features": []}')
     (slides / "notes.txt").write_text("not a slide")
+    # a QuPath project of three images: case-01 (exported), case-02, and case-03 whose slide is gone
+    images = [{"serverBuilder": {"builderType": "uri", "uri": java_file_uri(path), "args": []}, "entryID": i,
+               "randomizedName": f"r{i}", "imageName": path.name, "metadata": {}}
+              for i, path in enumerate([slides / "case-01.svs", slides / "case-02.tiff", root / "gone" / "case-03.svs"],
+                                       start=1)]
+    project = root / "project"
+    (project / EXPORT_DIR).mkdir(parents=True)
+    (project / "project.qpproj").write_text(json.dumps(
+        {"version": "0.5.1", "createTimestamp": 1, "modifyTimestamp": 1,
+         "uri": java_file_uri(project / "project.qpproj"), "lastID": 3, "images": images}))
+    (project / EXPORT_DIR / "1.geojson").write_text('{"type": "FeatureCollection", "features": []}')
     return root
 
 
@@ -62,6 +77,8 @@ def _nextflow_values(root) -> dict[str, str]:
         "predictions": f"{s}/predictions/prediction-0 {s}/predictions/prediction-1",
         "shapes": f"{s}/case-01.shapes.geojson",
         "slide_args": f"--slide {s}/slides/case-01.svs --slide {s}/slides/case-02.svs",
+        "project": f"{s}/project",
+        "slide_dir_args": f"--slide-dir {s}/slide-dirs/slides",
     }
 
 
@@ -74,6 +91,9 @@ def _argo_values(root) -> dict[str, str]:
         "=sprig.regexReplaceAll('\\\\.[^.]+$', inputs.parameters.slide, '')": "case-01",
         "=workflow.parameters.model != '' ? workflow.parameters.model : '/data/runs/' + workflow.parameters.run "
         "+ '/model'": "/data/runs/slidemill/model",
+        "inputs.parameters.slide-path": "/data/slides/case-01.svs",
+        "=workflow.parameters['qupath-project'] != '' ? workflow.parameters['qupath-project'] : '/data/runs/' + "
+        "workflow.parameters.run + '/qupath-project'": "/data/runs/slidemill/qupath-project",
         "_data": data,
     }
 
@@ -92,6 +112,10 @@ def commands_of(source: str, root) -> list:
                                   "--model", str(root / "model"), "--shards", "3", "--device", "cpu",
                                   "--slide-mpp", "0.25", "--postprocess-args", "--min-area-um2 50",
                                   "--merge-args", "--max-gap-um 4"])
+    if source == "run-local-project":
+        return run_local_dry_run(["--qupath-project", str(root / "project"), "--out", str(root / "out-c"),
+                                  "--slide-dir", str(root / "slides"), "--bin", str(BIN), "--mpp", "1.0",
+                                  "--epochs", "3", "--workers", "2"])
     if source == "nextflow":
         return nextflow_command_lines(_nextflow_values(root), {"shard_args": ["--shard 1/4", ""]})
     if source == "argo":
@@ -179,6 +203,97 @@ def test_run_local_usage_errors_exit_2(args, message, sandbox, tmp_path):
     assert message in result.stderr
 
 
+def test_run_local_project_tiles_it_once_and_writes_each_image_back_into_it(sandbox):
+    """--qupath-project: the images are listed, tiled in one run (the exported one), and each image whose
+    slide is found is inferred and written into the same project by its own slide, results named by entry."""
+    lines = commands_of("run-local-project", sandbox)
+    out, project = sandbox / "out-c", sandbox / "project"
+    listing, tiling = [c.argv for c in lines if c.tool == "tile"]
+    assert "--list-images" in listing and listing[listing.index("--out") + 1] == str(out / "images.tsv")
+    for argv in (listing, tiling):
+        assert argv[argv.index("--qupath-project") + 1] == str(project)
+    assert listing[listing.index("--slide-dir") + 1] == str(sandbox / "slides")
+    [train] = [c.argv for c in lines if c.tool == "train"]
+    assert train[1:train.index("--out")] == [str(out / "tiles" / "1")]  # the one exported image
+    slides = {"1": sandbox / "slides" / "case-01.svs", "2": sandbox / "slides" / "case-02.tiff"}
+    infers = [c.argv for c in lines if c.tool == "infer"]
+    assert [(a[1], a[a.index("--out") + 1]) for a in infers] == [
+        (str(slides[e]), str(out / "slides" / f"{e}.partial" / "prediction")) for e in ("1", "2")]
+    to_qupath = [c.argv for c in lines if c.tool == "to_qupath"]
+    assert [(a[a.index("--slide") + 1], a[a.index("--project") + 1]) for a in to_qupath] == [
+        (str(slides[e]), str(project)) for e in ("1", "2")]  # entry 3's slide is gone: not inferred
+    result = subprocess.run(["bash", str(RUN_LOCAL), "--qupath-project", str(project), "--out", str(out),
+                             "--bin", str(BIN), "--dry-run"], capture_output=True, text=True, timeout=60)
+    assert "entry 3 (case-03.svs) was not found there" in result.stderr, result.stderr
+
+
+def test_run_local_project_image_without_its_slide_fails_and_the_run_says_so(tmp_path):
+    """A real run (no step reaches a tool): the image whose slide is nowhere fails at find-slide, exit 2,
+    with FAILED.txt and its summary row; the project is left as it was."""
+    gone = tmp_path / "scanner" / "case.svs"
+    project = tmp_path / "project"
+    project.mkdir()
+    images = [{"serverBuilder": {"builderType": "uri", "uri": java_file_uri(gone), "args": []}, "entryID": 7,
+               "randomizedName": "r7", "imageName": "case.svs", "metadata": {}}]
+    (project / "project.qpproj").write_text(json.dumps({"version": "0.5.1", "createTimestamp": 1,
+                                                        "modifyTimestamp": 1, "lastID": 7, "images": images}))
+    before = (project / "project.qpproj").read_bytes()
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model-card.json").write_text("{}")
+    out = tmp_path / "out"
+    result = subprocess.run(["bash", str(RUN_LOCAL), "--qupath-project", str(project), "--out", str(out),
+                             "--model", str(tmp_path / "model"), "--bin", str(BIN)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    rows = [line.split("\t") for line in (out / "summary.tsv").read_text().splitlines()[1:]]
+    assert [row[:4] for row in rows] == [["7", "failed", "find-slide", "2"]]
+    assert f"{gone}: the slide of entry 7 (case.svs) was not found there" in rows[0][4]
+    assert "step: find-slide" in (out / "slides" / "7.failed" / "FAILED.txt").read_text()
+    assert (project / "project.qpproj").read_bytes() == before
+    assert sorted(p.name for p in project.iterdir()) == ["project.qpproj"]
+
+
+def test_run_local_project_with_nothing_exported_stops_with_the_qupath_command(tmp_path):
+    """The first run on a project nobody exported yet: tile writes the export script into it, and the
+    workflow stops (exit 2) passing on the QuPath command that runs it; no model, no image inferred."""
+    from slidemill.shared.qupath_project import EXPORT_SCRIPT, EXPORT_SCRIPT_FILE
+
+    slide = tmp_path / "slides" / "case.svs"
+    slide.parent.mkdir()
+    slide.write_bytes(b"placeholder")
+    project = tmp_path / "project"
+    project.mkdir()
+    images = [{"serverBuilder": {"builderType": "uri", "uri": java_file_uri(slide), "args": []}, "entryID": 1,
+               "randomizedName": "r1", "imageName": "case.svs", "metadata": {}}]
+    (project / "project.qpproj").write_text(json.dumps({"version": "0.5.1", "createTimestamp": 1,
+                                                        "modifyTimestamp": 1, "lastID": 1, "images": images}))
+    out = tmp_path / "out"
+    result = subprocess.run(["bash", str(RUN_LOCAL), "--qupath-project", str(project), "--out", str(out),
+                             "--bin", str(BIN)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "the QuPath project could not be tiled (exit 2)" in result.stderr
+    assert f"Run `QuPath script --project={project / 'project.qpproj'}" in result.stderr, result.stderr
+    assert (project / EXPORT_SCRIPT_FILE).read_text() == EXPORT_SCRIPT
+    assert not (out / "model").exists() and not (out / "slides" / "1").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--slides", "{slides}", "--qupath-project", "{project}", "--out", "{out}"], "not both"),
+    (["--qupath-project", "{tmp}/no-project", "--out", "{out}"], "the QuPath project does not exist"),
+    (["--qupath-project", "{project}", "--out", "{out}", "--annotations", "{slides}"],
+     "--annotations cannot be given with --qupath-project"),
+    (["--qupath-project", "{project}", "--out", "{out}", "--slide-dir", "{tmp}/none"], "the --slide-dir folder does "
+                                                                                        "not exist"),
+    (["--slides", "{slides}", "--out", "{out}", "--slide-dir", "{slides}"], "--slide-dir goes with --qupath-project"),
+])
+def test_run_local_project_usage_errors_exit_2(args, message, sandbox, tmp_path):
+    args = [a.format(slides=sandbox / "slides", project=sandbox / "project", out=tmp_path / "out", tmp=tmp_path)
+            for a in args]
+    result = subprocess.run(["bash", str(RUN_LOCAL), *args, "--bin", str(BIN)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
 def test_run_local_help():
     result = subprocess.run(["bash", str(RUN_LOCAL), "--help"], capture_output=True, text=True)
     assert result.returncode == 0
@@ -190,10 +305,11 @@ def test_run_local_help():
 
 def test_nextflow_processes_labels_stubs_and_containers():
     processes = nextflow_processes(MAIN_NF.read_text())
-    assert set(processes) == {"TILE", "TRAIN", "INFER", "POSTPROCESS", "MERGE_ANNOTATIONS", "TO_QUPATH"}
+    tools = {"TILE", "TRAIN", "INFER", "POSTPROCESS", "MERGE_ANNOTATIONS", "TO_QUPATH"}
+    assert set(processes) == tools | set(PROCESS_TOOL)
     config = NEXTFLOW_CONFIG.read_text()
     for name, process in processes.items():
-        tool = name.lower()
+        tool = PROCESS_TOOL.get(name, name.lower())
         assert process.labels == (["gpu"] if tool in {"train", "infer"} else ["cpu"]), name
         assert process.stub, f"process {name} needs a stub: block that creates its outputs"
         m = re.search(rf"withName:\s*{name}\s*\{{\s*container\s*=\s*\"([^\"]+)\"", config)
@@ -365,3 +481,69 @@ def test_nextflow_files_parse_as_groovy(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     result = subprocess.run([groovy, str(script), str(broken)], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode != 0 and "unexpected token" in result.stderr  # the check can fail
+
+
+# --- a QuPath project as the input of Nextflow and Argo ------------------------------------------
+
+
+def test_nextflow_project_mode_lists_tiles_once_and_writes_each_image_into_the_project():
+    from slidemill.tile.project import IMAGE_LIST_COLUMNS
+
+    text = MAIN_NF.read_text()
+    processes = nextflow_processes(text)
+    assert "--list-images --out images.tsv" in processes["LIST_IMAGES"].script
+    assert re.search(r"LIST_IMAGES\(project, dirs\)\.images\.splitCsv\(header: true, sep: '\\t'\)", text)
+    assert set(re.findall(r"row\.(\w+)", text)) <= set(IMAGE_LIST_COLUMNS)  # the list's own columns
+    assert "TRAIN(TILE_PROJECT.out.tilesets.collect())" in text  # one tile run, one class table
+    # each image's predictions joined with its own slide by entry ID, one image at a time into the project
+    assert "MERGE_ANNOTATIONS.out.annotations.map { f -> tuple(f.baseName, f) }.join(slides)" in text
+    assert "TO_QUPATH_PROJECT(merged, project)" in text
+    body = processes["TO_QUPATH_PROJECT"].body
+    assert re.search(r"^\s*maxForks 1$", body, re.M)
+    assert "--slide ${slide} --project ${project}" in processes["TO_QUPATH_PROJECT"].script
+    # a project that cannot be listed or tiled (nothing exported yet) stops the run, saying why
+    assert re.search(r"withName: 'LIST_IMAGES\|TILE_PROJECT' \{ errorStrategy = .*'terminate'",
+                     NEXTFLOW_CONFIG.read_text())
+
+
+def test_argo_project_mode_is_its_own_dag_over_the_listed_images():
+    from slidemill.tile.project import IMAGE_LIST_COLUMNS
+
+    templates = argo_templates(argo_document())
+    pipeline = {t["name"]: t for t in templates["pipeline"]["dag"]["tasks"]}
+    for name in ["tile", "tile-large", "train", "slide", "large-slide"]:  # slides mode only without a project
+        assert "'{{workflow.parameters.qupath-project}}' == ''" in pipeline[name]["when"], name
+    assert pipeline["project"]["when"] == "'{{workflow.parameters.qupath-project}}' != ''"
+    project = {t["name"]: t for t in templates[pipeline["project"]["template"]]["dag"]["tasks"]}
+    assert project["images"]["template"] == "list-images" and project["tile"]["template"] == "tile-project"
+    image = project["image"]
+    assert image["withParam"] == "{{tasks.images.outputs.parameters.images}}"
+    assert "images" in image["depends"] and "train.Succeeded" in image["depends"]
+    given = {p["name"]: p["value"] for p in image["arguments"]["parameters"]}
+    assert given == {"slide": "{{item.id}}", "slide-path": "{{item.slide}}"}  # results by entry ID
+    assert {"id", "slide"} <= set(IMAGE_LIST_COLUMNS)
+    listing = templates["list-images"]
+    args = listing["container"]["args"]
+    [output] = listing["outputs"]["parameters"]
+    assert "--list-images" in args and output["valueFrom"]["path"] == args[args.index("--out") + 1]
+    assert output["valueFrom"]["path"].endswith(".json")  # withParam takes a JSON list
+    to_qupath = templates["to-qupath"]["container"]["args"]
+    assert to_qupath[to_qupath.index("--slide") + 1] == "{{inputs.parameters.slide-path}}"
+    assert "workflow.parameters['qupath-project']" in to_qupath[to_qupath.index("--project") + 1]
+
+
+def test_argo_list_images_gives_the_json_list_the_project_dag_fans_out_over(sandbox, tmp_path):
+    """The list-images template's command line, run: a JSON list with every entry, each slide where found."""
+    if not installed("tile"):
+        pytest.skip("slidemill-tile is not installed yet")
+    values = _argo_values(sandbox) | {"workflow.parameters.qupath-project": str(sandbox / "project")}
+    data = values.pop("_data")
+    [line] = [c for c in argo_command_lines(values, _entrypoints()) if c.where.endswith("template list-images")]
+    argv = [a.replace("/data/", f"{data}/").replace("/tmp/images.json", str(tmp_path / "images.json"))
+            for a in line.argv]
+    result = subprocess.run([str(BIN / Path(argv[0]).name), *argv[1:]], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((tmp_path / "images.json").read_text())
+    assert [(r["id"], r["slide"], r["found_by"]) for r in rows] == [
+        ("1", str(sandbox / "slides" / "case-01.svs"), "uri"), ("2", str(sandbox / "slides" / "case-02.tiff"), "uri"),
+        ("3", str(sandbox / "gone" / "case-03.svs"), "")]

@@ -168,6 +168,9 @@ def argo_lines(data: Path, shard: int, shards: int) -> dict[str, list[str]]:
         "=sprig.regexReplaceAll('\\\\.[^.]+$', inputs.parameters.slide, '')": "case",
         "=workflow.parameters.model != '' ? workflow.parameters.model : '/data/runs/' + workflow.parameters.run "
         "+ '/model'": "/data/model",
+        "inputs.parameters.slide-path": "/data/slides/case.tiff",
+        "=workflow.parameters['qupath-project'] != '' ? workflow.parameters['qupath-project'] : '/data/runs/' + "
+        "workflow.parameters.run + '/qupath-project'": "/data/runs/slidemill/qupath-project",
     }
     out = {}
     for line in argo_command_lines(values, entrypoints):

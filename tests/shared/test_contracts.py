@@ -154,7 +154,7 @@ def test_model_card_1_0_still_reads_and_1_1_adds_honest_metrics():
     from slidemill.shared.contracts import ModelCard, parse_contract
 
     data = json.loads(dump_contract(SAMPLES["model"]()))
-    assert data["schema_version"] == "1.1"
+    assert data["schema_version"] == "1.2"
     old = {k: v for k, v in data.items() if k not in ("confusion_matrix", "majority_baseline_mean_iou", "warnings",
                                                        "reproducibility")}
     old["schema_version"] = "1.0"

@@ -128,3 +128,23 @@ def test_not_a_project(tmp_path):
         read_project(tmp_path / "missing")
     with pytest.raises(InputError, match="no project.qpproj"):
         read_project(tmp_path)
+
+
+def test_a_file_name_several_images_share_is_not_searched_by_name(tmp_path):
+    """Two images named case.ndpi, both gone from where the project says: a case.ndpi in a --slide-dir
+    folder could be either, so neither gets it (a unique name is still found by name)."""
+    slides = [tmp_path / "scanner" / d / n for d, n in (("a", "case.ndpi"), ("b", "case.ndpi"), ("c", "other.ndpi"))]
+    for slide in slides:
+        slide.parent.mkdir(parents=True)
+        slide.write_bytes(b"x")
+    make_project(tmp_path / "p", slides)
+    shutil.rmtree(tmp_path / "scanner")
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    for name in ("case.ndpi", "other.ndpi"):
+        (copies / name).write_bytes(b"x")
+    images = read_project(tmp_path / "p", search_dirs=[copies]).images
+    assert [(i.slide, i.found_by) for i in images] == [(None, None), (None, None),
+                                                        (copies / "other.ndpi", "search folder")]
+    assert [bool(i.problem) for i in images] == [True, True, False]
+    assert "2 images of the project are files named case.ndpi" in images[0].problem

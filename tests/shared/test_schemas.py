@@ -32,7 +32,7 @@ def test_jsonschema_refuses_bad_files(repo):
     for mutate in (
         lambda d: d.update(schema_version="2.0"),
         lambda d: d.update(schema="slidemill/model"),
-        lambda d: d.pop("tiles"),
+        lambda d: d.update(tiles=[], tiles_file="../rows.jsonl", tile_count=1),
         lambda d: d["tiles"][0].update(tissue_fraction=2),
         lambda d: d["tiles"][0].update(image="/abs/x.png"),
         lambda d: d["tiles"][0].update(image="../x.png"),

@@ -80,3 +80,39 @@ def test_too_little_stain_is_refused():
         fit_stain(glass, "macenko", what="reference.png")
     with pytest.raises(InputError, match="too few"):
         fit_stain(glass, "reinhard", mask=np.zeros((64, 64), bool))
+
+
+def test_pooling_takes_the_median_of_each_parameter(he):
+    from slidemill.shared.stain import pool_stain
+
+    rgb, mask, other = he
+    fits = [fit_stain(img, "reinhard", mask=mask) for img in (rgb, other, rgb[::-1].copy())]
+    pooled = pool_stain(fits)
+    assert pooled.lab_mean == np.median([f.lab_mean for f in fits], axis=0).tolist()
+    assert pooled.lab_std == np.median([f.lab_std for f in fits], axis=0).tolist()
+    assert pooled.pixels == sum(f.pixels for f in fits)
+    assert pool_stain(fits[:1]) == fits[0]
+    macenko = [fit_stain(img, "macenko", mask=mask) for img in (rgb, other)]
+    pooled = pool_stain(macenko)
+    assert np.allclose(np.linalg.norm(pooled.stain_matrix, axis=0), 1.0)
+    assert pooled.max_concentrations == np.mean([f.max_concentrations for f in macenko], axis=0).tolist()
+    with pytest.raises(ValueError, match="several methods"):
+        pool_stain([fits[0], macenko[0]])
+
+
+def test_older_files_read_without_stain_records():
+    """Tilesets, model cards and predictions written before 1.2 carry no stain member: they read as none."""
+    import json
+
+    from slidemill.shared.contracts import ModelCard, Prediction, TileSet, dump_contract, parse_contract
+    from slidemill.shared.testing import SAMPLES
+
+    for kind, model in (("tileset", TileSet), ("model", ModelCard), ("prediction", Prediction)):
+        data = json.loads(dump_contract(SAMPLES[kind]()))
+        assert data["schema_version"] == "1.2"
+        data["schema_version"] = "1.1"
+        old = parse_contract(json.dumps(data), model)
+        assert old.schema_version == "1.1"
+        stain = {"tileset": lambda o: o.stain, "model": lambda o: o.input.stain_normalisation,
+                 "prediction": lambda o: o.stain}[kind](old)
+        assert stain is None

@@ -9,6 +9,7 @@ import pytest
 
 from slidemill.shared.contracts import TileSet, load_contract
 from slidemill.shared.slide import open_slide
+from slidemill.shared.tiletable import tile_records
 from slidemill.tile import TileConfig, iter_tiles, plan_tiles, run
 
 TILE = 256
@@ -25,18 +26,18 @@ def written(tmp_path_factory, synthetic, synthetic_geojson):
 
 def test_output_folder_and_manifest(written, repo):
     config, result, out = written
-    assert sorted(p.name for p in out.iterdir()) == ["masks", "preview.png", "report.json", "tiles", "tileset.json",
-                                                      "tissue.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["masks", "preview.png", "report.json", "tiles", "tiles.jsonl",
+                                                      "tileset.json", "tissue.png"]
     tileset = load_contract(out / "tileset.json", TileSet)
     schema = json.loads((repo / "schemas" / "tileset.schema.json").read_text())
     jsonschema.validate(json.loads((out / "tileset.json").read_text()), schema)
-    assert len(tileset.tiles) == result.tiles_written > 0
+    assert len(tile_records(out)) == result.tiles_written > 0
     assert tileset.params.tile_size_px == TILE and tileset.params.overlap_px == 32
     assert tileset.params.tissue_threshold == 0.55 and tileset.params.mpp == 0.37
     assert tileset.mapping.scale == pytest.approx(0.37 / 0.25)
     assert tileset.slide.name == "synthetic.tiff" and tileset.slide.mpp == 0.25
     assert [c.name for c in tileset.classes.classes] == ["Immune cells", "Stroma", "Tissue", "Tumor", "Ignore*"]
-    for record in tileset.tiles:
+    for record in tile_records(out):
         assert record.tissue_fraction >= 0.55
         assert (out / record.image).is_file() and (out / record.mask).is_file()
         assert record.image == f"tiles/r{record.row:05d}_c{record.col:05d}.png"
@@ -46,14 +47,14 @@ def test_output_folder_and_manifest(written, repo):
     # exactly the grid tiles with enough tissue were kept, and some were not
     every = plan_tiles(config.model_copy(update={"all_tiles": True}))
     enough = [(s.row, s.col) for s in every.specs if s.tissue_fraction >= 0.55]
-    assert [(r.row, r.col) for r in tileset.tiles] == enough
-    assert len(tileset.tiles) < tileset_grid(out) == len(every)
+    assert [(r.row, r.col) for r in tile_records(out)] == enough
+    assert len(tile_records(out)) < tileset_grid(out) == len(every)
     tissue = cv2.imread(str(out / "tissue.png"), cv2.IMREAD_GRAYSCALE)
     assert set(np.unique(tissue)) <= {0, 255} and 0.3 < (tissue > 0).mean() < 0.95
     preview = cv2.imread(str(out / "preview.png"))
     assert preview is not None and preview.shape[2] == 3
     report = json.loads((out / "report.json").read_text())
-    assert report["schema"] == "slidemill/report" and report["counts"]["tiles_written"] == len(tileset.tiles)
+    assert report["schema"] == "slidemill/report" and report["counts"]["tiles_written"] == len(tile_records(out))
     assert report["counts"]["annotations_used"] == 4 and report["counts"]["annotations_repaired"] == 0
 
 
@@ -64,10 +65,10 @@ def tileset_grid(out):
 
 def test_iter_tiles_yields_exactly_what_was_written(written):
     config, result, out = written
-    tileset = load_contract(out / "tileset.json", TileSet)
+    load_contract(out / "tileset.json", TileSet)  # the manifest validates
     tiles = list(iter_tiles(config))
-    assert len(tiles) == len(tileset.tiles)
-    for tile, record in zip(tiles, tileset.tiles, strict=True):
+    assert len(tiles) == len(tile_records(out))
+    for tile, record in zip(tiles, tile_records(out), strict=True):
         assert (tile.row, tile.col, tile.x, tile.y) == (record.row, record.col, record.x, record.y)
         assert tile.tissue_fraction == record.tissue_fraction
         assert tile.class_fractions == record.class_fractions
@@ -168,7 +169,7 @@ def test_report_counts_repaired_and_skipped_annotations(synthetic, tmp_path):
     tileset = load_contract(tmp_path / "out" / "tileset.json", TileSet)
     assert [c.name for c in tileset.classes.classes] == ["Tumor", "Ignore*"]  # the detection's class is not used
     # the repaired bow-tie keeps both triangles: 2 x (200 x 100 / 2) pixels over all tiles
-    tumour_px = sum(t.class_fractions.get("Tumor", 0) * 256**2 for t in tileset.tiles)
+    tumour_px = sum(t.class_fractions.get("Tumor", 0) * 256**2 for t in tile_records(tmp_path / "out"))
     assert tumour_px == pytest.approx(20000, rel=0.01)
 
 

@@ -11,6 +11,7 @@ from shapely.geometry import box
 
 from slidemill.shared.contracts import TileSet, load_contract
 from slidemill.shared.testing import SyntheticShape, qupath_geojson, write_synthetic_slide
+from slidemill.shared.tiletable import tile_records
 from slidemill.tile import TileConfig
 
 CMD = str(Path(sys.executable).parent / "slidemill-tile")
@@ -40,7 +41,7 @@ def test_cli_run_on_the_real_svs(handout, tmp_path):
     tileset = load_contract(out / "tileset.json", TileSet)
     assert tileset.slide.vendor == "aperio" and tileset.slide.mpp == pytest.approx(0.499)
     assert tileset.params.mpp == 1.0 and tileset.classes is None
-    assert 0 < len(tileset.tiles) < 30 and not (out / "masks").exists()
+    assert 0 < len(tile_records(out)) < 30 and not (out / "masks").exists()
     for line in result.stderr.splitlines():
         json.loads(line)  # every log line is JSON
     # rerun: refused without --overwrite, replaced with it
@@ -66,8 +67,8 @@ def test_cli_with_annotations_and_classes(tmp_path, synthetic, synthetic_geojson
     assert result.returncode == 0, result.stderr
     tileset = load_contract(out / "tileset.json", TileSet)
     assert [c.name for c in tileset.classes.classes][:2] == ["Tumor", "Stroma"]
-    assert all(r.mask for r in tileset.tiles)
-    assert any(r.class_fractions.get("Tumor", 0) > 0 for r in tileset.tiles)
+    assert all(r.mask for r in tile_records(out))
+    assert any(r.class_fractions.get("Tumor", 0) > 0 for r in tile_records(out))
 
 
 def test_missing_slide(tmp_path):
@@ -158,7 +159,7 @@ def test_unclassified_annotations(tmp_path, synthetic, handout):
     assert result.returncode == 0, result.stderr
     tileset = load_contract(out / "tileset.json", TileSet)
     assert [c.name for c in tileset.classes.classes] == ["Tumor", "Ignore*"]
-    assert len(tileset.tiles) == 1
+    assert len(tile_records(out)) == 1
 
 
 def test_failure_mid_run_leaves_nothing(tmp_path, synthetic, monkeypatch):
@@ -228,7 +229,7 @@ def test_fluorescence_slide_is_tiled_darkfield(tmp_path, cases):
     result = tile(cases / "fluorescence" / "DAPI-387.ndpi", "--out", out, "--mpp", 4, "--tile-size", 64)
     assert result.returncode == 0, result.stderr
     tileset = load_contract(out / "tileset.json", TileSet)
-    assert tileset.params.tissue_mode == "darkfield" and len(tileset.tiles) > 0
+    assert tileset.params.tissue_mode == "darkfield" and len(tile_records(out)) > 0
     assert tileset.slide.mpp_source == "vendor" and tileset.slide.pixels.alpha
     assert json.loads((out / "report.json").read_text())["environment"]["tissue_mode"] == "darkfield"
     # forcing brightfield finds nothing, and the empty tileset says why and what to do
@@ -236,7 +237,7 @@ def test_fluorescence_slide_is_tiled_darkfield(tmp_path, cases):
     result = tile(cases / "fluorescence" / "DAPI-387.ndpi", "--out", empty, "--mpp", 4, "--tile-size", 64,
                   "--tissue-mode", "brightfield")
     assert result.returncode == 0, result.stderr
-    assert load_contract(empty / "tileset.json", TileSet).tiles == []
+    assert tile_records(empty) == []
     warning = " ".join(json.loads((empty / "report.json").read_text())["warnings"])
     assert "tileset is empty" in warning and "--tissue-mode darkfield" in warning
 

@@ -146,3 +146,21 @@ def test_sparse_default_and_user_class_table(tmp_path, synthetic):
                            overlap_px=0, all_tiles=True))
     assert tile.mask[30, 30] == 1 and tile.mask[100, 100] == 255
     assert tile.class_fractions == {"Ignore*": pytest.approx(1 - 2500 / 128**2), "Tumor": pytest.approx(2500 / 128**2)}
+
+
+def test_tiles_inside_a_shape_are_filled_and_holes_still_cut():
+    """A tile whose pixel centres all lie inside a shape is filled without the crossing test; a tile
+    holding the shape's hole, or touching its edge, is drawn pixel by pixel. Both equal the
+    pixel-centre truth."""
+    from shapely.geometry import Polygon
+
+    from slidemill.shared.rasterize import LabelledShape, Rasterizer
+
+    ring = Polygon([(0, 0), (400, 0), (400, 400), (0, 400)], [[(200, 200), (230, 200), (230, 230), (200, 230)]])
+    raster = Rasterizer([LabelledShape(ring, 1, "A")], fill=0)
+    for col, row, scale in [(1, 1, 1.0), (190, 190, 1.0), (0, 0, 1.0), (370, 10, 1.0), (7, 9, 3.3)]:
+        mask = raster.mask(col, row, 32, 32, scale)
+        cx = (col + np.arange(32) + 0.5) * scale
+        cy = (row + np.arange(32) + 0.5) * scale
+        truth = shapely.contains_xy(ring, cx[None, :], cy[:, None]).astype(np.uint8)
+        assert np.array_equal(mask, truth), (col, row, scale)

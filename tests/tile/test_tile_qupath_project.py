@@ -106,3 +106,59 @@ def test_slide_and_project_are_exclusive(project, tmp_path):
     folder, slides, _ = project
     assert tile(slides[0], "--qupath-project", folder, "--out", tmp_path / "o").exit_code == 2
     assert tile("--out", tmp_path / "o").exit_code == 2
+
+
+def test_list_images_names_every_image_its_slide_and_its_export(project, tmp_path):
+    """--list-images tiles nothing: every image of the project with the slide found for it (or the path its
+    URI names), how it was found and its export, as JSON (Argo) and TSV (shell, Nextflow) of the same rows."""
+    folder, slides, shapes = project
+    export(folder, 2, shapes)
+    shutil.move(slides[3].parent, tmp_path / "elsewhere")
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    run = CliRunner().invoke(app, ["--qupath-project", str(folder), "--list-images", "--out",
+                                   str(tmp_path / "images.json")])
+    assert run.exit_code == 0, run.output
+    rows = load_json(tmp_path / "images.json")
+    exported = str(folder / EXPORT_DIR / "2.geojson")
+    assert rows == [
+        {"id": "1", "name": "slide.tiff", "slide": str(slides[0]), "found_by": "uri", "annotations": ""},
+        {"id": "2", "name": "slide.tiff", "slide": str(slides[1]), "found_by": "uri", "annotations": exported},
+        {"id": "3", "name": "unannotated.tiff", "slide": str(slides[2]), "found_by": "uri", "annotations": ""},
+        {"id": "4", "name": "moved.tiff", "slide": str(slides[3]), "found_by": "", "annotations": ""}]
+    run = CliRunner().invoke(app, ["--qupath-project", str(folder), "--list-images", "--out",
+                                   str(tmp_path / "images.tsv"), "--slide-dir", str(tmp_path / "elsewhere")])
+    assert run.exit_code == 0, run.output
+    lines = (tmp_path / "images.tsv").read_text().splitlines()
+    assert lines[0].split("\t") == ["id", "name", "slide", "found_by", "annotations"]
+    assert [line.split("\t") for line in lines[1:]] == [
+        [r["id"], r["name"], r["slide"], r["found_by"], r["annotations"]] for r in rows[:3]] + [
+        ["4", "moved.tiff", str(tmp_path / "elsewhere" / "moved.tiff"), "search folder", ""]]
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before  # nothing written into the project
+    assert not (tmp_path / "images").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--out", "{tmp}/images.txt"], "is neither .json nor .tsv"),
+    (["--out", "{tmp}/taken.tsv"], "already exists"),
+])
+def test_list_images_refuses_what_it_cannot_write(project, tmp_path, args, message):
+    folder, _, _ = project
+    (tmp_path / "taken.tsv").write_text("x")
+    run = CliRunner().invoke(app, ["--qupath-project", str(folder), "--list-images",
+                                   *[a.format(tmp=tmp_path) for a in args]])
+    assert run.exit_code == 2 and message in run.output, run.output
+    assert (tmp_path / "taken.tsv").read_text() == "x"
+
+
+def test_list_images_tsv_refuses_a_tab_in_a_value(project, tmp_path):
+    folder, _, _ = project
+    data = load_json(folder / "project.qpproj")
+    data["images"][0]["imageName"] = "slide\t1.tiff"
+    (folder / "project.qpproj").write_text(json.dumps(data))
+    run = CliRunner().invoke(app, ["--qupath-project", str(folder), "--list-images", "--out",
+                                   str(tmp_path / "images.tsv")])
+    assert run.exit_code == 2 and "entry 1 has a tab or line break in its name" in run.output, run.output
+    assert not (tmp_path / "images.tsv").exists()
+    run = CliRunner().invoke(app, ["--qupath-project", str(folder), "--list-images", "--out",
+                                   str(tmp_path / "images.json")])
+    assert run.exit_code == 0 and load_json(tmp_path / "images.json")[0]["name"] == "slide\t1.tiff"

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from slidemill.shared.contracts import TileSet, load_contract
-from slidemill.shared.errors import MissingInputError
+from slidemill.shared.errors import ContractError, MissingInputError
 from slidemill.shared.testing import write_synthetic_slide
 from slidemill.shared.tilestore import open_tileset
+from slidemill.shared.tiletable import ROWS_NAME, read_tile_table, tile_records
 
 CMD = str(Path(sys.executable).parent / "slidemill-tile")
 OPTIONS = {"tile_size_px": 96, "overlap_px": 16, "mpp": 0.5, "tissue_threshold": 0.05}
@@ -42,19 +43,19 @@ def test_lossless_stores_give_the_cut_pixels(tmp_path, synthetic, synthetic_geoj
     out = tmp_path / store
     result = _run(synthetic, synthetic_geojson, out, store=store)
     tileset = load_contract(out / "tileset.json", TileSet)
-    assert tileset.store.kind == store and tileset.schema_version == "1.1"
-    assert len(tileset.tiles) == len(reference) > 10
+    assert tileset.store.kind == store and tileset.schema_version == "1.2"
+    assert len(tile_records(out)) == len(reference) > 10
     if store == "png":
         assert (out / "tiles").is_dir() and not (out / "tiles.zarr.zip").exists()
     else:
         assert not (out / "tiles").exists() and (out / "tiles.zarr.zip").is_file()
-        assert all(t.image is None and t.mask is None for t in tileset.tiles)
+        assert all(t.image is None and t.mask is None for t in tile_records(out))
     if store == "refs":
         assert tileset.store.slide_path == f"../../{synthetic.parent.name}/{synthetic.name}" or \
             (out / tileset.store.slide_path).resolve() == synthetic.resolve()
         assert (out / "shapes.json").is_file()
     read = list(iter_tiles(out))  # the tile tool's API reads a tileset through the shared reader
-    for ref, got, record in zip(reference, read, tileset.tiles, strict=True):
+    for ref, got, record in zip(reference, read, tile_records(out), strict=True):
         assert np.array_equal(ref.image, got.image)
         assert np.array_equal(ref.mask, got.mask)
         assert (got.x, got.y) == (ref.x, ref.y) == (record.x, record.y)
@@ -125,7 +126,7 @@ def test_schema_1_0_manifest_reads_as_png(tmp_path, synthetic, synthetic_geojson
 
 
 @pytest.mark.parametrize(("store", "sig"), [("zarr", signal.SIGKILL), ("refs", signal.SIGKILL),
-                                            ("zarr", signal.SIGTERM)])
+                                            ("png", signal.SIGKILL), ("zarr", signal.SIGTERM)])
 def test_killed_run_leaves_nothing_complete(tmp_path, store, sig, synthetic_geojson):
     slide = write_synthetic_slide(tmp_path / "big.tiff", 3000, 3000, mpp=0.25, tile=256)
     out = tmp_path / "out"
@@ -148,4 +149,103 @@ def test_killed_run_leaves_nothing_complete(tmp_path, store, sig, synthetic_geoj
     else:  # nothing cleans up after SIGKILL: what is left is a hidden staging folder, never out/
         left = [p.name for p in tmp_path.iterdir() if p.name != "big.tiff"]
         assert all(name.startswith(".out.") and name.endswith(".partial") for name in left)
+        # killed while the tiles came: the manifest (written last) is not there to vouch for the rows
+        assert not any((tmp_path / name / "tileset.json").exists() for name in left)
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_rows_are_streamed_to_a_rows_file_and_read_back_exactly(tmp_path, synthetic, synthetic_geojson, reference):
+    """Schema 1.2: the manifest holds the count and the rows file's name, no row; the rows file has one
+    TileRecord a line in index order, and the reader's table gives each record back unchanged."""
+    out = tmp_path / "refs"
+    _run(synthetic, synthetic_geojson, out, store="refs")
+    data = json.loads((out / "tileset.json").read_text())
+    assert data["tiles"] == [] and data["tiles_file"] == ROWS_NAME and data["tile_count"] == len(reference)
+    lines = (out / ROWS_NAME).read_text().splitlines()
+    assert len(lines) == len(reference)
+    written = [json.loads(line) for line in lines]
+    assert [w["index"] for w in written] == list(range(len(reference)))
+    reader = open_tileset(out)
+    assert len(reader) == len(reference)
+    for line, record, ref in zip(written, reader.records(), reference, strict=True):
+        assert record.model_dump(exclude_none=True) == line
+        assert (record.x, record.y, record.row, record.col) == (ref.x, ref.y, ref.row, ref.col)
+        assert record.class_fractions == ref.class_fractions
+    table = reader.table
+    assert table.rows["x"].tolist() == [r.x for r in reference]
+    assert table.rows.nbytes + table.fractions.nbytes < 200 * len(reference)  # compact columns, not objects
+
+
+@pytest.mark.parametrize("store", ["png", "zarr"])
+def test_manifest_with_inline_rows_still_reads(tmp_path, synthetic, synthetic_geojson, reference, store):
+    """A 1.1 manifest (rows inline in `tiles`, no rows file) reads to the same records and pixels."""
+    from slidemill.train.data import load_tilesets
+
+    out = tmp_path / store
+    _run(synthetic, synthetic_geojson, out, store=store)
+    data = json.loads((out / "tileset.json").read_text())
+    data["schema_version"] = "1.1"
+    data["tiles"] = [json.loads(line) for line in (out / ROWS_NAME).read_text().splitlines()]
+    del data["tiles_file"], data["tile_count"]
+    (out / ROWS_NAME).unlink()
+    (out / "tileset.json").write_text(json.dumps(data))
+    reader = open_tileset(out)
+    assert [r.model_dump(exclude_none=True) for r in reader.records()] == data["tiles"]
+    for i in (0, len(reference) - 1):
+        image, mask = reader.read(i)
+        assert np.array_equal(image, reference[i].image) and np.array_equal(mask, reference[i].mask)
+    samples = load_tilesets([out]).samples
+    assert [(s.x, s.y) for s in samples] == [(r.x, r.y) for r in reference]
+
+
+def test_incomplete_or_bad_rows_file_is_refused(tmp_path, synthetic, synthetic_geojson, reference):
+    out = tmp_path / "zarr"
+    _run(synthetic, synthetic_geojson, out, store="zarr")
+    rows = out / ROWS_NAME
+    lines = rows.read_text().splitlines(keepends=True)
+    rows.write_text("".join(lines[:-1]))  # a copy cut short
+    with pytest.raises(ContractError, match=f"holds {len(lines) - 1} tile rows but its manifest lists {len(lines)}"):
+        open_tileset(out)
+    rows.write_text("".join(lines + lines[-1:]))
+    with pytest.raises(ContractError, match="more than"):
+        open_tileset(out)
+    swapped = [lines[1], lines[0], *lines[2:]]
+    rows.write_text("".join(swapped))
+    with pytest.raises(ContractError, match="0..n-1 in order"):
+        open_tileset(out)
+    rows.write_text("".join([*lines[:3], '{"index": 3}\n', *lines[4:]]))
+    with pytest.raises(ContractError, match="line 4 is not a valid tile row"):
+        open_tileset(out)
+    rows.unlink()
+    with pytest.raises(MissingInputError, match="tiles.jsonl"):
+        read_tile_table(out / "tileset.json", load_contract(out / "tileset.json", TileSet))
+
+
+def test_refs_slide_path_goes_up_but_is_never_absolute(tmp_path, synthetic_geojson, reference, synthetic):
+    """The slide of a refs tileset lives outside it: its path may go up with '..' (the one manifest path
+    that may), so a project folder holding slides/ and tilesets/ moves as a whole; an absolute path is
+    refused when the manifest is read, and the tileset's own files never leave its folder."""
+    project = tmp_path / "project"
+    (project / "slides").mkdir(parents=True)
+    shutil.copy(synthetic, project / "slides" / synthetic.name)
+    out = project / "tilesets" / "a"
+    from slidemill.tile import TileConfig, run
+
+    run(TileConfig(slide=project / "slides" / synthetic.name, out=out, annotations=[synthetic_geojson], workers=1,
+                   store="refs", **OPTIONS))
+    data = json.loads((out / "tileset.json").read_text())
+    assert data["store"]["slide_path"] == f"../../slides/{synthetic.name}"
+    moved = tmp_path / "moved"
+    shutil.move(project, moved)  # the whole project moves: the relative path still resolves
+    image, mask = open_tileset(moved / "tilesets" / "a").read(2)
+    assert np.array_equal(image, reference[2].image) and np.array_equal(mask, reference[2].mask)
+    for bad in (str(moved / "slides" / synthetic.name), "C:/slides/x.tiff", "..\\slides\\x.tiff"):
+        data["store"]["slide_path"] = bad
+        (moved / "tilesets" / "a" / "tileset.json").write_text(json.dumps(data))
+        with pytest.raises(ContractError, match="must be relative"):
+            open_tileset(moved / "tilesets" / "a")
+    data["store"]["slide_path"] = f"../../slides/{synthetic.name}"
+    data["tiles_file"] = "../rows.jsonl"
+    (moved / "tilesets" / "a" / "tileset.json").write_text(json.dumps(data))
+    with pytest.raises(ContractError, match="leaves the manifest's folder"):
+        open_tileset(moved / "tilesets" / "a")

@@ -13,7 +13,6 @@ from to_qupath_helpers import ours, plain, polygon_feature, snapshot, square
 from slidemill.shared.errors import InputError
 from slidemill.shared.testing import SyntheticShape
 from slidemill.to_qupath import ToQuPathConfig, file_problems, run
-from slidemill.to_qupath.inputs import qupath_name_without_extension
 from slidemill.to_qupath.project import (
     BIOFORMATS,
     IMPORT_SCRIPT,
@@ -21,6 +20,7 @@ from slidemill.to_qupath.project import (
     java_file_uri,
     provider_for,
 )
+from slidemill.to_qupath.slide_matching import qupath_name_without_extension
 
 
 def convert(tmp_path, inputs, project, *, name="out", slides=(), **options):

@@ -6,7 +6,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from slidemill.shared.errors import InputError  # noqa: E402
-from slidemill.train.model import (  # noqa: E402
+from slidemill.train.network import (  # noqa: E402
     CrossEntropyDiceLoss,
     build_model,
     confusion,

@@ -51,9 +51,11 @@ def package_version(dist: str) -> str:
 
 
 def tool_app(name: str, help_text: str) -> typer.Typer:
-    """A typer app with slidemill's settings: no shell-completion options, no rich tracebacks."""
+    """A typer app with slidemill's settings: no shell-completion options, no rich tracebacks, and plain
+    help (click's, wrapped to the terminal: rich's tables cut long words off and read `[default: x]` as
+    markup)."""
     return typer.Typer(
-        name=name, help=help_text, add_completion=False, no_args_is_help=True,
+        name=name, help=help_text, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
         pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]},
     )
 
@@ -199,10 +201,14 @@ def _user_error(exc: SlidemillError, log_format: LogFormat) -> None:
 
 @contextlib.contextmanager
 def cli_run(tool: str, *, log_format: LogFormat = LogFormat.text, debug: bool = False) -> Iterator[None]:
-    """Configure logging and turn errors into slidemill's exit codes."""
+    """Configure logging and turn errors into slidemill's exit codes; tool runs inside it write a failed
+    report on failure (slidemill.shared.lifecycle)."""
+    from .lifecycle import command_line_run
+
     configure_logging(log_format, debug)
     try:
-        yield
+        with command_line_run():
+            yield
     except typer.Exit:
         raise
     except SlidemillError as exc:

@@ -2,7 +2,8 @@
 
 Every file carries `"schema": "slidemill/<kind>"` and `"schema_version": "MAJOR.MINOR"`. A reader
 accepts any minor version of its major and refuses another major with a message saying so.
-Paths inside a manifest are relative to the manifest's folder and never leave it.
+Paths inside a manifest are relative to the manifest's folder and never leave it; the one exception
+is a refs tileset's `store.slide_path`, an input outside the tileset, which may go up with '..'.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .classes import RGB, ClassTable
 from .errors import ContractError, InputError
 from .files import atomic_write, check_relative_path, require_file
 from .geometry import PixelMapping, Region
+from .stain import SlideStain, StainMethod, StainParameters
 
 RelPath = Annotated[
     str,
@@ -24,6 +26,21 @@ RelPath = Annotated[
     Field(description="path relative to this file's folder, '/'-separated, never absolute or '..'",
           # the same rule for JSON Schema users (pydantic's own regex engine has no look-ahead)
           json_schema_extra={"pattern": r"^(?![/\\])(?![A-Za-z]:)(?!(.*/)?\.\.(/|$))[^\\]+$"}),
+]
+
+
+def _check_slide_path(value: str) -> str:
+    if not value or "\\" in value or value.startswith("/") or (len(value) > 1 and value[1] == ":"):
+        raise ValueError(f"slide path {value!r} must be relative to the manifest's folder, '/'-separated")
+    return value
+
+
+# A refs tileset's slide: an input that lives outside the tileset, so unlike RelPath it may go up
+# with '..'; still relative (the tileset folder and the slides folder move together) and '/'-separated.
+SlidePath = Annotated[
+    str,
+    AfterValidator(_check_slide_path),
+    Field(json_schema_extra={"pattern": r"^(?![/\\])(?![A-Za-z]:)[^\\]+$"}),
 ]
 Triple = tuple[float, float, float]
 
@@ -183,17 +200,26 @@ class TileStoreInfo(Strict):
     container: RelPath | None = Field(None, description="the zip file of the zarr container (zarr, refs)")
     image_codec: str | None = Field(None, description="codec of the container's images, e.g. blosc-lz4, jpeg-q95")
     lossless: bool = Field(True, description="the stored pixels equal the slide's (false for a lossy codec)")
-    slide_path: str | None = Field(
-        None, description="refs: the slide, relative to this file's folder ('/'-separated, may go up with '..': "
-        "the slide lives outside the tileset); train's --slide gives it again when it moved")
+    slide_path: SlidePath | None = Field(
+        None, description="refs: the slide, relative to this file's folder, '/'-separated. The one manifest path "
+        "that may go up with '..': the slide is an input that lives outside the tileset (the tileset's own files "
+        "never do); never absolute, so the tileset and the slides folder can move together. train's --slide "
+        "gives the slide again when it moved")
     shapes: RelPath | None = Field(None, description="refs: the labelled annotation shapes (JSON, level-0 WKB)")
 
 
 class TileSet(Contract):
+    """A tileset manifest. Its tile rows are in `tiles_file` (1.2: JSON Lines, one `TileRecord` per
+    line, written as the tiles come, so neither writer nor reader holds them all as objects) or, in
+    manifests before 1.2, inline in `tiles`. Read them with `slidemill.shared.tiletable.read_tile_table`,
+    which takes either."""
+
     KIND: ClassVar[str] = "tileset"
-    VERSION: ClassVar[str] = "1.1"  # 1.1: background classes; slide pixel meaning, series, mpp sources; stores
+    # 1.1: background classes; slide pixel meaning, series, mpp sources; stores. 1.2: the slide's stain fits;
+    # rows in tiles_file
+    VERSION: ClassVar[str] = "1.2"
     schema_id: Literal["slidemill/tileset"] = Field("slidemill/tileset", alias="schema")
-    schema_version: str = Field("1.1", pattern=r"^1\.\d+$")
+    schema_version: str = Field("1.2", pattern=r"^1\.\d+$")
     slide: SlideRef
     params: TilingParams
     mapping: PixelMapping = Field(description="tile pixels to level-0 pixels (origin 0; per tile add x, y)")
@@ -201,20 +227,40 @@ class TileSet(Contract):
     tissue_mask: RelPath | None = None
     preview: RelPath | None = None
     store: TileStoreInfo = Field(default_factory=TileStoreInfo, description="how the pixels are kept")
-    tiles: list[TileRecord]
+    stain: SlideStain | None = Field(
+        None, description="the slide's stain colour models (Macenko, Reinhard), fitted once on its tissue thumbnail, "
+        "or why not (1.2); null: written before 1.2, no fit recorded")
+    tiles: list[TileRecord] = Field(
+        default_factory=list, description="the tile rows inline (manifests before 1.2); empty with tiles_file")
+    tiles_file: RelPath | None = Field(
+        None, description="1.2: the tile rows, JSON Lines: one TileRecord per line in index order, tile_count lines")
+    tile_count: int | None = Field(None, ge=0, description="1.2: the number of tiles (lines of tiles_file)")
 
     @model_validator(mode="after")
     def _store_complete(self) -> TileSet:
         kind = self.store.kind
-        if kind == "png" and any(t.image is None for t in self.tiles):
-            raise ValueError("a png store needs an image file for every tile")
+        if self.tiles_file is not None:
+            if self.tiles:
+                raise ValueError("tile rows are either inline (tiles) or in tiles_file, not both")
+            if self.tile_count is None:
+                raise ValueError("a tiles_file needs its tile_count")
+        elif self.tile_count is not None and self.tile_count != len(self.tiles):
+            raise ValueError(f"tile_count is {self.tile_count} but {len(self.tiles)} tile rows are inline")
         if kind == "zarr" and self.store.container is None:
             raise ValueError("a zarr store needs its container file")
         if kind == "refs" and self.store.slide_path is None:
             raise ValueError("a refs store needs the slide's path")
-        if kind in ("zarr", "refs") and any(t.index != i for i, t in enumerate(self.tiles)):
-            raise ValueError("tile indices must be 0..n-1 in order (they are the container's rows)")
+        check_rows(kind, self.tiles)
         return self
+
+
+def check_rows(kind: str, rows, start: int = 0) -> None:
+    """The per-row rules of a store (png: every tile has its image file; zarr and refs: indices are
+    0..n-1 in order, the container's rows), for inline rows and for each chunk of a tiles file."""
+    if kind == "png" and any(t.image is None for t in rows):
+        raise ValueError("a png store needs an image file for every tile")
+    if kind in ("zarr", "refs") and any(t.index != i for i, t in enumerate(rows, start)):
+        raise ValueError("tile indices must be 0..n-1 in order (they are the container's rows)")
 
 
 # --- model card --------------------------------------------------------------------------------
@@ -225,6 +271,25 @@ class Normalization(Strict):
     std: Triple = Field(description="per-channel std of RGB scaled to 0-1")
 
 
+class StainNormalisation(Strict):
+    """The stain normalisation a model was trained with (model card 1.2): every tile of a slide went through
+    `StainNormaliser(that slide's fit, target)`; infer fits the slide it predicts by the same rule
+    (`fit_slide_stain` on `slide_tissue` at `tissue_mpp`) and applies the same transform to every tile."""
+
+    method: StainMethod
+    target: StainParameters = Field(description="the target colour model every slide is mapped to")
+    target_source: Literal["reference", "training-slides"] = Field(
+        description="reference: fitted on --stain-reference; training-slides: pooled from the training slides' "
+        "recorded fits")
+    reference: str | None = Field(None, description="the reference image's file name (target_source reference)")
+    reference_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="its sha256")
+    reference_mpp: float | None = Field(None, gt=0, description="the reference's microns per pixel used for its "
+                                        "tissue thumbnail")
+    pooled_slides: list[str] = Field(default_factory=list, description="the slides whose fits were pooled")
+    pooling: str | None = Field(None, description="how the fits were pooled (target_source training-slides)")
+    tissue_mpp: float = Field(gt=0, description="the thumbnail rule of every fit (slide_tissue's tissue_mpp)")
+
+
 class ModelInput(Strict):
     mpp: float = Field(gt=0, description="microns per pixel the model was trained at")
     tile_size_px: int = Field(gt=0, description="tile size the model was trained on")
@@ -233,6 +298,8 @@ class ModelInput(Strict):
     slide_channels: list[str] | None = Field(
         None, min_length=1, max_length=3, description="the slide channels the tiles were made of, by name, where "
         "the tilesets chose them (--channel; 1.1): infer reads the same ones when --channel is not given")
+    stain_normalisation: StainNormalisation | None = Field(
+        None, description="the stain normalisation applied to every tile before the model (1.2); null: none")
     layout: Literal["NCHW"] = "NCHW"
     dtype: Literal["float32"] = "float32"
 
@@ -286,9 +353,10 @@ class TrainingSummary(Strict):
 
 class ModelCard(Contract):
     KIND: ClassVar[str] = "model"
-    VERSION: ClassVar[str] = "1.1"  # 1.1: background classes; per-class validation, confusion, reproducibility
+    # 1.1: background classes; per-class validation, confusion, reproducibility. 1.2: stain normalisation
+    VERSION: ClassVar[str] = "1.2"
     schema_id: Literal["slidemill/model"] = Field("slidemill/model", alias="schema")
-    schema_version: str = Field("1.1", pattern=r"^1\.\d+$")
+    schema_version: str = Field("1.2", pattern=r"^1\.\d+$")
     name: str
     architecture: str = Field(description="segmentation-models-pytorch architecture, e.g. unet")
     encoder: str = Field(description="encoder name, e.g. efficientnet-b0")
@@ -344,14 +412,26 @@ class Shard(Strict):
         return self
 
 
+class StainApplied(Strict):
+    """The stain normalisation infer applied to every tile (prediction 1.2): the slide's own fit (source) to
+    the model card's target."""
+
+    method: StainMethod
+    source: StainParameters = Field(description="the slide's fit, by fit_slide_stain on its tissue thumbnail")
+    target: StainParameters = Field(description="the model card's target")
+    tissue_mpp: float = Field(gt=0, description="the thumbnail rule of the fit")
+    thumbnail_scale: float = Field(gt=0, description="level-0 pixels per thumbnail pixel of the fit")
+
+
 class Prediction(Contract):
     """Label raster: class label per pixel, 255 where nothing was predicted (no tissue, other shard).
     Probability raster: one band per trainable class in label order, 0-255 for 0-1."""
 
     KIND: ClassVar[str] = "prediction"
-    VERSION: ClassVar[str] = "1.1"  # 1.1: background classes; slide pixel meaning, series, mpp sources
+    # 1.1: background classes; slide pixel meaning, series, mpp sources. 1.2: the stain normalisation applied
+    VERSION: ClassVar[str] = "1.2"
     schema_id: Literal["slidemill/prediction"] = Field("slidemill/prediction", alias="schema")
-    schema_version: str = Field("1.1", pattern=r"^1\.\d+$")
+    schema_version: str = Field("1.2", pattern=r"^1\.\d+$")
     slide: SlideRef
     model: ModelRef
     classes: ClassTable
@@ -363,6 +443,8 @@ class Prediction(Contract):
     labels: RasterFile
     probabilities: RasterFile | None = None
     preview: RelPath | None = None
+    stain: StainApplied | None = Field(None, description="the stain normalisation applied to the tiles (1.2); "
+                                       "null: none")
 
 
 # --- annotations (GeoJSON) ---------------------------------------------------------------------

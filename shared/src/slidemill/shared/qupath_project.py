@@ -8,7 +8,9 @@ So the annotations come out through a script run in QuPath (`EXPORT_SCRIPT`, wri
 
 Slides are found the way QuPath finds them after a project folder has moved (`DefaultProject`): at the
 URI; else at the same place relative to the project as when the project was saved (the project's own
-`uri` says where that was); else by file name in the folders the user gives.
+`uri` says where that was); else by file name in the folders the user gives. The search by name is
+refused for a file name that several images of the project share: which of them a file found by that
+name is cannot be told, so those images are "not found" (`problem` says why), never given one slide.
 """
 
 from __future__ import annotations
@@ -84,7 +86,8 @@ class ProjectImage:
 
     `slide` is the slide file found for it (None when it was not found), `found_by` how
     ("uri", "relative to the project", "search folder"), `annotations` its exported GeoJSON (None when
-    the export script has not written one)."""
+    the export script has not written one), `problem` why no slide was found when that is more than
+    "not there" (several images of the project share its file name, so a search by name cannot tell)."""
 
     entry_id: str
     name: str
@@ -92,6 +95,7 @@ class ProjectImage:
     slide: Path | None
     found_by: str | None
     annotations: Path | None
+    problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -129,8 +133,8 @@ def entry_uri(entry: Any) -> str | None:
     return _server_uri(entry.get("serverBuilder")) if isinstance(entry, dict) else None
 
 
-def _find_slide(uri: str | None, folder: Path, saved_folder: Path | None,
-                search_dirs: list[Path]) -> tuple[Path | None, str | None]:
+def _find_slide(uri: str | None, folder: Path, saved_folder: Path | None, search_dirs: list[Path],
+                shared_names: frozenset[str] | set[str] = frozenset()) -> tuple[Path | None, str | None]:
     path = uri_to_path(uri) if uri else None
     if path is None:
         return None, None
@@ -145,8 +149,11 @@ def _find_slide(uri: str | None, folder: Path, saved_folder: Path | None,
             candidate = Path(os.path.normpath(folder / relative))
             if candidate.exists():
                 return candidate, "relative to the project"
+    name = PurePosixPath(path.as_posix()).name
+    if name in shared_names:  # several images of this name: a file found by it could be any of them
+        return None, None
     for directory in search_dirs:
-        candidate = directory / PurePosixPath(path.as_posix()).name
+        candidate = directory / name
         if candidate.exists():
             return candidate, "search folder"
     return None, None
@@ -200,6 +207,13 @@ def read_project(path: Path, *, search_dirs: list[Path] | tuple[Path, ...] = ())
     saved = uri_to_path(data["uri"]) if isinstance(data.get("uri"), str) else None
     saved_folder = saved.parent if saved is not None else None
     dirs = [Path(d) for d in search_dirs]
+    file_names: dict[str, int] = {}
+    for raw in data.get("images", []):
+        path = uri_to_path(entry_uri(raw) or "") if isinstance(raw, dict) else None
+        if path is not None:
+            name = PurePosixPath(path.as_posix()).name
+            file_names[name] = file_names.get(name, 0) + 1
+    shared_names = {name for name, count in file_names.items() if count > 1}
     images, seen = [], set()
     for raw in data.get("images", []):
         if not isinstance(raw, dict) or "entryID" not in raw:
@@ -209,11 +223,18 @@ def read_project(path: Path, *, search_dirs: list[Path] | tuple[Path, ...] = ())
             raise InputError(f"lists entry ID {entry_id} twice", path=file, fix=fix)
         seen.add(entry_id)
         uri = entry_uri(raw)
-        slide, found_by = _find_slide(uri, folder, saved_folder, dirs)
+        slide, found_by = _find_slide(uri, folder, saved_folder, dirs, shared_names)
+        problem = None
+        path = uri_to_path(uri) if uri else None
+        name = PurePosixPath(path.as_posix()).name if path is not None else None
+        if slide is None and dirs and name in shared_names:
+            problem = (f"the slide is not at {uri} nor relative to the project, and {file_names[name]} images of "
+                       f"the project are files named {name}, so a file of that name in the --slide-dir folders "
+                       "could be any of them")
         exported = folder / EXPORT_DIR / f"{entry_id}.geojson"
         images.append(ProjectImage(entry_id=entry_id, name=str(raw.get("imageName") or entry_id), uri=uri,
                                    slide=slide, found_by=found_by,
-                                   annotations=exported if exported.is_file() else None))
+                                   annotations=exported if exported.is_file() else None, problem=problem))
     return QuPathProject(folder=folder, file=file, version=data.get("version"), images=images,
                          classes=_read_classes(folder))
 

@@ -99,6 +99,7 @@ class Rasterizer:
         self.fill = fill
         self._tree = shapely.STRtree([s.geometry for s in self.shapes])
         self._edges = [edges_of(s.geometry) for s in self.shapes]
+        shapely.prepare([s.geometry for s in self.shapes])  # fast repeated contains tests
 
     def touching(self, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
         """Indices (draw order) of the shapes that intersect the level-0 rectangle."""
@@ -112,7 +113,12 @@ class Rasterizer:
         out = np.full((height_px, width_px), self.fill, np.uint8)
         x0, y0 = col_px * scale, row_px * scale
         x1, y1 = x0 + width_px * scale, y0 + height_px * scale
+        # the rectangle spanned by the pixel centres: a shape containing it covers every pixel
+        centres = box(x0 + scale / 2, y0 + scale / 2, x1 - scale / 2, y1 - scale / 2)
         for index in self.touching(x0, y0, x1, y1):
+            if shapely.contains(self.shapes[index].geometry, centres):  # inside: no crossing test needed
+                out[:] = self.shapes[index].label
+                continue
             edges = self._edges[index]
             # only edges reaching the tile's rows matter; the crossing test does the rest
             ys = edges[:, [1, 3]]

@@ -282,10 +282,13 @@ class Slide:
         return picks
 
     def read_region(self, x: float, y: float, width_px: int, height_px: int, scale: float,
-                    pad_value: int = 255) -> np.ndarray:
+                    pad_value: int = 255, *, level_reader=None) -> np.ndarray:
         """An image of `width_px` x `height_px` output pixels whose top-left corner is level-0 (x, y),
         each output pixel covering `scale` level-0 pixels. Read from the best level and resampled
-        (area averaging when the factor is whole, otherwise anti-aliased bilinear)."""
+        (area averaging when the factor is whole, otherwise anti-aliased bilinear). `level_reader`,
+        with `read_level`'s signature and pixels, reads the level instead (the stored tiles decoded
+        directly: `stored_tiles.read_tile_pixels`)."""
+        read_level = level_reader or self.read_level
         level = self.best_level(scale)
         ds = self.levels[level].downsample
         f = scale / ds
@@ -293,14 +296,14 @@ class Slide:
         whole = abs(f - round(f)) < _EPS and abs(sx - round(sx)) < _EPS and abs(sy - round(sy)) < _EPS
         if whole:
             k, ix, iy = round(f), round(sx), round(sy)
-            img = self.read_level(level, ix, iy, width_px * k, height_px * k, pad_value)
+            img = read_level(level, ix, iy, width_px * k, height_px * k, pad_value)
             if k == 1:
                 return img
             return cv2.resize(img, (width_px, height_px), interpolation=cv2.INTER_AREA)
-        return self._resample(level, sx, sy, f, width_px, height_px, pad_value)
+        return self._resample(level, sx, sy, f, width_px, height_px, pad_value, read_level)
 
     def _resample(self, level: int, sx: float, sy: float, f: float, width_px: int, height_px: int,
-                  pad_value: int) -> np.ndarray:
+                  pad_value: int, read_level=None) -> np.ndarray:
         """`width_px` x `height_px` output pixels whose top-left corner is (sx, sy) in `level`'s pixels,
         each covering `f` of them: anti-aliasing Gaussian blur (f > 1) then bilinear sampling.
 
@@ -315,19 +318,21 @@ class Slide:
             if width_px >= height_px:
                 half = width_px // 2
                 return np.concatenate([
-                    self._resample(level, sx, sy, f, half, height_px, pad_value),
-                    self._resample(level, sx + half * f, sy, f, width_px - half, height_px, pad_value)], axis=1)
+                    self._resample(level, sx, sy, f, half, height_px, pad_value, read_level),
+                    self._resample(level, sx + half * f, sy, f, width_px - half, height_px, pad_value, read_level)],
+                    axis=1)
             half = height_px // 2
             return np.concatenate([
-                self._resample(level, sx, sy, f, width_px, half, pad_value),
-                self._resample(level, sx, sy + half * f, f, width_px, height_px - half, pad_value)], axis=0)
+                self._resample(level, sx, sy, f, width_px, half, pad_value, read_level),
+                self._resample(level, sx, sy + half * f, f, width_px, height_px - half, pad_value, read_level)],
+                axis=0)
         sigma = 0.5 * math.sqrt(f * f - 1) if f > 1 + _EPS else 0.0
         radius = math.ceil(3 * sigma) if sigma else 0
         margin = 2 + radius
         bx, by = math.floor(sx) - margin, math.floor(sy) - margin
         bw = math.ceil(sx + width_px * f) + margin - bx
         bh = math.ceil(sy + height_px * f) + margin - by
-        img = self.read_level(level, bx, by, bw, bh, pad_value)
+        img = (read_level or self.read_level)(level, bx, by, bw, bh, pad_value)
         if sigma:
             img = cv2.GaussianBlur(img, (2 * radius + 1, 2 * radius + 1), sigmaX=sigma, sigmaY=sigma)
         # output pixel centre u + 0.5 sits at source position sx + (u + 0.5) * f, a pixel centre at +0.5

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,9 @@ from .slide import Slide, is_tiff
 log = logging.getLogger(__name__)
 
 _EPS = 1e-6
+# decoded stored tiles kept per process, so neighbouring reads (tiles smaller than the stored ones,
+# resampled reads overlapping by a few pixels, strips of a grid row) decode each stored tile once
+CACHE_BYTES = 32 << 20
 # tifffile photometric values: RGB = 2, YCbCr = 6
 _PHOTOMETRIC_OK = {2, 6}
 
@@ -80,9 +84,28 @@ class StoredLevels:
         self.levels = [(lv.width, lv.height, lv.stored and _identity(slide)) for lv in slide.levels]
         self._tif = None
         self._pages: dict[int, _Page | None] | None = None
+        self._cache: OrderedDict = OrderedDict()  # (level, tx, ty) -> decoded tile, least recent first
+        self._cached = 0
 
     def __getstate__(self):
-        return {"path": self.path, "levels": self.levels, "_tif": None, "_pages": None}
+        return {"path": self.path, "levels": self.levels, "_tif": None, "_pages": None, "_cache": OrderedDict(),
+                "_cached": 0}
+
+    def _tile(self, level: int, page: _Page, tx: int, ty: int) -> np.ndarray | None:
+        key = (level, tx, ty)
+        tile = self._cache.get(key)
+        if tile is not None:
+            self._cache.move_to_end(key)
+            return tile
+        tile = page.tile(self._tif.filehandle, tx, ty)
+        if tile is None:
+            return None
+        self._cache[key] = tile
+        self._cached += tile.nbytes
+        while self._cached > CACHE_BYTES and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self._cached -= old.nbytes
+        return tile
 
     def _open(self) -> dict[int, _Page | None]:
         if self._pages is not None:
@@ -116,11 +139,10 @@ class StoredLevels:
         x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, page.width), min(y + h, page.height)
         if x1 <= x0 or y1 <= y0:
             return out
-        fh = self._tif.filehandle
         for ty in range(y0 // page.tl, (y1 - 1) // page.tl + 1):
             for tx in range(x0 // page.tw, (x1 - 1) // page.tw + 1):
                 try:
-                    tile = page.tile(fh, tx, ty)
+                    tile = self._tile(level, page, tx, ty)
                 except Exception as exc:  # noqa: BLE001 - codec errors name the slide
                     raise SlideError(f"cannot decode stored tile ({tx}, {ty}) of level {level}: {exc}",
                                      path=self.path, fix="Check that the slide file is complete and not corrupt") \
@@ -148,12 +170,20 @@ def aligned_level(slide: Slide, x: float, y: float, scale: float) -> tuple[int, 
 def read_tile_pixels(slide: Slide, stored: StoredLevels | None, x: float, y: float, width_px: int,
                      height_px: int, scale: float, pad_value: int = 255) -> np.ndarray:
     """RGB uint8 (height_px, width_px, 3) whose top-left is level-0 (x, y), `scale` level-0 px per
-    pixel: the stored tiles decoded directly where the grid aligns with a stored level, otherwise
-    `Slide.read_region` (same pixels for lossless slides; for JPEG both decode with libjpeg-turbo)."""
+    pixel: the stored tiles decoded directly where the grid aligns with a stored level; otherwise
+    `Slide.read_region`'s resampling, of the level's stored tiles decoded directly where that level
+    has them (else read through large-image). Same pixels either way for lossless slides; for JPEG
+    both decode with libjpeg-turbo."""
     if stored is not None:
         aligned = aligned_level(slide, x, y, scale)
         if aligned is not None:
             image = stored.read(aligned[0], aligned[1], aligned[2], width_px, height_px, pad_value)
             if image is not None:
                 return image
+        elif stored.available(slide.best_level(scale)):
+            def read_level(level: int, lx: int, ly: int, w: int, h: int, pad: int) -> np.ndarray:
+                image = stored.read(level, lx, ly, w, h, pad)
+                return image if image is not None else slide.read_level(level, lx, ly, w, h, pad)
+
+            return slide.read_region(x, y, width_px, height_px, scale, pad_value=pad_value, level_reader=read_level)
     return slide.read_region(x, y, width_px, height_px, scale, pad_value=pad_value)

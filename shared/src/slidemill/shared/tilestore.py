@@ -14,7 +14,9 @@ Three stores (`TileStoreInfo.kind` in the tileset manifest):
   (`shapes.json`, level-0 WKB) so train can draw random patches.
 
 `open_tileset(path)` gives a `TilesetReader` whose `read(i)` returns the same (image, mask) for the
-lossless stores. It is picklable (file handles reopen in each process), for DataLoader workers.
+lossless stores. It is picklable (file handles reopen in each process), for DataLoader workers. Its
+`table` holds the tile rows as numpy columns (`slidemill.shared.tiletable`), whether the manifest
+streams them to a rows file (1.2) or inlines them (before 1.2).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy as np
 from .contracts import TileSet, TileStoreInfo, load_contract
 from .errors import InputError, MissingInputError
 from .files import resolve_in
+from .tiletable import TileTable, read_tile_table
 
 CONTAINER_NAME = "tiles.zarr.zip"
 SHAPES_NAME = "shapes.json"
@@ -182,8 +185,11 @@ class TilesetReader:
     manifest: Path
     tileset: TileSet
     slide_path: Path | None = None
+    table: TileTable | None = None
 
     def __post_init__(self):
+        if self.table is None:
+            self.table = read_tile_table(self.manifest, self.tileset)
         self.store = self.tileset.store
         self.tile_px = self.tileset.params.tile_size_px
         self._group = None
@@ -203,7 +209,11 @@ class TilesetReader:
         return state
 
     def __len__(self) -> int:
-        return len(self.tileset.tiles)
+        return len(self.table)
+
+    def records(self):
+        """The tile rows as `TileRecord`s, in index order (one at a time)."""
+        return iter(self.table)
 
     @property
     def base(self) -> Path:
@@ -249,19 +259,22 @@ class TilesetReader:
                                 self.tileset.params.pad_value)
 
     def read(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
-        record = self.tileset.tiles[i]
+        table = self.table
         kind = self.store.kind
         if kind == "png":
-            return read_png_pair(resolve_in(self.base, record.image),
-                                 resolve_in(self.base, record.mask) if record.mask else None)
+            mask = table.masks[i]
+            return read_png_pair(resolve_in(self.base, table.images[i]),
+                                 resolve_in(self.base, mask) if mask else None)
+        row = table.rows[i]
+        index = int(row["index"])
         mask = None
         has_masks = self.tileset.classes is not None
         if has_masks:
-            mask = np.asarray(self._container()["masks"][record.index])
+            mask = np.asarray(self._container()["masks"][index])
         if kind == "zarr":
-            image = np.asarray(self._container()["images"][record.index])
+            image = np.asarray(self._container()["images"][index])
         else:
-            image = self.read_image_at(record.x, record.y)
+            image = self.read_image_at(float(row["x"]), float(row["y"]))
         return image, mask
 
 

@@ -2,7 +2,7 @@
 QuPath GeoJSON of every version, ASAP and ImageScope XML) and the one streaming writer (`writing`),
 used by tile, postprocess, merge-annotations and to-qupath alike."""
 
-from .model import (
+from .objects import (
     DERIVED_CLASS_JOINER,
     OBJECT_TYPES,
     AnnotationShape,

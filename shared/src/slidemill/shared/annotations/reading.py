@@ -32,7 +32,7 @@ from ..classes import argb_int_to_rgb
 from ..contracts import AnnotationSet, describe_validation_error, parse_contract
 from ..errors import ContractError, InputError
 from ..files import require_file
-from .model import AnnotationShape, ReadResult, join_class_names, make_valid_polygonal
+from .objects import AnnotationShape, ReadResult, join_class_names, make_valid_polygonal
 from .xml_formats import shapes_from_asap, shapes_from_imagescope
 
 _FIX = ("Give a slidemill annotations file, a QuPath GeoJSON export (File > Export objects as GeoJSON), "

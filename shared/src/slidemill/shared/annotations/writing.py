@@ -32,7 +32,7 @@ from shapely.geometry import MultiPolygon, Polygon, mapping
 
 from ..classes import ClassTable, default_color
 from ..files import atomic_write
-from .model import OBJECT_TYPES, AnnotationShape, make_valid_polygonal
+from .objects import OBJECT_TYPES, AnnotationShape, make_valid_polygonal
 
 log = logging.getLogger(__name__)
 

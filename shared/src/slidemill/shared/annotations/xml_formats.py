@@ -22,7 +22,7 @@ import shapely
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
-from .model import AnnotationShape, ReadResult
+from .objects import AnnotationShape, ReadResult
 
 log = logging.getLogger(__name__)
 

@@ -1,52 +1,27 @@
-"""The validated settings of one inference run."""
+"""The validated settings of one inference run; the command line is made from this model
+(slidemill.shared.command)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from slidemill.shared.command import (
+    API_ONLY,
+    Cli,
+    DeviceName,
+    SlideOptions,
+    device_field,
+    overwrite_field,
+    workers_field,
+)
 from slidemill.shared.contracts import Shard
 from slidemill.shared.errors import InputError
 from slidemill.shared.geometry import Region
 
 BLOCK_PX = 512  # TIFF tile size of the output rasters, and the unit shards are made of
-
-
-class InferConfig(BaseModel):
-    """Everything `slidemill.infer.run` needs. Geometry (tile size, resolution, normalisation) comes
-    from the model card, never from here."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    slide: Path = Field(description="the whole-slide image (file, or DICOM series folder)")
-    model_dir: Path = Field(description="folder with model-card.json and the ONNX file it names")
-    out: Path = Field(description="output folder (prediction.json, labels.tiff, probabilities.tiff, ...)")
-    overlap: float = Field(0.5, ge=0.0, le=0.9, description="fraction of the tile size neighbouring tiles share")
-    batch_size: int = Field(8, ge=1, le=4096, description="tiles per model call")
-    tissue_only: bool = Field(True, description="predict only tiles with tissue; other pixels get label 255")
-    tta: Literal["none", "flips"] = Field(
-        "none", description="test-time augmentation: flips averages the 4 horizontal/vertical flips")
-    region: Region | None = Field(None, description="level-0 rectangle to predict; null is the whole slide")
-    shard: Shard | None = Field(None, description="predict only this part (a band of output blocks) of the region")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto uses CUDA when onnxruntime has it")
-    fp16: bool = Field(False, description="on CUDA, run the model in float16 (inputs and outputs stay float32)")
-    workers: int = Field(0, ge=0, le=256, description="tile reading threads; 0 means one per CPU core")
-    slide_mpp: float | None = Field(None, gt=0, description="level-0 microns per pixel of the slide (override)")
-    channels: list[str] | None = Field(
-        None, description="channels to read, by name or 0-based index: 1 (grey) or 3 (R, G, B), as when tiling")
-    z: int | None = Field(None, ge=0, description="Z plane to read (files with several)")
-    t: int | None = Field(None, ge=0, description="time point to read (files with several)")
-    dicom_series: str | None = Field(None, description="SeriesInstanceUID to read from a folder of several")
-    allow_upsampling: bool = Field(False, description="allow a model more than 2x finer than the slide")
-    tissue_mode: Literal["auto", "brightfield", "darkfield"] = Field(
-        "auto", description="tissue detection for --tissue-only: brightfield, darkfield (fluorescence) or auto")
-    overwrite: bool = Field(False, description="replace an existing output folder")
-    memory_budget_mb: int = Field(
-        64, ge=8, le=65536, description="size of the probability accumulators in MB (sets the column chunk width)")
-    preview_size_px: int = Field(1024, ge=64, le=8192, description="longest side of each of preview.png's two "
-                                 "panels (slide, overlay) in pixels")
 
 
 def parse_shard(text: str) -> Shard:
@@ -74,8 +49,37 @@ def parse_region(text: str) -> Region:
                              "with width and height above 0") from None
 
 
-# config field -> option, for error messages (slidemill.shared.cli.option_error)
-OPTIONS = {"overlap": "--overlap", "batch_size": "--batch-size", "tissue_only": "--tissue-only", "tta": "--tta",
-           "region": "--region", "shard": "--shard", "device": "--device", "fp16": "--fp16", "workers": "--workers",
-           "slide_mpp": "--slide-mpp", "channels": "--channel", "dicom_series": "--dicom-series",
-           "allow_upsampling": "--allow-upsampling", "tissue_mode": "--tissue-mode", "model_dir": "MODEL_DIR"}
+class InferConfig(SlideOptions):
+    """Everything `slidemill.infer.run` needs. Geometry (tile size, resolution, normalisation) comes
+    from the model card, never from here."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    slide: Annotated[Path, Cli(argument=True, metavar="SLIDE...", must_exist="slide", batch=True)] = Field(
+        description="whole-slide image (or DICOM series folder); several slides, or a folder of them, are each "
+        "predicted into OUT/<slide name>/ with the model loaded once")
+    model_dir: Annotated[Path, Cli(argument=True, metavar="MODEL_DIR", must_exist="model folder")] = Field(
+        description="model folder: model-card.json and the ONNX file it names")
+    out: Annotated[Path, Cli("--out")] = Field(
+        description="output folder (prediction.json, labels.tiff, probabilities.tiff, preview.png, report.json)")
+    overlap: float = Field(0.5, ge=0.0, le=0.9, description="fraction of the tile size neighbouring tiles share")
+    batch_size: int = Field(8, ge=1, le=4096, description="tiles per model call")
+    tissue_only: Annotated[bool, Cli("--tissue-only", off="--everywhere")] = Field(
+        True, description="predict only where a tissue detector finds tissue (other pixels get label 255), or "
+        "everywhere")
+    tta: Literal["none", "flips"] = Field(
+        "none", description="test-time augmentation: flips averages the 4 horizontal/vertical flips")
+    region: Annotated[Region | None, Cli(parse=parse_region, metavar="X,Y,W,H")] = Field(
+        None, description="predict only this level-0 rectangle; default: the whole slide")
+    shard: Annotated[Shard | None, Cli(parse=parse_shard, metavar="I/N")] = Field(
+        None, description="predict shard I (0-based) of N: a band of the region holding about 1/N of the tissue. "
+        "The N outputs together equal one unsharded run")
+    device: DeviceName = device_field("auto uses CUDA when onnxruntime has it")
+    fp16: bool = Field(False, description="on CUDA, run the model in float16 (inputs and outputs stay float32)")
+    workers: int = workers_field(0, "tile reading threads")
+    overwrite: bool = overwrite_field("output folder")
+    memory_budget_mb: Annotated[int, API_ONLY] = Field(
+        64, ge=8, le=65536, description="size of the probability accumulators in MB (sets the column chunk width)")
+    preview_size_px: Annotated[int, API_ONLY] = Field(
+        1024, ge=64, le=8192, description="longest side of each of preview.png's two panels (slide, overlay) in "
+        "pixels")

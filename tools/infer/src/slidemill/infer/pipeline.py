@@ -19,7 +19,7 @@ import numpy as np
 from slidemill.shared.cli import Progress
 
 from .grid import Chunk, Grid, plans
-from .raster import RasterSpec, Spill, deflate
+from .prediction_raster import RasterSpec, Spill, deflate
 
 log = logging.getLogger(__name__)
 

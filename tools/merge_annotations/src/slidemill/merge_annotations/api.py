@@ -23,15 +23,13 @@ from shapely.geometry import Polygon
 
 from slidemill.shared.annotations import AnnotationShape, not_kept, read_annotation_file, write_annotations
 from slidemill.shared.classes import default_color
-from slidemill.shared.cli import package_version
 from slidemill.shared.contracts import Provenance
 from slidemill.shared.errors import InputError
-from slidemill.shared.files import prepare_output_file
-from slidemill.shared.report import ReportBuilder
-from slidemill.shared.shapes import dissolve, drop_small, polygon_parts, report_path_for, sort_polygons
+from slidemill.shared.lifecycle import ToolRun
+from slidemill.shared.shapes import dissolve, drop_small, polygon_parts, sort_polygons
 
+from .common_slide import common_mpp, common_slide
 from .config import MergeConfig
-from .inputs import common_mpp, common_slide
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +95,14 @@ def merged_objects(polygons: list[Polygon], sources: list[AnnotationShape],
 
 
 def run(config: MergeConfig, *, argv: list[str] | None = None) -> MergeResult:
-    """Merge the shapes of `config.inputs` (see the module docs)."""
-    version = package_version(TOOL)
-    report = ReportBuilder(TOOL, version, argv)
+    """Merge the shapes of `config.inputs` (see the module docs). The lifecycle (output refused or
+    replaced, staging, report, failed report) is slidemill.shared.lifecycle's."""
+    with ToolRun(TOOL, argv, out=config.out, kind="file", overwrite=config.overwrite) as life:
+        return _merge(config, life)
+
+
+def _merge(config: MergeConfig, life: ToolRun) -> MergeResult:
+    report, version = life.report, life.report.version
     with report.timed("read"):
         files = [read_annotation_file(Path(p)) for p in config.inputs]
     for f in files:
@@ -113,11 +116,8 @@ def run(config: MergeConfig, *, argv: list[str] | None = None) -> MergeResult:
     if config.min_area_um2 and mpp is None:
         raise InputError("--min-area-um2 needs the slide's microns per pixel, and no input says it",
                          fix="Pass --slide-mpp")
-    out = prepare_output_file(config.out, overwrite=config.overwrite)
-    report_path = report_path_for(out)
-    if report_path.resolve() == out.resolve():
-        raise InputError("--out must not end in .report.json (the report is written beside it)", path=out,
-                         fix="Use a .geojson name")
+    life.check_output()
+    out = life.out
     if not any(f.slide for f in files):
         report.warn("no input names its slide (plain QuPath exports?); make sure all come from one slide")
     elif not all(f.slide for f in files):
@@ -160,6 +160,7 @@ def run(config: MergeConfig, *, argv: list[str] | None = None) -> MergeResult:
     if passed:
         log.info("%d detection/cell/tile objects are written as they came (only annotations are merged)", len(passed))
 
+    stage = life.start()
     min_area_px = config.min_area_um2 / (mpp * mpp) if config.min_area_um2 else 0.0
     objects: list[AnnotationShape] = []
     dropped = lost = 0
@@ -182,7 +183,7 @@ def run(config: MergeConfig, *, argv: list[str] | None = None) -> MergeResult:
         "max_gap_px": gap, "min_area_um2": config.min_area_um2, "classes": config.classes, "mpp": mpp})
     colors_out = {n: (c or default_color(n)) for n, c in colors.items() if n}
     with report.timed("write"):
-        stats = write_annotations(out, objects + passed, colors=colors_out, slide=slide, mpp=mpp,
+        stats = write_annotations(stage / out.name, objects + passed, colors=colors_out, slide=slide, mpp=mpp,
                                   provenance=provenance)
     vanished = stats.dropped
     names = [n for n in dict.fromkeys(k[0] for k in order)] + [sh.class_name for sh in passed]
@@ -206,7 +207,6 @@ def run(config: MergeConfig, *, argv: list[str] | None = None) -> MergeResult:
         report.warn(message)
     for name, count in per_class.items():
         report.count(f"features.{name}", count)
-    report.write(report_path)
     log.info("wrote %d features to %s", stats.written, out)
-    return MergeResult(out=out, report=report_path, features=stats.written,
+    return MergeResult(out=out, report=life.report_path, features=stats.written,
                        features_per_class=per_class, shapes_in=shapes_in, repaired=repaired, skipped=skipped)

@@ -11,16 +11,15 @@ import shapely
 from shapely.geometry import Polygon
 
 from slidemill.shared.annotations import write_annotations
-from slidemill.shared.cli import Progress, package_version, worker_count
+from slidemill.shared.cli import Progress, worker_count
 from slidemill.shared.contracts import Prediction, Provenance
 from slidemill.shared.errors import InputError
-from slidemill.shared.files import prepare_output_file
-from slidemill.shared.report import ReportBuilder
-from slidemill.shared.shapes import annotation_objects, drop_small, report_path_for
+from slidemill.shared.lifecycle import ToolRun
+from slidemill.shared.shapes import annotation_objects, drop_small
 
 from . import cleanup
 from .config import PostprocessConfig
-from .raster import combine_shards, load_prediction, open_labels
+from .label_raster import combine_shards, load_prediction, open_labels
 from .vectorise import MaskOps, chunk_windows, vectorise_file
 
 log = logging.getLogger(__name__)
@@ -92,17 +91,19 @@ def clip_rect(prediction: Prediction) -> cleanup.Rect:
 
 def run(config: PostprocessConfig, *, argv: list[str] | None = None) -> PostprocessResult:
     """Vectorise a prediction's label raster (or the stacked rasters of all shards of one sharded
-    prediction) into an `annotations` file (see the package docs)."""
-    version = package_version(TOOL)
-    report = ReportBuilder(TOOL, version, argv)
+    prediction) into an `annotations` file (see the package docs). The lifecycle (output refused or
+    replaced, staging, report, failed report) is slidemill.shared.lifecycle's."""
+    with ToolRun(TOOL, argv, out=config.out, kind="file", overwrite=config.overwrite) as life:
+        return _vectorise(config, life)
+
+
+def _vectorise(config: PostprocessConfig, life: ToolRun) -> PostprocessResult:
+    report, version = life.report, life.report.version
     shards = [load_prediction(path) for path in config.prediction]
     prediction, shards = combine_shards(shards)
     classes, background_left_out = selected_classes(prediction, config.classes, config.include_background)
-    out = prepare_output_file(config.out, overwrite=config.overwrite)
-    report_path = report_path_for(out)
-    if report_path.resolve() == out.resolve():
-        raise InputError("--out must not end in .report.json (the report is written beside it)", path=out,
-                         fix="Use a .geojson name")
+    life.check_output()
+    out = life.out
     ops = mask_ops(config, prediction.mpp)
     px_area = prediction.mpp ** 2  # µm² per raster pixel
     parts = []
@@ -117,6 +118,7 @@ def run(config: PostprocessConfig, *, argv: list[str] | None = None) -> Postproc
         report.warn(f"shard {prediction.shard.index}/{prediction.shard.count} post-processed alone: shapes "
                     "cut by the shard border are filtered, filled and smoothed as the pieces they are here; "
                     "give every shard's folder to one run to clean the slide as a whole")
+    stage = life.start()
     workers = worker_count(config.workers)
     log.info("vectorising %s (%d x %d raster px, %d classes, chunks of %d px, halo %d px, %d worker(s))",
              prediction.slide.name, spec.width, spec.height, len(classes), config.chunk_px, ops.halo_px, workers)
@@ -153,7 +155,7 @@ def run(config: PostprocessConfig, *, argv: list[str] | None = None) -> Postproc
         report.warn(f"background class(es) {', '.join(repr(n) for n in background_left_out)} were not vectorised "
                     "(the class table marks them as glass); pass --include-background to get them too")
     with report.timed("write"):
-        written = write_annotations(out, annotation_objects(polygons_by_class, classes=prediction.classes),
+        written = write_annotations(stage / out.name, annotation_objects(polygons_by_class, classes=prediction.classes),
                                     classes=prediction.classes, mpp=mpp0, slide=prediction.slide,
                                     provenance=provenance)
     vanished = written.dropped
@@ -174,7 +176,6 @@ def run(config: PostprocessConfig, *, argv: list[str] | None = None) -> Postproc
         report.warn(f"--simplify-um {config.simplify_um}: {degenerate} shape(s) became smaller than one raster "
                     f"pixel and {vanished_simplify} vanished; a smaller tolerance keeps small shapes")
     report.count("shapes_vanished_on_snap", vanished)
-    report.write(report_path)
     log.info("wrote %d features to %s", written.written, out)
-    return PostprocessResult(out=out, report=report_path, features=written.written,
+    return PostprocessResult(out=out, report=life.report_path, features=written.written,
                              features_per_class=per_class)

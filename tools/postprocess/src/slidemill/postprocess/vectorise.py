@@ -319,7 +319,7 @@ def _worker_init(parts_json: list[tuple[str, str]], height: int, width: int, lab
                  ops: MaskOps) -> None:
     from slidemill.shared.contracts import RasterFile
 
-    from .raster import StackedLabels
+    from .label_raster import StackedLabels
 
     parts = [(Path(path), RasterFile.model_validate_json(spec)) for path, spec in parts_json]
     _WORKER.update(raster=StackedLabels(parts), height=height, width=width, labels=labels, ops=ops)
@@ -342,7 +342,7 @@ def vectorise_file(
     """`vectorise_raster` of label TIFFs stacked top to bottom as one raster (one TIFF, or the
     shards of one prediction), its chunks spread over `workers` processes (at most two chunks in
     flight per worker, so memory stays bounded by the chunk size times the workers)."""
-    from .raster import StackedLabels
+    from .label_raster import StackedLabels
 
     wanted = [int(v) for v in labels]
     parts = list(parts)

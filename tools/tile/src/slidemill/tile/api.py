@@ -17,11 +17,12 @@ import cv2
 import numpy as np
 
 from slidemill.shared.classes import IGNORE_LABEL
-from slidemill.shared.cli import Progress, package_version, worker_count
+from slidemill.shared.cli import Progress, worker_count
 from slidemill.shared.contracts import TileRecord, TileSet, TileStoreInfo, TilingParams, save_contract
 from slidemill.shared.errors import InputError
-from slidemill.shared.files import prepare_output_dir, staged_dir
+from slidemill.shared.lifecycle import ToolRun
 from slidemill.shared.report import ReportBuilder
+from slidemill.shared.stain import SlideStain, fit_slide_stain
 from slidemill.shared.tilestore import (
     CONTAINER_NAME,
     IMAGE_CODECS,
@@ -30,6 +31,7 @@ from slidemill.shared.tilestore import (
     open_tileset,
     write_shapes,
 )
+from slidemill.shared.tiletable import ROWS_NAME, TileRowWriter
 
 from . import render
 from .config import TileConfig
@@ -130,8 +132,10 @@ def iter_tiles(slide: TileConfig | str | Path, *, workers: int = 1, plan: TilePl
         return
     plan = plan or plan_tiles(slide, **options)
     if workers <= 1 or len(plan) <= 1:
-        for i in range(len(plan)):
-            yield plan.tile(i)
+        renderer = plan.renderer
+        for batch in _chunks(plan.specs, batch_size(renderer.tile_size_px, len(plan), 1)):
+            for spec, image, mask in render.render_batch(renderer, batch):
+                yield Tile(spec=spec, image=image, mask=mask, class_fractions=renderer.class_fractions(mask))
         return
     with _executor(plan, workers) as pool:
         size = batch_size(plan.renderer.tile_size_px, len(plan), workers)
@@ -149,7 +153,7 @@ def read_tileset(path: str | Path, *, slide: str | Path | None = None) -> Iterat
     """Every tile of a written tileset (png, zarr or refs store; `slide` gives a refs tileset's slide
     again when it moved), as `Tile`s in manifest order, through the shared tileset reader."""
     reader = open_tileset(path, slide=slide)
-    for i, r in enumerate(reader.tileset.tiles):
+    for i, r in enumerate(reader.records()):
         image, mask = reader.read(i)
         spec = TileSpec(index=r.index, row=r.row, col=r.col, x=r.x, y=r.y, width=r.width, height=r.height,
                         pad_right_px=r.pad_right_px, pad_bottom_px=r.pad_bottom_px, tissue_fraction=r.tissue_fraction)
@@ -190,9 +194,9 @@ def draw_preview(plan: TilePlan) -> np.ndarray:
                     cv2.fillPoly(overlay, [hole], (255, 255, 255))
                 cv2.polylines(img, [ext], True, color, 1)
         img = cv2.addWeighted(overlay, 0.35, img, 0.65, 0)
-    for spec in plan.specs:
-        x0, y0 = round(spec.x / scale), round(spec.y / scale)
-        x1, y1 = round((spec.x + spec.width) / scale), round((spec.y + spec.height) / scale)
+    rows = plan.specs.rows
+    corners = np.stack([rows["x"], rows["y"], rows["x"] + rows["width"], rows["y"] + rows["height"]], axis=1)
+    for x0, y0, x1, y1 in np.round(corners / scale).astype(np.int64).tolist():
         cv2.rectangle(img, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), TILE_RGB, 1)
     from slidemill.shared.preview import class_entries, compose
 
@@ -208,14 +212,22 @@ def draw_preview(plan: TilePlan) -> np.ndarray:
 # --- the command -------------------------------------------------------------------------------
 
 
-def _records(plan: TilePlan, fractions: dict[int, dict[str, float]], store: str) -> list[TileRecord]:
-    files = store == "png"
-    masks = files and plan.classes is not None
-    return [TileRecord(index=s.index, col=s.col, row=s.row, x=s.x, y=s.y, width=s.width, height=s.height,
-                       pad_right_px=s.pad_right_px, pad_bottom_px=s.pad_bottom_px,
-                       tissue_fraction=s.tissue_fraction, class_fractions=fractions.get(s.index, {}),
-                       image=f"tiles/{s.stem}.png" if files else None, mask=f"masks/{s.stem}.png" if masks else None)
-            for s in plan.specs]
+class _Rows:
+    """The manifest's tile rows, streamed to the rows file as tiles are finished (in index order):
+    nothing per tile stays in memory."""
+
+    def __init__(self, plan: TilePlan, store: str, writer: TileRowWriter):
+        self.plan, self.writer = plan, writer
+        self.files = store == "png"
+        self.masks = self.files and plan.classes is not None
+
+    def add(self, index: int, fractions: dict[str, float]) -> None:
+        s = self.plan.specs[index]
+        self.writer.add(TileRecord(
+            index=s.index, col=s.col, row=s.row, x=s.x, y=s.y, width=s.width, height=s.height,
+            pad_right_px=s.pad_right_px, pad_bottom_px=s.pad_bottom_px, tissue_fraction=s.tissue_fraction,
+            class_fractions=fractions, image=f"tiles/{s.stem}.png" if self.files else None,
+            mask=f"masks/{s.stem}.png" if self.masks else None))
 
 
 def _slide_path_from(out: Path, slide: Path) -> str:
@@ -241,32 +253,34 @@ def _store_info(config: TileConfig, out: Path) -> TileStoreInfo:
 
 def _store_outputs(config: TileConfig, plan: TilePlan) -> list[str]:
     if config.store == "png":
-        return ["tiles", "masks"] if plan.classes is not None else ["tiles"]
-    return [CONTAINER_NAME, SHAPES_NAME] if config.store == "refs" and config.annotations else [CONTAINER_NAME]
+        return [ROWS_NAME, "tiles", "masks"] if plan.classes is not None else [ROWS_NAME, "tiles"]
+    if config.store == "refs" and config.annotations:
+        return [ROWS_NAME, CONTAINER_NAME, SHAPES_NAME]
+    return [ROWS_NAME, CONTAINER_NAME]
 
 
-def _write_png_store(plan: TilePlan, config: TileConfig, stage: Path, workers: int,
-                     fractions: dict[int, dict[str, float]], progress: Progress) -> None:
+def _write_png_store(plan: TilePlan, config: TileConfig, stage: Path, workers: int, rows: _Rows,
+                     progress: Progress) -> None:
     (stage / "tiles").mkdir()
     if plan.classes is not None:
         (stage / "masks").mkdir()
+    size = batch_size(config.tile_size_px, len(plan), workers)
     if workers <= 1:
-        for spec in plan.specs:
-            index, frac = plan.renderer.write(stage, spec, config.png_compression)
-            fractions[index] = frac
-            progress.advance()
+        for batch in _chunks(plan.specs, size):
+            for index, frac in render.write_batch(plan.renderer, stage, config.png_compression, batch):
+                rows.add(index, frac)
+            progress.advance(len(batch))
         return
     with _executor(plan, workers) as pool:
-        size = batch_size(config.tile_size_px, len(plan), workers)
         for batch in _bounded_map(pool, render.worker_write, _chunks(plan.specs, size), 3 * workers,
                                   stage, config.png_compression):
             for index, frac in batch:
-                fractions[index] = frac
+                rows.add(index, frac)
             progress.advance(len(batch))
 
 
-def _write_container_store(plan: TilePlan, config: TileConfig, stage: Path, workers: int,
-                           fractions: dict[int, dict[str, float]], progress: Progress) -> None:
+def _write_container_store(plan: TilePlan, config: TileConfig, stage: Path, workers: int, rows: _Rows,
+                           progress: Progress) -> None:
     """zarr: images and masks in one zip container; refs: masks only (no pixel of the slide read).
     Workers render and encode; this process only appends the chunks to the zip."""
     codec = config.image_codec if config.store == "zarr" else None
@@ -276,13 +290,15 @@ def _write_container_store(plan: TilePlan, config: TileConfig, stage: Path, work
     writer = ContainerWriter(stage / CONTAINER_NAME, len(plan), config.tile_size_px, codec=codec, masks=masks)
     try:
         if codec is None and not masks:
-            progress.advance(len(plan))  # positions only: nothing to read or draw
+            for index in range(len(plan)):  # positions only: nothing to read or draw
+                rows.add(index, {})
+            progress.advance(len(plan))
         elif workers <= 1:
-            for spec in plan.specs:
-                index, frac, image, mask = plan.renderer.encode(spec, codec)
-                writer.put(index, image, mask)
-                fractions[index] = frac
-                progress.advance()
+            for batch in _chunks(plan.specs, batch_size(config.tile_size_px, len(plan), 1)):
+                for index, frac, image, mask in render.encode_batch(plan.renderer, codec, batch):
+                    writer.put(index, image, mask)
+                    rows.add(index, frac)
+                progress.advance(len(batch))
         else:
             size = batch_size(config.tile_size_px, len(plan), workers)
             with _executor(plan, workers) as pool:
@@ -290,10 +306,27 @@ def _write_container_store(plan: TilePlan, config: TileConfig, stage: Path, work
                                           codec):
                     for index, frac, image, mask in batch:
                         writer.put(index, image, mask)
-                        fractions[index] = frac
+                        rows.add(index, frac)
                     progress.advance(len(batch))
     finally:
         writer.close()
+
+
+def fit_stain_models(plan: TilePlan, report: ReportBuilder) -> SlideStain:
+    """Both stain models of the plan's slide, fitted once on the tissue thumbnail the plan already holds
+    (`fit_slide_stain`), for train's --stain-normalisation; what was not fitted is logged and warned with why."""
+    stain = fit_slide_stain(plan.renderer.open(), plan.tissue, tissue_mpp=plan.config.tissue_mpp)
+    fitted = [m for m in ("macenko", "reinhard") if stain.get(m) is not None]
+    report.environment["stain_fitted"] = ",".join(fitted) or "none"
+    if fitted:
+        log.info("%s: stain models fitted on the tissue thumbnail: %s", plan.slide_ref.name, ", ".join(fitted))
+    reasons = sorted(set(stain.not_fitted.values()))
+    for reason in reasons:
+        methods = " and ".join(m.capitalize() for m, r in stain.not_fitted.items() if r == reason)
+        message = f"{methods} stain model(s) not fitted: {reason} (train's --stain-normalisation cannot use it)"
+        log.info("%s: %s", plan.slide_ref.name, message)
+        report.warn(message)
+    return stain
 
 
 def run(config: TileConfig, *, argv: list[str] | None = None) -> TileResult:
@@ -301,8 +334,13 @@ def run(config: TileConfig, *, argv: list[str] | None = None) -> TileResult:
     tissue mask, preview and report."""
     if config.out is None:
         raise InputError("no output folder given", fix="Pass --out DIR")
-    out = prepare_output_dir(config.out, overwrite=config.overwrite)
-    report = ReportBuilder(TOOL, package_version(TOOL), argv)
+    with ToolRun(TOOL, argv, out=config.out, kind="folder", overwrite=config.overwrite) as life:
+        life.check_output()
+        return _tile(config, life)
+
+
+def _tile(config: TileConfig, life: ToolRun) -> TileResult:
+    out, report = life.out, life.report
     t0 = time.perf_counter()
     with report.timed("plan"):
         plan = make_plan(config)
@@ -311,50 +349,53 @@ def run(config: TileConfig, *, argv: list[str] | None = None) -> TileResult:
     workers = min(worker_count(config.workers), max(1, len(plan) // MIN_TILES_PER_WORKER))
     if not plan.specs:
         report.warn(f"the tileset is empty: {plan.empty_reason}")
+    with report.timed("stain"):
+        stain = fit_stain_models(plan, report)
     log.info("%s: %d of %d tiles to write (%d x %d px at %.4g um/px, %d worker(s))", plan.slide_ref.name,
              len(plan), plan.grid_cols * plan.grid_rows, config.tile_size_px, config.tile_size_px,
              config.target_mpp, workers)
-    fractions: dict[int, dict[str, float]] = {}
-    with staged_dir(out, overwrite=config.overwrite) as stage:
-        with report.timed("tiles"), Progress(len(plan), "tiles", "tiles") as progress:
-            if config.store == "png":
-                _write_png_store(plan, config, stage, workers, fractions, progress)
-            else:
-                _write_container_store(plan, config, stage, workers, fractions, progress)
-        with report.timed("write"):
-            write_png(stage / "tissue.png", plan.tissue.mask.astype(np.uint8) * 255, 6)
-            write_png(stage / "preview.png", draw_preview(plan), 6)
-            params = TilingParams(mpp=config.target_mpp, tile_size_px=config.tile_size_px,
-                                  overlap_px=config.overlap_px,
-                                  tissue_threshold=None if config.all_tiles else config.tissue_threshold,
-                                  annotated_only=config.annotated_only, background_class=config.background_class,
-                                  tissue_mode=plan.tissue_mode)
-            tileset = TileSet(slide=plan.slide_ref, params=params, mapping=plan.mapping, classes=plan.classes,
-                              tissue_mask="tissue.png", preview="preview.png", store=_store_info(config, out),
-                              tiles=_records(plan, fractions, config.store))
-            # readable when small; one line when large (100,000 tiles stay a quick read)
-            save_contract(tileset, stage / "tileset.json", indent=1 if len(plan) <= 5000 else None)
-        megapixels = len(plan) * config.tile_size_px ** 2 / 1e6
-        seconds = time.perf_counter() - t0
-        report.inputs = [str(config.slide), *(str(a) for a in config.annotations)]
-        if config.classes_file:
-            report.inputs.append(str(config.classes_file))
-        report.outputs = [str(out / n) for n in ("tileset.json", *_store_outputs(config, plan), "tissue.png",
-                                                       "preview.png")]
-        stats = plan.stats
-        report.counts.update({
-            "tiles_written": len(plan), "grid_tiles": plan.grid_cols * plan.grid_rows,
-            "grid_cols": plan.grid_cols, "grid_rows": plan.grid_rows, "megapixels": round(megapixels, 3),
-            "workers": workers, "tissue_fraction_of_slide": round(float(plan.tissue.mask.mean()), 4),
-            "annotation_files": stats.files, "annotations_read": stats.shapes, "annotations_used": stats.used,
-            "annotations_repaired": stats.repaired, "annotations_skipped": stats.skipped,
-            "annotations_unclassified_skipped": stats.unclassified, "annotations_outside_slide": stats.outside,
-        })
-        report.counts["megapixels_per_s"] = round(megapixels / max(report.timings_s.get("tiles", 0), 1e-9), 3)
-        report.environment["slide_reader"] = plan.slide_ref.reader
-        report.environment["tissue_mode"] = plan.tissue_mode
-        report.environment["tile_store"] = config.store
-        report.write(stage / "report.json")
+    stage = life.start()
+    with (report.timed("tiles"), Progress(len(plan), "tiles", "tiles") as progress,
+          TileRowWriter(stage / ROWS_NAME) as writer):
+        rows = _Rows(plan, config.store, writer)
+        if config.store == "png":
+            _write_png_store(plan, config, stage, workers, rows, progress)
+        else:
+            _write_container_store(plan, config, stage, workers, rows, progress)
+    if writer.count != len(plan):
+        raise RuntimeError(f"wrote {writer.count} tile rows for {len(plan)} tiles")
+    with report.timed("write"):
+        write_png(stage / "tissue.png", plan.tissue.mask.astype(np.uint8) * 255, 6)
+        write_png(stage / "preview.png", draw_preview(plan), 6)
+        params = TilingParams(mpp=config.target_mpp, tile_size_px=config.tile_size_px,
+                              overlap_px=config.overlap_px,
+                              tissue_threshold=None if config.all_tiles else config.tissue_threshold,
+                              annotated_only=config.annotated_only, background_class=config.background_class,
+                              tissue_mode=plan.tissue_mode)
+        tileset = TileSet(slide=plan.slide_ref, params=params, mapping=plan.mapping, classes=plan.classes,
+                          tissue_mask="tissue.png", preview="preview.png", store=_store_info(config, out),
+                          stain=stain, tiles_file=ROWS_NAME, tile_count=len(plan))
+        save_contract(tileset, stage / "tileset.json", indent=1)
+    megapixels = len(plan) * config.tile_size_px ** 2 / 1e6
+    seconds = time.perf_counter() - t0
+    report.inputs = [str(config.slide), *(str(a) for a in config.annotations)]
+    if config.classes_file:
+        report.inputs.append(str(config.classes_file))
+    report.outputs = [str(out / n) for n in ("tileset.json", *_store_outputs(config, plan), "tissue.png",
+                                               "preview.png")]
+    stats = plan.stats
+    report.counts.update({
+        "tiles_written": len(plan), "grid_tiles": plan.grid_cols * plan.grid_rows,
+        "grid_cols": plan.grid_cols, "grid_rows": plan.grid_rows, "megapixels": round(megapixels, 3),
+        "workers": workers, "tissue_fraction_of_slide": round(float(plan.tissue.mask.mean()), 4),
+        "annotation_files": stats.files, "annotations_read": stats.shapes, "annotations_used": stats.used,
+        "annotations_repaired": stats.repaired, "annotations_skipped": stats.skipped,
+        "annotations_unclassified_skipped": stats.unclassified, "annotations_outside_slide": stats.outside,
+    })
+    report.counts["megapixels_per_s"] = round(megapixels / max(report.timings_s.get("tiles", 0), 1e-9), 3)
+    report.environment["slide_reader"] = plan.slide_ref.reader
+    report.environment["tissue_mode"] = plan.tissue_mode
+    report.environment["tile_store"] = config.store
     log.info("wrote %d tiles (%.1f MP) to %s in %.1f s", len(plan), megapixels, out, seconds)
     return TileResult(out=out, tileset=tileset, tiles_written=len(plan), megapixels=megapixels, seconds=seconds,
                       warnings=list(report.warnings))

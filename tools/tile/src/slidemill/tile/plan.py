@@ -25,7 +25,7 @@ from slidemill.shared.slide import Slide, open_slide
 from slidemill.shared.tissue import TissueMap, slide_tissue, tissue_mode
 
 from .config import TileConfig
-from .render import TileRenderer, TileSpec, valid_extent_px
+from .render import TileRenderer, TileSpec, TileSpecs, valid_extent_px
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ class TilePlan:
     renderer: TileRenderer
     tissue: TissueMap
     thumbnail: np.ndarray
-    specs: list[TileSpec]
+    specs: TileSpecs  # the kept tiles, compact (a sequence of TileSpec)
     grid_cols: int
     grid_rows: int
     annotation_shapes: list[LabelledShape]
@@ -230,7 +230,7 @@ def make_plan(config: TileConfig) -> TilePlan:
     rows = grid_starts(math.ceil(slide.height / scale - 1e-9), t, stride)
     if config.annotated_only:  # an Ignore* region alone does not make a tile worth keeping
         tree = shapely.STRtree([s.geometry for s in labelled if s.label != IGNORE_LABEL])
-    specs: list[TileSpec] = []
+    specs = TileSpecs(len(rows) * len(cols) if config.all_tiles else 0)
     for r, row_px in enumerate(rows):
         pad_bottom = t - valid_extent_px(slide.height, scale, row_px, t)
         for c, col_px in enumerate(cols):
@@ -240,9 +240,8 @@ def make_plan(config: TileConfig) -> TilePlan:
                 continue
             if config.annotated_only and not len(tree.query(box(x, y, x + size, y + size), predicate="intersects")):
                 continue
-            specs.append(TileSpec(index=len(specs), row=r, col=c, x=x, y=y, width=size, height=size,
-                                  pad_right_px=t - valid_extent_px(slide.width, scale, col_px, t),
-                                  pad_bottom_px=pad_bottom, tissue_fraction=fraction))
+            specs.append(len(specs), r, c, x, y, size, size, t - valid_extent_px(slide.width, scale, col_px, t),
+                         pad_bottom, fraction)
     label_names = {c.label: c.name for c in classes.classes} if classes else {}
     label_names.setdefault(IGNORE_LABEL, IGNORE_NAME)
     renderer = TileRenderer(slide_path=Path(config.slide), slide_mpp=config.slide_mpp, scale=scale,

@@ -11,6 +11,7 @@ command that runs it.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +21,13 @@ from slidemill.shared.classes import ClassTable
 from slidemill.shared.cli import package_version
 from slidemill.shared.contracts import ReportItem
 from slidemill.shared.errors import InputError, SlidemillError
-from slidemill.shared.files import prepare_output_dir
+from slidemill.shared.files import prepare_output_dir, prepare_output_file, write_text_atomic
 from slidemill.shared.qupath_project import (
     EXPORT_DIR,
     QuPathProject,
     export_command,
     read_project,
+    uri_to_path,
     write_export_script,
 )
 from slidemill.shared.report import ReportBuilder
@@ -70,6 +72,64 @@ def project_class_table(project: QuPathProject, annotations: list[list[Annotatio
                                else c for c in table.classes])
 
 
+IMAGE_LIST_COLUMNS = ["id", "name", "slide", "found_by", "annotations"]
+
+
+def image_list(project_path: Path, *, search_dirs: list[Path] | None = None) -> list[dict[str, str]]:
+    """Every image of the project, in project order, as the workflows fan out over them: `id` (entry ID),
+    `name` (image name), `slide` (the slide found for it, found the way `read_project` finds slides; when
+    none is found, the path its URI names, so the step that opens it fails naming where the project
+    says it is), `found_by` ("uri", "relative to the project", "search folder", or "" when not found) and
+    `annotations` (its exported `slidemill/annotations/<entryID>.geojson`, or ""). Paths are absolute, a
+    found slide's with its links resolved (a workflow engine may stage it through a link of its own).
+    Raises InputError for a project that does not parse."""
+    project = read_project(project_path, search_dirs=search_dirs or [])
+    rows = []
+    for image in project.images:
+        if image.slide is not None:
+            slide = str(image.slide.resolve())  # the file itself: a staged link may not be there later
+        else:
+            named = uri_to_path(image.uri) if image.uri else None
+            slide = str(named) if named is not None else ""
+            log.warning("entry %s (%s): %s", image.entry_id, image.name, image.problem or (
+                f"the slide was not found at {image.uri}, relative to the project, or in the --slide-dir folders "
+                "given"))
+        rows.append({"id": image.entry_id, "name": image.name, "slide": slide, "found_by": image.found_by or "",
+                     "annotations": str(image.annotations) if image.annotations is not None else ""})
+    return rows
+
+
+def write_image_list(project_path: Path, out: Path, *, search_dirs: list[Path] | None = None,
+                     overwrite: bool = False) -> list[dict[str, str]]:
+    """Write `image_list` to `out`: `.json` a JSON array of objects (Argo's `withParam`), `.tsv` a header
+    line of `IMAGE_LIST_COLUMNS` and one tab-separated line per image (the shell and Nextflow's
+    `splitCsv`). Raises InputError for another suffix, or for a TSV value holding a tab or a line
+    break (it could not be read back as it is)."""
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in {".json", ".tsv"}:
+        raise InputError("is neither .json nor .tsv, so the list's format cannot be told", path=out,
+                         fix="With --list-images, give --out images.json or --out images.tsv")
+    prepare_output_file(out, overwrite=overwrite)
+    rows = image_list(project_path, search_dirs=search_dirs)
+    if suffix == ".json":
+        text = "[\n" + ",\n".join(json.dumps(row, ensure_ascii=False) for row in rows) + ("\n" if rows else "") + "]\n"
+    else:
+        lines = ["\t".join(IMAGE_LIST_COLUMNS)]
+        for row in rows:
+            values = [row[c] for c in IMAGE_LIST_COLUMNS]
+            bad = [c for c, v in zip(IMAGE_LIST_COLUMNS, values, strict=True) if "\t" in v or "\n" in v or "\r" in v]
+            if bad:
+                raise InputError(f"entry {row['id']} has a tab or line break in its {', '.join(bad)}, which a "
+                                 "tab-separated list cannot hold", path=out,
+                                 fix="Give --out images.json instead, or rename the file")
+            lines.append("\t".join(values))
+        text = "\n".join(lines) + "\n"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out, text)
+    return rows
+
+
 def _annotation_objects(path: Path) -> list[AnnotationShape]:
     return [s for s in read_annotation_file(path).shapes if s.object_type == "annotation"]
 
@@ -102,8 +162,8 @@ def run_project(project_path: Path, config: TileConfig, *, search_dirs: list[Pat
             reason = (f"no exported annotations ({EXPORT_DIR}/{image.entry_id}.geojson is missing): run the "
                       "export script again")
         elif image.slide is None:
-            reason = (f"the slide was not found at {image.uri}, relative to the project, or in the --slide-dir "
-                      "folders given")
+            reason = image.problem or (f"the slide was not found at {image.uri}, relative to the project, or in "
+                                       "the --slide-dir folders given")
         else:
             objects[image.entry_id] = _annotation_objects(image.annotations)
             if not objects[image.entry_id]:

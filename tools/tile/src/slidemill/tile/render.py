@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,9 +13,10 @@ import numpy as np
 from slidemill.shared.classes import IGNORE_LABEL
 from slidemill.shared.errors import OutputError
 from slidemill.shared.rasterize import LabelledShape, Rasterizer
-from slidemill.shared.stored_tiles import StoredLevels, read_tile_pixels
+from slidemill.shared.stored_tiles import StoredLevels, aligned_level, read_tile_pixels
 from slidemill.shared.tilestore import encode_chunk, mask_codec
 from slidemill.shared.tilestore import image_codec as tile_image_codec
+from slidemill.shared.tiletable import COLUMNS
 
 from .pngenc import write_png
 
@@ -37,6 +39,54 @@ class TileSpec:
     @property
     def stem(self) -> str:
         return f"r{self.row:05d}_c{self.col:05d}"
+
+
+class TileSpecs(Sequence):
+    """The kept tiles of a plan, in order, as one numpy structured array (`COLUMNS`, ~60 bytes a
+    tile, against ~500 as `TileSpec` objects): `specs[i]` builds the `TileSpec`, `specs[a:b]` a list
+    of them (a worker's batch). `append` grows the array by doubling while the plan is made."""
+
+    def __init__(self, capacity: int = 0):
+        self._rows = np.zeros(max(capacity, 16), COLUMNS)
+        self._n = 0
+
+    def append(self, index: int, row: int, col: int, x: float, y: float, width: float, height: float,
+               pad_right_px: int, pad_bottom_px: int, tissue_fraction: float) -> None:
+        if self._n == len(self._rows):
+            self._rows = np.resize(self._rows, 2 * len(self._rows))
+        self._rows[self._n] = (index, col, row, x, y, width, height, pad_right_px, pad_bottom_px, tissue_fraction)
+        self._n += 1
+
+    @property
+    def rows(self) -> np.ndarray:
+        return self._rows[:self._n]
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _spec(self, i: int) -> TileSpec:
+        r = self._rows[i]
+        return TileSpec(index=int(r["index"]), row=int(r["row"]), col=int(r["col"]), x=float(r["x"]),
+                        y=float(r["y"]), width=float(r["width"]), height=float(r["height"]),
+                        pad_right_px=int(r["pad_right_px"]), pad_bottom_px=int(r["pad_bottom_px"]),
+                        tissue_fraction=float(r["tissue_fraction"]))
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self._spec(k) for k in range(*i.indices(self._n))]
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(i)
+        return self._spec(i)
+
+    def __iter__(self):
+        for k in range(self._n):
+            yield self._spec(k)
+
+
+# widest strip read at once (output pixels): a batch's strips stay within its own memory budget
+STRIP_MAX_PX = 8192
 
 
 @dataclass
@@ -82,6 +132,44 @@ class TileRenderer:
         image = read_tile_pixels(slide, self._stored, spec.x, spec.y, t, t, self.scale, self.pad_value)
         return image, self.render_mask(spec)
 
+    def read_images(self, specs: Sequence[TileSpec]) -> list[np.ndarray]:
+        """The RGB tiles (H, W, 3) of `specs`, the same pixels as `render` gives one by one. Where
+        the grid does not align with a stored level, each run of neighbours in one grid row
+        (consecutive columns) is one resampled read of the slide, cut in memory (a tile equals its
+        part of any larger read, bit for bit); a strip spans at most `STRIP_MAX_PX` output pixels.
+        Aligned tiles are crops of a level: read one by one, their stored tiles decoded directly
+        (and kept a while, `stored_tiles.CACHE_BYTES`, for tiles smaller than the stored ones)."""
+        slide = self.open()
+        t, stride = self.tile_size_px, self.stride_px
+        images: list[np.ndarray] = []
+        run: list[TileSpec] = []
+
+        def flush() -> None:
+            if not run:
+                return
+            first = run[0]
+            strip = read_tile_pixels(slide, self._stored, first.x, first.y, (len(run) - 1) * stride + t, t,
+                                     self.scale, self.pad_value)
+            images.extend(np.ascontiguousarray(strip[:, k * stride:k * stride + t]) for k in range(len(run)))
+            run.clear()
+
+        for spec in specs:
+            if aligned_level(slide, spec.x, spec.y, self.scale) is not None:
+                flush()  # a crop of a stored level: its stored tiles decode straight into the tile
+                images.append(read_tile_pixels(slide, self._stored, spec.x, spec.y, t, t, self.scale,
+                                               self.pad_value))
+                continue
+            if run:
+                first, k = run[0], len(run)
+                joins = (spec.row == first.row and spec.col == first.col + k
+                         and abs(spec.x - (first.x + k * stride * self.scale)) < 1e-6 and spec.y == first.y
+                         and (k * stride + t) <= STRIP_MAX_PX)
+                if not joins:
+                    flush()
+            run.append(spec)
+        flush()
+        return images
+
     def render_mask(self, spec: TileSpec) -> np.ndarray | None:
         """The tile's class mask (H, W) uint8, or None without annotations (no pixel of the slide read)."""
         self.open()
@@ -98,7 +186,12 @@ class TileRenderer:
     def class_fractions(self, mask: np.ndarray | None) -> dict[str, float]:
         if mask is None:
             return {}
-        counts = np.bincount(mask.ravel(), minlength=256)
+        if mask.size < 1 << 24:  # float32 counts are exact below 2**24; cv2's histogram is ~4x np.bincount
+            import cv2
+
+            counts = cv2.calcHist([np.ascontiguousarray(mask)], [0], None, [256], [0, 256]).ravel().astype(np.int64)
+        else:
+            counts = np.bincount(mask.ravel(), minlength=256)
         total = mask.size
         out = {}
         for label in np.flatnonzero(counts):
@@ -106,8 +199,9 @@ class TileRenderer:
             out[name] = round(float(counts[label]) / total, 6)
         return dict(sorted(out.items()))
 
-    def write(self, folder: Path, spec: TileSpec, png_compression: int) -> tuple[int, dict[str, float]]:
-        image, mask = self.render(spec)
+    def write(self, folder: Path, spec: TileSpec, png_compression: int,
+              rendered: tuple[np.ndarray, np.ndarray | None] | None = None) -> tuple[int, dict[str, float]]:
+        image, mask = rendered if rendered is not None else self.render(spec)
         for sub, pixels in (("tiles", image), ("masks", mask)):
             if pixels is None:
                 continue
@@ -119,12 +213,15 @@ class TileRenderer:
                                   fix="Check free space and permissions") from None
         return spec.index, self.class_fractions(mask)
 
-    def encode(self, spec: TileSpec, image_codec: str | None) -> tuple[int, dict[str, float], bytes | None,
-                                                                        bytes | None]:
+    def encode(self, spec: TileSpec, image_codec: str | None,
+               rendered: tuple[np.ndarray, np.ndarray | None] | None = None) -> tuple[int, dict[str, float],
+                                                                                       bytes | None, bytes | None]:
         """A container store's tile: (index, class fractions, image chunk or None, mask chunk or None).
         `image_codec` None (refs store): the slide's pixels are not read at all."""
         if image_codec is None:
             image, mask = None, self.render_mask(spec)
+        elif rendered is not None:
+            image, mask = rendered
         else:
             image, mask = self.render(spec)
         if "mask" not in self._codecs:
@@ -133,6 +230,12 @@ class TileRenderer:
         image_bytes = None if image is None else encode_chunk(self._codecs["image"], image)
         mask_bytes = None if mask is None else encode_chunk(self._codecs["mask"], mask)
         return spec.index, self.class_fractions(mask), image_bytes, mask_bytes
+
+
+def render_batch(renderer: TileRenderer, specs: Sequence[TileSpec]):
+    """(spec, image, mask) for each spec, the images read in strips (`TileRenderer.read_images`)."""
+    images = renderer.read_images(specs)
+    return [(spec, image, renderer.render_mask(spec)) for spec, image in zip(specs, images, strict=True)]
 
 
 def valid_extent_px(extent_level0: int, scale: float, start_px: int, tile_px: int) -> int:
@@ -155,20 +258,28 @@ def init_worker(renderer: TileRenderer) -> None:
     renderer.open()
 
 
+def write_batch(renderer: TileRenderer, folder: Path, png_compression: int,
+                specs: list[TileSpec]) -> list[tuple[int, dict[str, float]]]:
+    return [renderer.write(folder, spec, png_compression, (image, mask))
+            for spec, image, mask in render_batch(renderer, specs)]
+
+
+def encode_batch(renderer: TileRenderer, image_codec: str | None, specs: list[TileSpec]) -> list[tuple]:
+    if image_codec is None:  # refs: masks only
+        return [renderer.encode(spec, None) for spec in specs]
+    return [renderer.encode(spec, image_codec, (image, mask)) for spec, image, mask in render_batch(renderer, specs)]
+
+
 def worker_write(folder: Path, png_compression: int, specs: list[TileSpec]) -> list[tuple[int, dict[str, float]]]:
     assert _WORKER is not None
-    return [_WORKER.write(folder, spec, png_compression) for spec in specs]
+    return write_batch(_WORKER, folder, png_compression, specs)
 
 
 def worker_encode(image_codec: str | None, specs: list[TileSpec]) -> list[tuple]:
     assert _WORKER is not None
-    return [_WORKER.encode(spec, image_codec) for spec in specs]
+    return encode_batch(_WORKER, image_codec, specs)
 
 
 def worker_render(specs: list[TileSpec]) -> list[tuple[TileSpec, np.ndarray, np.ndarray | None, dict[str, float]]]:
     assert _WORKER is not None
-    out = []
-    for spec in specs:
-        image, mask = _WORKER.render(spec)
-        out.append((spec, image, mask, _WORKER.class_fractions(mask)))
-    return out
+    return [(spec, image, mask, _WORKER.class_fractions(mask)) for spec, image, mask in render_batch(_WORKER, specs)]

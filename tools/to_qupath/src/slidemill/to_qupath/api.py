@@ -28,11 +28,10 @@ from slidemill.shared.classes import QUPATH_COLORS
 from slidemill.shared.cli import Progress, package_version
 from slidemill.shared.contracts import Provenance, ReportItem
 from slidemill.shared.errors import InputError, MissingInputError, OutputError
-from slidemill.shared.files import atomic_write, prepare_output_dir, require_file, staged_dir
-from slidemill.shared.report import ReportBuilder
+from slidemill.shared.files import atomic_write, require_file
+from slidemill.shared.lifecycle import ToolRun
 
 from .config import ToQuPathConfig
-from .inputs import SlideGroup, find_slide, group_by_slide
 from .project import (
     SCRIPT_FILE,
     Project,
@@ -45,6 +44,7 @@ from .project import (
     open_project,
     save_project,
 )
+from .slide_matching import SlideGroup, find_slide, group_by_slide
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class ToQuPathResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def _check_inputs(config: ToQuPathConfig) -> None:
+def _check_inputs(config: ToQuPathConfig, life: ToolRun) -> None:
     for path in config.annotations:
         require_file(path, "annotations file")
     names: dict[str, Path] = {}
@@ -84,7 +84,8 @@ def _check_inputs(config: ToQuPathConfig) -> None:
             raise InputError(f"has the same name as the slide {names[slide.name]}", path=slide,
                              fix="QuPath and slidemill tell slides apart by name: convert them in separate runs")
         names[slide.name] = slide
-    out = prepare_output_dir(config.out_dir, overwrite=config.overwrite)
+    life.check_output()
+    out = config.out_dir
     if config.project_dir is not None and config.project_dir.resolve() == out.resolve():
         raise InputError("is both --out and --project", path=out, fix="Give them different folders")
 
@@ -125,9 +126,19 @@ def _resolve_slides(groups: list[SlideGroup], project: Project | None, search: l
 
 
 def run(config: ToQuPathConfig, *, argv: list[str] | None = None) -> ToQuPathResult:
-    """Validate everything (inputs, slides, the existing project), then write; see the module docstring."""
-    report = ReportBuilder(TOOL, package_version(TOOL), argv)
-    _check_inputs(config)
+    """Validate everything (inputs, slides, the existing project), then write; see the module docstring.
+    The lifecycle (output refused or replaced, staging, report, failed report) is slidemill.shared.lifecycle's."""
+    with ToolRun(TOOL, argv, out=config.out_dir, kind="folder", overwrite=config.overwrite) as life:
+        result = _convert(config, life)
+    result.warnings = list(life.report.warnings)
+    log.info("wrote %d features for %d slide(s) to %s", sum(s.features for s in result.slides), len(result.slides),
+             config.out_dir)
+    return result
+
+
+def _convert(config: ToQuPathConfig, life: ToolRun) -> ToQuPathResult:
+    report = life.report
+    _check_inputs(config, life)
     project = (open_project(config.project_dir, qupath_version=config.qupath_version)
                if config.project_dir is not None else None)
     with report.timed("read"):
@@ -178,65 +189,62 @@ def run(config: ToQuPathConfig, *, argv: list[str] | None = None) -> ToQuPathRes
     suffix = ".geojson.gz" if config.gzip else ".geojson"
     total = sum(len(g.records) for g in groups)
     stats = WriteStats()
-    with staged_dir(config.out_dir, overwrite=config.overwrite) as staging:
-        with report.timed("write"), Progress(total, "writing QuPath GeoJSON", "features") as progress:
-            for group in groups:
-                before = (stats.written, stats.dropped)
-                features = feature_lines(
-                    _counted(group.records, progress), colors=colors, mpp=group.mpp, object_type=config.object_type,
-                    lock=config.lock, stats=stats)
-                path = write_feature_collection(staging / f"{group.stem}{suffix}", features,
-                                                header=_header(group, config), compress=config.gzip)
-                written, dropped = stats.written - before[0], stats.dropped - before[1]
-                entry = entries.get(group.image_name) if group.image_name else None
-                result.slides.append(SlideOutput(
-                    image_name=group.image_name, path=config.out_dir / path.name, features=written,
-                    dropped=dropped, slide=group.slide_path, entry_id=entry["entryID"] if entry else None))
-                report.outputs.append(str(config.out_dir / path.name))
-                if dropped:
-                    report.warn(f"{group.stem}: {dropped} features vanished on the 0.01 px grid and were left out")
-        if project is not None:
-            with report.timed("project"):
-                try:
-                    for group, output in zip(groups, result.slides, strict=True):
-                        entry = entries[group.image_name]  # by entry ID: two images may have the same name
-                        target = project.folder / objects_file(entry)
-                        _copy_plain(staging / f"{group.stem}{suffix}", target)
-                        report.outputs.append(str(target))
-                        report.items.append(ReportItem(
-                            id=str(entry["entryID"]), name=group.image_name, status="ok",
-                            inputs=[str(i.path) for i in group.inputs] + ([str(group.slide_path)]
-                                                                          if group.slide_path else []),
-                            outputs=[str(target)], counts={"features": output.features}))
-                    written_files = save_project(project, merged_classes(project, colors))
-                except PermissionError as exc:
-                    raise OutputError(f"cannot be written ({exc.strerror})", path=exc.filename or project.folder,
-                                      fix="Check the project folder's permissions") from None
-                report.outputs.extend(str(p) for p in written_files)
-            result.project = project.qpproj
-            result.import_command = import_command(project.qpproj, project.folder / SCRIPT_FILE)
-        report.count("input_files", len(inputs))
-        report.count("slides", len(groups))
-        report.count("features_in", total)
-        report.count("features_written", stats.written)
-        report.count("features_dropped", stats.dropped)
-        report.count("features_skipped_on_read", sum(i.skipped for i in inputs))
-        report.count("features_repaired_on_read", sum(i.repaired for i in inputs))
-        report.count("features_resnapped", stats.resnapped)
-        report.count("duplicate_ids_renamed", stats.renamed_ids)
-        report.count("classes", len(colors))
-        counts, messages = not_kept(inputs, stats)
-        for key, value in counts.items():
-            report.count(key, value)
-        for message in messages:
-            report.warn(message)
-        if project is not None:
-            report.count("project_entries_new", len(project.new_entries))
-            report.count("project_entries_reused", len(project.reused_entries))
-        report.outputs.append(str(config.out_dir / "report.json"))
-        report.write(staging / "report.json")
-    result.warnings = list(report.warnings)
-    log.info("wrote %d features for %d slide(s) to %s", stats.written, len(groups), config.out_dir)
+    staging = life.start()
+    with report.timed("write"), Progress(total, "writing QuPath GeoJSON", "features") as progress:
+        for group in groups:
+            before = (stats.written, stats.dropped)
+            features = feature_lines(
+                _counted(group.records, progress), colors=colors, mpp=group.mpp, object_type=config.object_type,
+                lock=config.lock, stats=stats)
+            path = write_feature_collection(staging / f"{group.stem}{suffix}", features,
+                                            header=_header(group, config), compress=config.gzip)
+            written, dropped = stats.written - before[0], stats.dropped - before[1]
+            entry = entries.get(group.image_name) if group.image_name else None
+            result.slides.append(SlideOutput(
+                image_name=group.image_name, path=config.out_dir / path.name, features=written,
+                dropped=dropped, slide=group.slide_path, entry_id=entry["entryID"] if entry else None))
+            report.outputs.append(str(config.out_dir / path.name))
+            if dropped:
+                report.warn(f"{group.stem}: {dropped} features vanished on the 0.01 px grid and were left out")
+    if project is not None:
+        with report.timed("project"):
+            try:
+                for group, output in zip(groups, result.slides, strict=True):
+                    entry = entries[group.image_name]  # by entry ID: two images may have the same name
+                    target = project.folder / objects_file(entry)
+                    _copy_plain(staging / f"{group.stem}{suffix}", target)
+                    report.outputs.append(str(target))
+                    report.items.append(ReportItem(
+                        id=str(entry["entryID"]), name=group.image_name, status="ok",
+                        inputs=[str(i.path) for i in group.inputs] + ([str(group.slide_path)]
+                                                                      if group.slide_path else []),
+                        outputs=[str(target)], counts={"features": output.features}))
+                written_files = save_project(project, merged_classes(project, colors))
+            except PermissionError as exc:
+                raise OutputError(f"cannot be written ({exc.strerror})", path=exc.filename or project.folder,
+                                  fix="Check the project folder's permissions") from None
+            report.outputs.extend(str(p) for p in written_files)
+        result.project = project.qpproj
+        result.import_command = import_command(project.qpproj, project.folder / SCRIPT_FILE)
+    report.count("input_files", len(inputs))
+    report.count("slides", len(groups))
+    report.count("features_in", total)
+    report.count("features_written", stats.written)
+    report.count("features_dropped", stats.dropped)
+    report.count("features_skipped_on_read", sum(i.skipped for i in inputs))
+    report.count("features_repaired_on_read", sum(i.repaired for i in inputs))
+    report.count("features_resnapped", stats.resnapped)
+    report.count("duplicate_ids_renamed", stats.renamed_ids)
+    report.count("classes", len(colors))
+    counts, messages = not_kept(inputs, stats)
+    for key, value in counts.items():
+        report.count(key, value)
+    for message in messages:
+        report.warn(message)
+    if project is not None:
+        report.count("project_entries_new", len(project.new_entries))
+        report.count("project_entries_reused", len(project.reused_entries))
+    report.outputs.append(str(config.out_dir / "report.json"))
     return result
 
 

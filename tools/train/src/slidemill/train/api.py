@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from slidemill.shared.cli import package_version, worker_count
+from slidemill.shared.cli import worker_count
 from slidemill.shared.contracts import (
     ClassMetrics,
     DataSplit,
@@ -29,12 +29,13 @@ from slidemill.shared.contracts import (
     save_contract,
 )
 from slidemill.shared.errors import InputError, OutputError
-from slidemill.shared.files import sha256_of, staged_dir
-from slidemill.shared.report import ReportBuilder
+from slidemill.shared.files import sha256_of
+from slidemill.shared.lifecycle import ToolRun
 
-from .augment import AUGMENTATIONS
+from .augment import DEFAULT_HED_JITTER, describe_augment, make_augment
 from .config import TrainConfig
 from .data import Split, TrainingData, auto_class_weights, class_fractions, load_tilesets, split_samples
+from .stain import StainPlan, plan_stain
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class Prepared:
     identity: dict[str, Any]
     resume_from: Path | None
     warnings: list[str]
+    stain: StainPlan | None = None
 
 
 def random_patches(prepared: Prepared):
@@ -107,8 +109,12 @@ def random_patches(prepared: Prepared):
         if reader is None or ts.store.kind != "refs":
             raise InputError(f"is a {ts.store.kind} tileset, but --patches random reads patches from the slide",
                              path=path, fix="Tile with --store refs (and --annotations), or train with --patches tiles")
+    stains = []
+    if prepared.stain is not None:
+        stains = [n for n, ts in zip(prepared.stain.normalisers, data.tilesets, strict=True)
+                  if ts.slide.name in split.train_slides]
     return RandomPatches(readers, data.classes, data.tile_size_px, seed=prepared.config.seed,
-                         exclude=[data.samples[i] for i in split.val])
+                         exclude=[data.samples[i] for i in split.val], stains=stains)
 
 
 def sampling_summary(prepared: Prepared) -> dict:
@@ -123,7 +129,7 @@ def sampling_summary(prepared: Prepared) -> dict:
 def prepare(config: TrainConfig) -> Prepared:
     """Validate every input and option; nothing is written."""
     from .engine import resolve_device
-    from .model import check_names
+    from .network import check_names
 
     warnings: list[str] = []
     resolve_device(config.device)  # --device cuda without a GPU is refused before any work
@@ -144,16 +150,20 @@ def prepare(config: TrainConfig) -> Prepared:
     if absent and any(s.class_fractions for s in train_samples):
         warnings.append(f"class(es) {absent} have no labelled pixels in the training tiles")
     weights = auto_class_weights(fractions) if config.class_weights == "auto" else None
+    stain = plan_stain(config, data, split.train_slides)
     identity = {
         "arch": config.arch, "encoder": config.encoder, "norm": config.norm,
         "num_classes": data.classes.num_trainable,
         "classes": [[c.name, c.label, c.ignore] for c in data.classes.classes],
         "tile_size_px": data.tile_size_px, "mpp": data.mpp,
         "split": {"strategy": split.strategy, "train": split.train, "val": split.val},
+        "stain": None if stain is None else {"method": stain.card.method,
+                                             "target": stain.card.target.model_dump(mode="json")},
         "settings": {"batch_size": config.batch_size, "lr": config.lr, "weight_decay": config.weight_decay,
                      "augment": config.augment, "class_weights": config.class_weights, "amp": config.amp,
                      "sampling": config.sampling, "grad_clip": config.grad_clip,
-                     **({"patches": config.patches} if config.patches != "tiles" else {})},
+                     **({"patches": config.patches} if config.patches != "tiles" else {}),
+                     **({"hed_jitter": config.hed_jitter} if config.hed_jitter != DEFAULT_HED_JITTER else {})},
     }
     out, work = Path(config.out), work_dir_for(Path(config.out))
     if out.exists() and not out.is_dir():
@@ -179,7 +189,7 @@ def prepare(config: TrainConfig) -> Prepared:
         if (work / "checkpoints" / "last.pt").exists() and not config.overwrite:
             raise OutputError(f"an interrupted run's checkpoints are in {work}", path=out,
                               fix="Pass --resume to continue that run, or --overwrite to start afresh")
-    prepared = Prepared(config, data, split, weights, identity, resume_from, warnings)
+    prepared = Prepared(config, data, split, weights, identity, resume_from, warnings, stain)
     random_patches(prepared)  # --patches random on a store without shapes is refused before any work
     return prepared
 
@@ -213,22 +223,27 @@ def check_trainable(model, config: TrainConfig, *, batch: int, tile_size_px: int
 
 def run(config: TrainConfig, *, argv: list[str] | None = None) -> TrainResult:
     """Train, export to ONNX, check the export and write the model folder."""
-    report = ReportBuilder(TOOL, package_version(TOOL), argv)
-    with report.timed("validate"):
-        prepared = prepare(config)
-    for message in prepared.warnings:
-        report.warn(message)
-    return _train(prepared, report)
+    # the output folder is checked by `prepare` (--resume continues into it); the lifecycle replaces it
+    with ToolRun(TOOL, argv, out=config.out, kind="folder", overwrite=True) as life:
+        with life.report.timed("validate"):
+            prepared = prepare(config)
+        for message in prepared.warnings:
+            life.report.warn(message)
+        life.begin()
+        result = _train(prepared, life)
+    shutil.rmtree(work_dir_for(Path(config.out)), ignore_errors=True)  # the model folder is in place
+    return result
 
 
-def _train(prepared: Prepared, report: ReportBuilder) -> TrainResult:
+def _train(prepared: Prepared, life: ToolRun) -> TrainResult:
     import torch
 
     from . import engine
     from .loader import TileDataset, balanced_tile_weights, make_loader
-    from .model import IMAGENET_MEAN, IMAGENET_STD, build_model
+    from .network import IMAGENET_MEAN, IMAGENET_STD, build_model
 
     config, data, split = prepared.config, prepared.data, prepared.split
+    report = life.report
     out, work = Path(config.out), work_dir_for(Path(config.out))
     device = engine.resolve_device(config.device)
     if config.amp and device.type != "cuda":
@@ -268,15 +283,16 @@ def _train(prepared: Prepared, report: ReportBuilder) -> TrainResult:
 
     workers = resolve_workers(config.workers, device.type)
     pin = device.type == "cuda"
-    augment = AUGMENTATIONS[config.augment]
+    augment = make_augment(config.augment, config.hed_jitter)
+    stains = prepared.stain.normalisers if prepared.stain is not None else []
     train_samples = [data.samples[i] for i in split.train]
     train_set = TileDataset(train_samples, data.tile_size_px, num_classes, augment=augment, seed=config.seed,
-                            patches=random_patches(prepared))
+                            patches=random_patches(prepared), stains=stains)
     weights = None
     if config.sampling == "balanced":
         weights = balanced_tile_weights([dict(s.class_fractions) for s in train_samples], class_names)
     val_set = TileDataset([data.samples[i] for i in split.val], data.tile_size_px, num_classes,
-                          augment=None, seed=config.seed)
+                          augment=None, seed=config.seed, stains=stains)
     train_loader, train_sampler, train_generator = make_loader(
         train_set, batch_size=config.batch_size, shuffle=True, seed=config.seed, workers=workers, pin_memory=pin,
         weights=weights)
@@ -313,52 +329,51 @@ def _train(prepared: Prepared, report: ReportBuilder) -> TrainResult:
     model = model.cpu().eval()
     best_row = next(r for r in state.history if r["epoch"] == best["epoch"])
 
-    with staged_dir(out, overwrite=True) as stage:
-        (stage / "checkpoints").mkdir()
-        for name in ("last.pt", "best.pt"):
-            if (checkpoints / name).exists():
-                shutil.copy2(checkpoints / name, stage / "checkpoints" / name)
-        with report.timed("export"):
-            card, diff = _export(model, stage, prepared, best_row, state, val_set,
-                                 reproducibility=reproducibility(device, trainer, workers, config))
-        from .outputs import write_confusion, write_curves, write_metrics_csv
+    stage = life.start()
+    (stage / "checkpoints").mkdir()
+    for name in ("last.pt", "best.pt"):
+        if (checkpoints / name).exists():
+            shutil.copy2(checkpoints / name, stage / "checkpoints" / name)
+    with report.timed("export"):
+        card, diff = _export(model, stage, prepared, best_row, state, val_set,
+                             reproducibility=reproducibility(device, trainer, workers, config))
+    from .outputs import write_confusion, write_curves, write_metrics_csv
 
-        if card.confusion_matrix is not None:
-            write_confusion(stage, card.confusion_matrix, class_names,
-                            title=f"validation, best epoch {best_row['epoch']}")
-        for message in card.warnings:
-            report.warn(message)
+    if card.confusion_matrix is not None:
+        write_confusion(stage, card.confusion_matrix, class_names,
+                        title=f"validation, best epoch {best_row['epoch']}")
+    for message in card.warnings:
+        report.warn(message)
 
-        write_metrics_csv(stage / "metrics.csv", state.history, class_names)
-        write_curves(stage / "curves.png", state.history, class_names, best_epoch=state.best_epoch,
-                     title=f"{config.arch} / {config.encoder}: {len(split.train)} training, {len(split.val)} "
-                     f"validation tiles ({split.strategy} split)")
-        save_contract(card, stage / "model-card.json")
-        report.inputs = [str(p) for p in config.tilesets]
-        report.outputs = [str(out / n) for n in ("model.onnx", "model-card.json", "checkpoints/last.pt",
-                                                  "checkpoints/best.pt", "metrics.csv", "curves.png",
-                                                  "confusion.csv", "confusion.png")]
-        report.count("tiles", len(data.samples))
-        report.count("train_tiles", len(split.train))
-        report.count("val_tiles", len(split.val))
-        report.count("excluded_tiles", split.excluded)
-        report.count("epochs", state.epoch)
-        report.count("epochs_this_run", state.epoch - epochs_before)
-        report.count("best_epoch", state.best_epoch or 0)
-        if card.mean_iou is not None:
-            report.count("val_mean_iou", round(card.mean_iou, 6))
-        report.count("onnx_max_abs_diff", diff)
-        rates = [r["train_tiles_per_s"] for r in state.history[epochs_before:]]
-        if rates:
-            report.count("train_tiles_per_s", round(float(np.mean(rates)), 3))
-            report.count("train_seconds", round(train_seconds, 3))
-        report.environment.update({"device": str(device), "torch": torch.__version__,
-                                   "amp": str(trainer.amp).lower(), "workers": str(workers),
-                                   "torch_threads": str(torch.get_num_threads())})
-        if device.type == "cuda":
-            report.environment["gpu"] = torch.cuda.get_device_name(device)
-        report.write(stage / "report.json")
-    shutil.rmtree(work, ignore_errors=True)
+    write_metrics_csv(stage / "metrics.csv", state.history, class_names)
+    write_curves(stage / "curves.png", state.history, class_names, best_epoch=state.best_epoch,
+                 title=f"{config.arch} / {config.encoder}: {len(split.train)} training, {len(split.val)} "
+                 f"validation tiles ({split.strategy} split)")
+    save_contract(card, stage / "model-card.json")
+    report.inputs = [str(p) for p in config.tilesets]
+    report.outputs = [str(out / n) for n in ("model.onnx", "model-card.json", "checkpoints/last.pt",
+                                              "checkpoints/best.pt", "metrics.csv", "curves.png",
+                                              "confusion.csv", "confusion.png")]
+    report.count("tiles", len(data.samples))
+    report.count("train_tiles", len(split.train))
+    report.count("val_tiles", len(split.val))
+    report.count("excluded_tiles", split.excluded)
+    report.count("epochs", state.epoch)
+    report.count("epochs_this_run", state.epoch - epochs_before)
+    report.count("best_epoch", state.best_epoch or 0)
+    if card.mean_iou is not None:
+        report.count("val_mean_iou", round(card.mean_iou, 6))
+    report.count("onnx_max_abs_diff", diff)
+    rates = [r["train_tiles_per_s"] for r in state.history[epochs_before:]]
+    if rates:
+        report.count("train_tiles_per_s", round(float(np.mean(rates)), 3))
+        report.count("train_seconds", round(train_seconds, 3))
+    report.environment.update({"stain_normalisation": config.stain_normalisation, "augment": config.augment})
+    report.environment.update({"device": str(device), "torch": torch.__version__,
+                               "amp": str(trainer.amp).lower(), "workers": str(workers),
+                               "torch_threads": str(torch.get_num_threads())})
+    if device.type == "cuda":
+        report.environment["gpu"] = torch.cuda.get_device_name(device)
     log.info("wrote %s (best epoch %s, mean validation IoU %s)", out, state.best_epoch,
              "n/a" if card.mean_iou is None else f"{card.mean_iou:.4f}")
     return TrainResult(out=out, card=card, epochs_run=state.epoch, best_epoch=state.best_epoch,
@@ -420,7 +435,7 @@ def validation_summary(row: dict[str, Any], names: list[str], train: dict[str, i
 
 def _export(model, stage: Path, prepared: Prepared, best_row: dict[str, Any], state, val_set, *,
             reproducibility: dict[str, Any]) -> tuple[ModelCard, float]:
-    from .model import IMAGENET_MEAN, IMAGENET_STD, export_onnx, onnx_max_abs_diff
+    from .network import IMAGENET_MEAN, IMAGENET_STD, export_onnx, onnx_max_abs_diff
 
     config, data, split = prepared.config, prepared.data, prepared.split
     onnx_path = stage / "model.onnx"
@@ -454,7 +469,8 @@ def _export(model, stage: Path, prepared: Prepared, best_row: dict[str, Any], st
                   "weight_decay": config.weight_decay, "optimizer": "AdamW", "grad_clip": config.grad_clip,
                   "schedule": "linear warmup (5% of the steps, at most 500), cosine decay to 1% per step",
                   "val_fraction": config.val_fraction, "val_slides": config.val_slides,
-                  "class_weights": config.class_weights, "augment": config.augment, "seed": config.seed,
+                  "class_weights": config.class_weights, "augment": config.augment,
+                  "augmentation": describe_augment(config.augment, config.hed_jitter), "seed": config.seed,
                   "amp": config.amp, "early_stopping_patience": config.early_stopping_patience,
                   "stopped_early": state.stopped_early, "split_excluded_tiles": split.excluded,
                   "sampling": sampling_summary(prepared)}
@@ -467,7 +483,8 @@ def _export(model, stage: Path, prepared: Prepared, best_row: dict[str, Any], st
         classes=data.classes,
         input=ModelInput(mpp=data.mpp, tile_size_px=data.tile_size_px,
                          normalization=Normalization(mean=IMAGENET_MEAN, std=IMAGENET_STD),
-                         slide_channels=data.slide_channels),
+                         slide_channels=data.slide_channels,
+                         stain_normalisation=None if prepared.stain is None else prepared.stain.card),
         onnx=OnnxFile(file="model.onnx", sha256=sha256_of(onnx_path), opset=opset, max_abs_diff=diff),
         training=TrainingSummary(tilesets=[str(p) for p in config.tilesets], slides=data.slides,
                                  tiles=len(data.samples), epochs=state.epoch, best_epoch=state.best_epoch,

@@ -14,13 +14,14 @@ from slidemill.shared.contracts import TileSet, load_contract
 from slidemill.shared.errors import InputError, MissingInputError
 from slidemill.shared.files import resolve_in
 from slidemill.shared.tilestore import TilesetReader, open_tileset
+from slidemill.shared.tiletable import read_tile_table
 
 log = logging.getLogger(__name__)
 
 MPP_RELATIVE_TOLERANCE = 0.01
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one per tile, 100,000+ of them
 class Sample:
     """One training tile: its files (png store) or its tileset reader and row (zarr, refs stores),
     and where it lies on its slide (level-0 rectangle)."""
@@ -35,6 +36,7 @@ class Sample:
     class_fractions: tuple[tuple[str, float], ...] = ()
     reader: TilesetReader | None = field(default=None, compare=False, hash=False, repr=False)
     tile_index: int = -1
+    tileset: int = 0  # index of its tileset in TrainingData.tilesets (its slide's stain transform)
 
     def overlaps(self, other: Sample) -> bool:
         return (self.slide == other.slide and self.x < other.x + other.width and other.x < self.x + self.width
@@ -115,16 +117,19 @@ def load_tilesets(paths: list[Path], *, check_files: bool = True, slides: list[P
     tilesets = [load_contract(m, TileSet) for m in manifests]
     readers = [None if ts.store.kind == "png" else open_tileset(m, slide=_slide_for(ts, list(slides)))
                for ts, m in zip(tilesets, manifests, strict=True)]
+    # the tile rows as numpy columns (streamed from the rows file of a 1.2 manifest)
+    tables = [read_tile_table(m, ts) if r is None else r.table
+              for ts, m, r in zip(tilesets, manifests, readers, strict=True)]
     first, first_path = tilesets[0], manifests[0]
     warnings: list[str] = []
-    for ts, path in zip(tilesets, manifests, strict=True):
+    for ts, path, table in zip(tilesets, manifests, tables, strict=True):
         if ts.classes is None:
             raise InputError("has no class table: it was tiled without annotations, so there is nothing to learn",
                              path=path, fix="Tile the slide with its annotations (slidemill-tile --annotations ...)")
-        if not ts.tiles:
+        if not len(table):
             raise InputError("is empty: it lists no tiles", path=path,
                              fix="Check the tiling (tissue threshold, annotated-only) and tile the slide again")
-        if ts.store.kind == "png" and not any(t.mask for t in ts.tiles):
+        if ts.store.kind == "png" and not any(table.masks):
             raise InputError("has no mask files: no tile carries labels to learn from", path=path,
                              fix="Tile the slide with its annotations")
     for ts, path in zip(tilesets[1:], manifests[1:], strict=True):
@@ -148,25 +153,27 @@ def load_tilesets(paths: list[Path], *, check_files: bool = True, slides: list[P
     samples: list[Sample] = []
     skipped = 0
     missing: list[Path] = []
-    for ts, path, reader in zip(tilesets, manifests, readers, strict=True):
+    for number, (ts, path, reader, table) in enumerate(zip(tilesets, manifests, readers, tables, strict=True)):
         base = path.parent
+        # straight from the table's columns: no TileRecord built per tile
+        columns = zip(*(table.rows[c].tolist() for c in ("x", "y", "width", "height")), table.fraction_items(),
+                      strict=True)
         if reader is not None:  # zarr / refs: every tile has its mask in the container
-            samples.extend(Sample(image=None, mask=None, slide=ts.slide.name, x=t.x, y=t.y, width=t.width,
-                                  height=t.height, class_fractions=tuple(sorted(t.class_fractions.items())),
-                                  reader=reader, tile_index=i) for i, t in enumerate(ts.tiles))
+            samples.extend(Sample(image=None, mask=None, slide=ts.slide.name, x=x, y=y, width=w, height=h,
+                                  class_fractions=fractions, reader=reader, tile_index=i, tileset=number)
+                           for i, (x, y, w, h, fractions) in enumerate(columns))
             continue
-        for tile in ts.tiles:
-            if not tile.mask:
+        for (x, y, w, h, fractions), image_rel, mask_rel in zip(columns, table.images, table.masks, strict=True):
+            if not mask_rel:
                 skipped += 1
                 continue
-            image, mask = resolve_in(base, tile.image), resolve_in(base, tile.mask)
+            image, mask = resolve_in(base, image_rel), resolve_in(base, mask_rel)
             if check_files:
                 for f in (image, mask):
                     if not f.is_file():
                         missing.append(f)
-            samples.append(Sample(image=image, mask=mask, slide=ts.slide.name, x=tile.x, y=tile.y,
-                                  width=tile.width, height=tile.height,
-                                  class_fractions=tuple(sorted(tile.class_fractions.items()))))
+            samples.append(Sample(image=image, mask=mask, slide=ts.slide.name, x=x, y=y, width=w, height=h,
+                                  class_fractions=fractions, tileset=number))
         if missing:
             more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
             raise MissingInputError(f"lists tile files that do not exist ({missing[0]}{more})", path=path,

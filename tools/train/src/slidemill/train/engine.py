@@ -21,14 +21,15 @@ from slidemill.shared.cli import Progress
 from slidemill.shared.errors import InputError
 from slidemill.shared.files import atomic_write
 
-from .model import CrossEntropyDiceLoss, Normalized, confusion, mean_iou, scores
+from .network import CrossEntropyDiceLoss, Normalized, confusion, mean_iou, scores
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "slidemill-train-checkpoint/1"
 # what must be the same for a checkpoint to continue: the network and what it learns from
 OPTIMIZER_SETTINGS = ("weight_decay",)  # restored with the optimiser's state on resume (the lr is set per step)
-IDENTITY_KEYS = ("arch", "encoder", "norm", "num_classes", "classes", "tile_size_px", "mpp")
+# "stain": the stain normalisation (method and target) changes what the network sees; absent in older checkpoints
+IDENTITY_KEYS = ("arch", "encoder", "norm", "num_classes", "classes", "tile_size_px", "mpp", "stain")
 IDENTITY_DEFAULTS = {"norm": "batch"}  # checkpoints written before the key existed
 
 

@@ -54,12 +54,17 @@ def check_tile(image: np.ndarray, mask: np.ndarray, tile_size_px: int, num_class
 
 
 class TileDataset(Dataset):
+    """`stains`: one stain normaliser (a fixed per-pixel transform, `slidemill.shared.stain.StainNormaliser`)
+    per tileset, indexed by `Sample.tileset`, applied to every tile's image where it is read (before
+    augmentation; masks untouched); empty: no stain normalisation."""
+
     def __init__(self, samples: Sequence[Sample], tile_size_px: int, num_classes: int, *,
-                 augment: Augment | None, seed: int, patches=None):
+                 augment: Augment | None, seed: int, patches=None, stains: Sequence = ()):
         self.samples = list(samples)
         self.tile_size_px, self.num_classes = tile_size_px, num_classes
         self.augment, self.seed = augment, seed
         self.patches = patches  # a patches.RandomPatches: a random patch per (index, epoch) instead of tile `index`
+        self.stains = list(stains)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -69,7 +74,10 @@ class TileDataset(Dataset):
             image, mask = self.patches.draw(index, epoch)
             image, mask = check_tile(image, mask, self.tile_size_px, self.num_classes, "a random patch")
         else:
-            image, mask = read_tile(self.samples[index], self.tile_size_px, self.num_classes)
+            sample = self.samples[index]
+            image, mask = read_tile(sample, self.tile_size_px, self.num_classes)
+            if self.stains:
+                image = self.stains[sample.tileset](image)
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, epoch, index])
             image, mask = self.augment(image, mask, rng)

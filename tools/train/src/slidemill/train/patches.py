@@ -40,6 +40,7 @@ class _SlideShapes:
     fill: int
     shapes: list  # LabelledShape
     rasterizer: Rasterizer | None = None
+    stain: object = None  # the slide's StainNormaliser (None: no stain normalisation)
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -51,17 +52,19 @@ class RandomPatches:
     """`draw(index, epoch)` -> (RGB (T, T, 3) uint8, mask (T, T) uint8), a fresh patch each epoch."""
 
     def __init__(self, readers: list[TilesetReader], classes: ClassTable, tile_size_px: int, *, seed: int,
-                 exclude: list[Sample] = ()):
+                 exclude: list[Sample] = (), stains: list = ()):
+        """`stains`: each reader's slide's stain normaliser (same order; empty: none), applied to the patch image."""
         self.tile_px, self.seed = tile_size_px, seed
         self.sources: list[_SlideShapes] = []
-        for reader in readers:
+        stains = list(stains) or [None] * len(readers)
+        for reader, stain in zip(readers, stains, strict=True):
             store = reader.tileset.store
             if store.kind != "refs" or store.shapes is None:
                 raise InputError("random patches need refs tilesets cut with annotations (their shapes are kept)",
                                  path=reader.manifest,
                                  fix="Tile with --store refs --annotations ..., or train with --patches tiles")
             shapes, fill = read_shapes(resolve_in(reader.base, store.shapes))
-            self.sources.append(_SlideShapes(reader, reader.tileset.slide.name, fill, shapes))
+            self.sources.append(_SlideShapes(reader, reader.tileset.slide.name, fill, shapes, stain=stain))
         trainable = {c.label for c in classes.trainable}
         # (source, shape) per class label, with areas for the weighted choice
         self.by_class: dict[int, list[tuple[int, int, float]]] = {}
@@ -127,6 +130,8 @@ class RandomPatches:
         t = self.tile_px
         scale = source.reader.tileset.mapping.scale
         image = source.reader.read_image_at(col * scale, row * scale)
+        if source.stain is not None:
+            image = source.stain(image)
         mask = source.rasterizer.mask(col, row, t, t, scale)
         slide = source.reader.tileset.slide
         # pixels whose top-left corner lies outside the slide are padding: ignore
