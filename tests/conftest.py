@@ -15,5 +15,14 @@ def handout() -> Path:
 
 
 @pytest.fixture(scope="session")
+def cases(handout) -> Path:
+    """One small real-world input per kind slidemill once got wrong (../shared/data/cases, see its README)."""
+    folder = handout / "cases"
+    if not folder.is_dir():
+        pytest.skip("no cases folder in the handout")
+    return folder
+
+
+@pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO

@@ -29,10 +29,6 @@ def invoke(app, *args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-@pytest.fixture(scope="module")
-def cases(handout) -> Path:
-    return handout / "cases"
-
 
 @pytest.fixture(scope="module")
 def slide(handout) -> Path:

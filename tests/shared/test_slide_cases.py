@@ -15,14 +15,6 @@ from slidemill.shared.slide import WINDOW_PERCENTILES, _stored_levels, open_slid
 from slidemill.shared.tissue import detect_tissue, tissue_mode
 
 
-@pytest.fixture(scope="module")
-def cases(handout):
-    folder = handout / "cases"
-    if not folder.is_dir():
-        pytest.skip("no cases folder in the handout")
-    return folder
-
-
 def _window(raw: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip(np.rint((raw.astype(np.float64) - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
 

@@ -202,13 +202,6 @@ def test_sigterm_leaves_nothing(tmp_path):
     shutil.rmtree(tmp_path, ignore_errors=True)
 
 
-@pytest.fixture()
-def cases(handout):
-    folder = handout / "cases"
-    if not folder.is_dir():
-        pytest.skip("no cases folder in the handout")
-    return folder
-
 
 def test_slides_that_cannot_be_read_as_they_are_exit_2_leaving_nothing(tmp_path, cases, synthetic):
     out = tmp_path / "out"

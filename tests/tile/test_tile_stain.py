@@ -3,8 +3,6 @@ slide that is not brightfield RGB, or has too little stain, records why not (nev
 
 import json
 
-import pytest
-
 from slidemill.shared.contracts import TileSet, load_contract
 from slidemill.shared.slide import open_slide
 from slidemill.shared.stain import fit_slide_stain
@@ -46,13 +44,6 @@ def test_too_little_stain_is_recorded_with_the_reason(tmp_path):
     assert report["environment"]["stain_fitted"] == "reinhard"
     assert any("Macenko stain model(s) not fitted" in w for w in report["warnings"])
 
-
-@pytest.fixture()
-def cases(handout):
-    folder = handout / "cases"
-    if not folder.is_dir():
-        pytest.skip("no cases folder in the handout")
-    return folder
 
 
 def test_dark_field_grey_and_multichannel_slides_record_none_and_why(tmp_path, cases):

@@ -276,7 +276,7 @@ def test_group_norm_replaces_every_batch_norm_and_makes_a_tile_independent_of_it
     alone (with BatchNorm it changes with the other tiles of the batch); the model exports to ONNX."""
     from torch import nn
 
-    from slidemill.train.model import batch_norm_to_group_norm
+    from slidemill.train.network import batch_norm_to_group_norm
 
     layer = nn.Sequential(nn.Conv2d(3, 24, 1), nn.BatchNorm2d(24), nn.Sequential(nn.BatchNorm2d(7)))
     with torch.no_grad():
@@ -314,7 +314,7 @@ def test_a_checkpoint_of_the_other_normalisation_is_not_resumed(tmp_path):
     from slidemill.train.engine import check_compatible
 
     identity = {"arch": "fpn", "encoder": "resnet18", "norm": "group", "num_classes": 2, "classes": [],
-                "tile_size_px": 64, "mpp": 2.0, "split": {"train": [0], "val": [1]}, "settings": {}}
+                "tile_size_px": 64, "mpp": 2.0, "stain": None, "split": {"train": [0], "val": [1]}, "settings": {}}
     old = {k: v for k, v in identity.items() if k != "norm"}  # written before --norm existed: batch norm
     with pytest.raises(InputError, match="norm is 'batch' in the checkpoint but 'group' now"):
         check_compatible({"identity": old, "split": identity["split"]}, identity, tmp_path / "last.pt")

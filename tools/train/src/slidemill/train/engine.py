@@ -21,7 +21,7 @@ from slidemill.shared.cli import Progress
 from slidemill.shared.errors import InputError
 from slidemill.shared.files import atomic_write
 
-from .network import CrossEntropyDiceLoss, Normalized, confusion, mean_iou, scores
+from .network import CrossEntropyDiceLoss, Normalized, confusion, load_weights_file, mean_iou, scores
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +80,8 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is the user's to fix
-        first = str(exc).strip().split("\n")[0][:200]
-        raise InputError(f"is not a checkpoint that loads with weights_only=True ({first})", path=path,
-                         fix="Resume only from checkpoints/last.pt of a slidemill-train run") from None
+    payload = load_weights_file(path, what="a checkpoint",
+                                fix="Resume only from checkpoints/last.pt of a slidemill-train run")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise InputError("is not a slidemill-train checkpoint", path=path,
                          fix="Resume only from checkpoints/last.pt of a slidemill-train run")

@@ -137,14 +137,20 @@ def batch_norm_to_group_norm(model: nn.Module, groups: int = GROUPS) -> int:
     return replaced
 
 
-def load_encoder_weights(model: nn.Module, path: Path) -> None:
-    """A state dict of the encoder, or of a whole model (keys 'encoder.*', optionally under 'model'/'state_dict')."""
+def load_weights_file(path: Path, *, what: str, fix: str):
+    """`torch.load(path)` on the CPU with weights_only=True (tensors and plain containers, never code); any file
+    that does not load is InputError naming `what` it should have been and `fix`."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
         first = str(exc).strip().split("\n")[0][:200]
-        raise InputError(f"is not a torch state-dict file that loads with weights_only=True ({first})", path=path,
-                         fix="Save the encoder's weights with torch.save(encoder.state_dict(), PATH)") from None
+        raise InputError(f"is not {what} that loads with weights_only=True ({first})", path=path, fix=fix) from None
+
+
+def load_encoder_weights(model: nn.Module, path: Path) -> None:
+    """A state dict of the encoder, or of a whole model (keys 'encoder.*', optionally under 'model'/'state_dict')."""
+    state = load_weights_file(path, what="a torch state-dict file",
+                              fix="Save the encoder's weights with torch.save(encoder.state_dict(), PATH)")
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
