@@ -102,9 +102,54 @@ def run(config: MergeConfig, *, argv: list[str] | None = None) -> MergeResult:
 
 
 def _merge(config: MergeConfig, life: ToolRun) -> MergeResult:
-    report, version = life.report, life.report.version
+    """The steps of one merge: read and check the inputs, group the shapes by class and plane, dissolve each
+    group, write, count."""
+    report = life.report
     with report.timed("read"):
         files = [read_annotation_file(Path(p)) for p in config.inputs]
+    slide, mpp, gap = _check_inputs(config, files, report)
+    life.check_output()
+    out = life.out
+    groups = _group_shapes(files, config.classes)
+    _warn_about_reading(files, groups, report)
+    stage = life.start()
+    min_area_px = config.min_area_um2 / (mpp * mpp) if config.min_area_um2 else 0.0
+    with report.timed("merge"):
+        objects, dropped, lost = _dissolve_groups(groups, gap, min_area_px)
+    if lost:
+        report.warn(f"{lost} input annotation(s) were merged with others and their own names, measurements or "
+                    "other properties were left out (a merged shape keeps only what its parts share)")
+    provenance = Provenance(tool=TOOL, version=report.version, inputs=[str(p) for p in config.inputs], parameters={
+        "max_gap_px": gap, "min_area_um2": config.min_area_um2, "classes": config.classes, "mpp": mpp})
+    colors_out = {n: (c or default_color(n)) for n, c in groups.colors.items() if n}
+    with report.timed("write"):
+        stats = write_annotations(stage / out.name, objects + groups.passed, colors=colors_out, slide=slide,
+                                  mpp=mpp, provenance=provenance)
+    per_class = _features_per_class(groups, stats)
+    report.inputs = [str(p) for p in config.inputs]
+    report.outputs = [str(out)]
+    repaired, skipped = sum(f.repaired for f in files), sum(f.skipped for f in files)
+    for key, value in {"inputs": len(files), "shapes_in": groups.shapes_in, "shapes_repaired": repaired,
+                       "features_skipped": skipped, "objects_not_annotations": len(groups.passed),
+                       "features": stats.written, "shapes_dropped_small": dropped,
+                       "shapes_vanished_on_snap": stats.dropped, "max_gap_px": gap,
+                       "annotations_properties_not_kept": lost}.items():
+        report.count(key, value)
+    counts, messages = not_kept(files, stats)
+    for key, value in counts.items():
+        report.count(key, value)
+    for message in messages:
+        report.warn(message)
+    for name, count in per_class.items():
+        report.count(f"features.{name}", count)
+    log.info("wrote %d features to %s", stats.written, out)
+    return MergeResult(out=out, report=life.report_path, features=stats.written, features_per_class=per_class,
+                       shapes_in=groups.shapes_in, repaired=repaired, skipped=skipped)
+
+
+def _check_inputs(config: MergeConfig, files: list, report) -> tuple:
+    """(slide, mpp, gap in level-0 px) of the inputs; InputError for an input without polygons, inputs of
+    different slides or resolutions, --min-area-um2 without a resolution, or --classes no input has."""
     for f in files:
         if not f.shapes and f.skipped:
             raise InputError(f"holds no polygons: all {f.skipped} features were skipped "
@@ -116,17 +161,13 @@ def _merge(config: MergeConfig, life: ToolRun) -> MergeResult:
     if config.min_area_um2 and mpp is None:
         raise InputError("--min-area-um2 needs the slide's microns per pixel, and no input says it",
                          fix="Pass --slide-mpp")
-    life.check_output()
-    out = life.out
     if not any(f.slide for f in files):
         report.warn("no input names its slide (plain QuPath exports?); make sure all come from one slide")
     elif not all(f.slide for f in files):
         report.warn("some inputs do not name their slide: "
                     + ", ".join(str(f.path) for f in files if f.slide is None))
-
-    present = {sh.class_name for f in files for sh in f.shapes}
-    wanted = set(config.classes) if config.classes else None
-    if wanted is not None:
+    if config.classes:
+        present = {sh.class_name for f in files for sh in f.shapes}
         unknown = [n for n in config.classes if n not in present]
         if unknown:
             listed = ", ".join(repr(n) for n in sorted(n for n in present if n)) or "none"
@@ -134,79 +175,78 @@ def _merge(config: MergeConfig, life: ToolRun) -> MergeResult:
                              f"inputs' classes are {listed}",
                              fix="Give each class name exactly as the inputs spell it, one name per --classes "
                                  "(a name may contain commas, colons and spaces)")
-    groups: dict[tuple, list[AnnotationShape]] = {}
-    colors: dict[str | None, tuple[int, int, int] | None] = {}
-    passed: list[AnnotationShape] = []
-    repaired = sum(f.repaired for f in files)
-    skipped = sum(f.skipped for f in files)
-    shapes_in = 0
+    return slide, mpp, gap
+
+
+@dataclass
+class _Groups:
+    """The inputs' annotations by (class, plane), in output order; other objects (detections, cells, tiles)
+    passed through as they came; each class's first colour; how many shapes were read."""
+
+    by_key: dict[tuple, list[AnnotationShape]]
+    passed: list[AnnotationShape]
+    colors: dict[str | None, tuple[int, int, int] | None]
+    shapes_in: int
+
+    @property
+    def order(self) -> list[tuple]:
+        return sorted(self.by_key, key=lambda k: (k[0] is None, k[0] or "", k[1]))
+
+
+def _group_shapes(files: list, classes: list[str] | None) -> _Groups:
+    wanted = set(classes) if classes else None
+    groups = _Groups({}, [], {}, 0)
     for f in files:
         for sh in f.shapes:
-            shapes_in += 1
+            groups.shapes_in += 1
             if wanted is not None and sh.class_name not in wanted:
                 continue
-            if colors.get(sh.class_name) is None:
-                colors[sh.class_name] = sh.color
+            if groups.colors.get(sh.class_name) is None:
+                groups.colors[sh.class_name] = sh.color
             if sh.object_type != "annotation":
-                passed.append(sh)
+                groups.passed.append(sh)
                 continue
-            groups.setdefault((sh.class_name, sh.plane_key), []).append(sh)
+            groups.by_key.setdefault((sh.class_name, sh.plane_key), []).append(sh)
+    return groups
+
+
+def _warn_about_reading(files: list, groups: _Groups, report) -> None:
+    repaired, skipped = sum(f.repaired for f in files), sum(f.skipped for f in files)
     reasons = [f"{f.path.name}: {r}" for f in files for r in f.skipped_reasons]
     if repaired:
         report.warn(f"{repaired} invalid shapes (self-intersections and the like) were repaired")
     if skipped:
         report.warn(f"{skipped} features without a polygon were skipped: "
                     + "; ".join(reasons[:MAX_LISTED_WARNINGS]) + (" ..." if len(reasons) > MAX_LISTED_WARNINGS else ""))
-    if passed:
-        log.info("%d detection/cell/tile objects are written as they came (only annotations are merged)", len(passed))
+    if groups.passed:
+        log.info("%d detection/cell/tile objects are written as they came (only annotations are merged)",
+                 len(groups.passed))
 
-    stage = life.start()
-    min_area_px = config.min_area_um2 / (mpp * mpp) if config.min_area_um2 else 0.0
+
+def _dissolve_groups(groups: _Groups, gap: float, min_area_px: float) -> tuple[list[AnnotationShape], int, int]:
+    """Each group dissolved (shapes within `gap` px become one), shapes under `min_area_px` dropped: (the merged
+    objects, shapes dropped as small, input annotations whose own properties were not kept)."""
     objects: list[AnnotationShape] = []
     dropped = lost = 0
-    order = sorted(groups, key=lambda k: (k[0] is None, k[0] or "", k[1]))
-    with report.timed("merge"):
-        for key in order:
-            name = key[0]
-            polys = dissolve([p for sh in groups[key] for p in polygon_parts(sh.geometry)], max_gap=gap)
-            polys, small = drop_small(polys, min_area_px)
-            dropped += small
-            color = colors.get(name) or (default_color(name) if name else None)
-            merged, n_lost = merged_objects(polys, groups[key], color)
-            objects.extend(merged)
-            lost += n_lost
-            log.info("%s: %d shapes -> %d", name or "unclassified", len(groups[key]), len(polys))
-    if lost:
-        report.warn(f"{lost} input annotation(s) were merged with others and their own names, measurements or "
-                    "other properties were left out (a merged shape keeps only what its parts share)")
-    provenance = Provenance(tool=TOOL, version=version, inputs=[str(p) for p in config.inputs], parameters={
-        "max_gap_px": gap, "min_area_um2": config.min_area_um2, "classes": config.classes, "mpp": mpp})
-    colors_out = {n: (c or default_color(n)) for n, c in colors.items() if n}
-    with report.timed("write"):
-        stats = write_annotations(stage / out.name, objects + passed, colors=colors_out, slide=slide, mpp=mpp,
-                                  provenance=provenance)
-    vanished = stats.dropped
-    names = [n for n in dict.fromkeys(k[0] for k in order)] + [sh.class_name for sh in passed]
+    for key in groups.order:
+        name = key[0]
+        polys = dissolve([p for sh in groups.by_key[key] for p in polygon_parts(sh.geometry)], max_gap=gap)
+        polys, small = drop_small(polys, min_area_px)
+        dropped += small
+        color = groups.colors.get(name) or (default_color(name) if name else None)
+        merged, n_lost = merged_objects(polys, groups.by_key[key], color)
+        objects.extend(merged)
+        lost += n_lost
+        log.info("%s: %d shapes -> %d", name or "unclassified", len(groups.by_key[key]), len(polys))
+    return objects, dropped, lost
+
+
+def _features_per_class(groups: _Groups, stats) -> dict[str, int]:
+    """Features written per class name ('unclassified' for none), every class that had input shapes listed."""
+    names = [n for n in dict.fromkeys(k[0] for k in groups.order)] + [sh.class_name for sh in groups.passed]
     per_class: dict[str, int] = {(n or "unclassified"): 0 for n in dict.fromkeys(names)}
     per_class.update(stats.per_class)
     unclassified = stats.written - sum(stats.per_class.values())
     if unclassified or "unclassified" in per_class:
         per_class["unclassified"] = unclassified
-    report.inputs = [str(p) for p in config.inputs]
-    report.outputs = [str(out)]
-    for key, value in {"inputs": len(files), "shapes_in": shapes_in, "shapes_repaired": repaired,
-                       "features_skipped": skipped, "objects_not_annotations": len(passed),
-                       "features": stats.written, "shapes_dropped_small": dropped,
-                       "shapes_vanished_on_snap": vanished, "max_gap_px": gap,
-                       "annotations_properties_not_kept": lost}.items():
-        report.count(key, value)
-    counts, messages = not_kept(files, stats)
-    for key, value in counts.items():
-        report.count(key, value)
-    for message in messages:
-        report.warn(message)
-    for name, count in per_class.items():
-        report.count(f"features.{name}", count)
-    log.info("wrote %d features to %s", stats.written, out)
-    return MergeResult(out=out, report=life.report_path, features=stats.written,
-                       features_per_class=per_class, shapes_in=shapes_in, repaired=repaired, skipped=skipped)
+    return per_class
