@@ -137,12 +137,36 @@ def run(config: ToQuPathConfig, *, argv: list[str] | None = None) -> ToQuPathRes
 
 
 def _convert(config: ToQuPathConfig, life: ToolRun) -> ToQuPathResult:
+    """The steps of one conversion: read the inputs, group them by slide, add the slides to the project,
+    write one QuPath GeoJSON per slide, copy each into the project by entry ID, count."""
     report = life.report
     _check_inputs(config, life)
     project = (open_project(config.project_dir, qupath_version=config.qupath_version)
                if config.project_dir is not None else None)
     with report.timed("read"):
         inputs = [read_annotation_file(path) for path in config.annotations]
+    _note_inputs(config, inputs, report)
+    slide_files = [s for s in config.slides if not _is_search_folder(s)]
+    groups = _slide_groups(inputs, slide_files, [s for s in config.slides if _is_search_folder(s)], project,
+                           report)
+    colors = class_colors(r for g in groups for r in g.records)
+    entries = _add_to_project(project, groups, slide_files, colors, config, report) if project is not None else {}
+    _warn_builtin_colours(colors, report)
+    suffix = ".geojson.gz" if config.gzip else ".geojson"
+    total = sum(len(g.records) for g in groups)
+    staging = life.start()
+    result, stats = _write_slides(groups, entries, colors, config, staging, suffix, total, report)
+    if project is not None:
+        with report.timed("project"):
+            _write_into_project(project, groups, entries, result, colors, staging, suffix, report)
+        result.project = project.qpproj
+        result.import_command = import_command(project.qpproj, project.folder / SCRIPT_FILE)
+    _count(report, inputs, groups, total, stats, colors, project)
+    report.outputs.append(str(config.out_dir / "report.json"))
+    return result
+
+
+def _note_inputs(config: ToQuPathConfig, inputs: list, report) -> None:
     for input_file in inputs:
         report.inputs.append(str(input_file.path))
         for reason in input_file.skipped_reasons[:5]:
@@ -150,8 +174,10 @@ def _convert(config: ToQuPathConfig, life: ToolRun) -> ToQuPathResult:
         if input_file.skipped > 5:
             report.warn(f"{input_file.path}: skipped {input_file.skipped - 5} more features")
     report.inputs.extend(str(s) for s in config.slides)
-    slide_files = [s for s in config.slides if not _is_search_folder(s)]
-    search = [s for s in config.slides if _is_search_folder(s)]
+
+
+def _slide_groups(inputs: list, slide_files: list[Path], search: list[Path], project, report) -> list:
+    """The inputs grouped by slide, each slide found (given, in the project, or in the search folders)."""
     groups = group_by_slide(inputs, slide_files)
     _resolve_slides(groups, project, search)
     for group in groups:
@@ -159,37 +185,43 @@ def _convert(config: ToQuPathConfig, life: ToolRun) -> ToQuPathResult:
         if len(mpps) > 1:
             report.warn(f"{group.stem}: the inputs give different microns per pixel {mpps}; measurements use "
                         f"{group.mpp}")
-    given = {s.name for s in slide_files}
-    for name in sorted(given - {g.image_name for g in groups}):
+    for name in sorted({s.name for s in slide_files} - {g.image_name for g in groups}):
         report.warn(f"--slide {name} matches no annotation file; it gets no objects")
+    return groups
 
-    colors = class_colors(r for g in groups for r in g.records)
-    result = ToQuPathResult(out_dir=config.out_dir)
-    entries: dict[str, dict] = {}
-    if project is not None:
-        slides = [(g.image_name, g.slide_path) for g in groups]
-        slides += [(s.name, s.resolve()) for s in slide_files if s.name not in {g.image_name for g in groups}]
-        entries = add_images(project, slides)
-        for warning in project.warnings + class_colour_conflicts(project, colors):
-            report.warn(warning)
-        legacy = legacy_object_files(project)
-        if legacy:
-            report.warn(f"{project.folder}: {', '.join(legacy[:5])}{' and more' if len(legacy) > 5 else ''} were "
-                        "written by an older slidemill-to-qupath for the import by image name; the import script "
-                        "now loads slidemill/objects/<entryID>.geojson and no longer reads them (run "
-                        "slidemill-to-qupath again for those slides, then delete geojson/)")
-        version = project.data.get("version")
-        if not project.is_new and isinstance(version, str) and not version.startswith(config.qupath_version + "."):
-            log.info("%s was written by QuPath %s; it keeps that version", project.qpproj, version)
+
+def _add_to_project(project, groups: list, slide_files: list[Path], colors: dict, config: ToQuPathConfig,
+                    report) -> dict[str, dict]:
+    """The project's entry of every slide (existing entries matched by URI, new ones added), by image name."""
+    slides = [(g.image_name, g.slide_path) for g in groups]
+    slides += [(s.name, s.resolve()) for s in slide_files if s.name not in {g.image_name for g in groups}]
+    entries = add_images(project, slides)
+    for warning in project.warnings + class_colour_conflicts(project, colors):
+        report.warn(warning)
+    legacy = legacy_object_files(project)
+    if legacy:
+        report.warn(f"{project.folder}: {', '.join(legacy[:5])}{' and more' if len(legacy) > 5 else ''} were "
+                    "written by an older slidemill-to-qupath for the import by image name; the import script "
+                    "now loads slidemill/objects/<entryID>.geojson and no longer reads them (run "
+                    "slidemill-to-qupath again for those slides, then delete geojson/)")
+    version = project.data.get("version")
+    if not project.is_new and isinstance(version, str) and not version.startswith(config.qupath_version + "."):
+        log.info("%s was written by QuPath %s; it keeps that version", project.qpproj, version)
+    return entries
+
+
+def _warn_builtin_colours(colors: dict, report) -> None:
     for name, rgb in colors.items():
         if name in QUPATH_COLORS and tuple(rgb) != QUPATH_COLORS[name]:
             report.warn(f"class {name!r} is {list(rgb)} in the annotations, but QuPath's built-in {name} is "
                         f"{list(QUPATH_COLORS[name])}; a QuPath that knows the class shows its own colour")
 
-    suffix = ".geojson.gz" if config.gzip else ".geojson"
-    total = sum(len(g.records) for g in groups)
+
+def _write_slides(groups: list, entries: dict, colors: dict, config: ToQuPathConfig, staging: Path, suffix: str,
+                  total: int, report) -> tuple[ToQuPathResult, WriteStats]:
+    """One QuPath GeoJSON per slide in `staging`."""
+    result = ToQuPathResult(out_dir=config.out_dir)
     stats = WriteStats()
-    staging = life.start()
     with report.timed("write"), Progress(total, "writing QuPath GeoJSON", "features") as progress:
         for group in groups:
             before = (stats.written, stats.dropped)
@@ -206,26 +238,30 @@ def _convert(config: ToQuPathConfig, life: ToolRun) -> ToQuPathResult:
             report.outputs.append(str(config.out_dir / path.name))
             if dropped:
                 report.warn(f"{group.stem}: {dropped} features vanished on the 0.01 px grid and were left out")
-    if project is not None:
-        with report.timed("project"):
-            try:
-                for group, output in zip(groups, result.slides, strict=True):
-                    entry = entries[group.image_name]  # by entry ID: two images may have the same name
-                    target = project.folder / objects_file(entry)
-                    _copy_plain(staging / f"{group.stem}{suffix}", target)
-                    report.outputs.append(str(target))
-                    report.items.append(ReportItem(
-                        id=str(entry["entryID"]), name=group.image_name, status="ok",
-                        inputs=[str(i.path) for i in group.inputs] + ([str(group.slide_path)]
-                                                                      if group.slide_path else []),
-                        outputs=[str(target)], counts={"features": output.features}))
-                written_files = save_project(project, merged_classes(project, colors))
-            except PermissionError as exc:
-                raise OutputError(f"cannot be written ({exc.strerror})", path=exc.filename or project.folder,
-                                  fix="Check the project folder's permissions") from None
-            report.outputs.extend(str(p) for p in written_files)
-        result.project = project.qpproj
-        result.import_command = import_command(project.qpproj, project.folder / SCRIPT_FILE)
+    return result, stats
+
+
+def _write_into_project(project, groups: list, entries: dict, result: ToQuPathResult, colors: dict,
+                        staging: Path, suffix: str, report) -> None:
+    """Each slide's objects to PROJECT/slidemill/objects/<entryID>.geojson, then the project file."""
+    try:
+        for group, output in zip(groups, result.slides, strict=True):
+            entry = entries[group.image_name]  # by entry ID: two images may have the same name
+            target = project.folder / objects_file(entry)
+            _copy_plain(staging / f"{group.stem}{suffix}", target)
+            report.outputs.append(str(target))
+            report.items.append(ReportItem(
+                id=str(entry["entryID"]), name=group.image_name, status="ok",
+                inputs=[str(i.path) for i in group.inputs] + ([str(group.slide_path)] if group.slide_path else []),
+                outputs=[str(target)], counts={"features": output.features}))
+        written_files = save_project(project, merged_classes(project, colors))
+    except PermissionError as exc:
+        raise OutputError(f"cannot be written ({exc.strerror})", path=exc.filename or project.folder,
+                          fix="Check the project folder's permissions") from None
+    report.outputs.extend(str(p) for p in written_files)
+
+
+def _count(report, inputs: list, groups: list, total: int, stats: WriteStats, colors: dict, project) -> None:
     report.count("input_files", len(inputs))
     report.count("slides", len(groups))
     report.count("features_in", total)
@@ -244,8 +280,6 @@ def _convert(config: ToQuPathConfig, life: ToolRun) -> ToQuPathResult:
     if project is not None:
         report.count("project_entries_new", len(project.new_entries))
         report.count("project_entries_reused", len(project.reused_entries))
-    report.outputs.append(str(config.out_dir / "report.json"))
-    return result
 
 
 def _counted(records: list, progress: Progress, every: int = 1000):
