@@ -5,8 +5,9 @@
 - `--version`, `--log-format text|json`, `--debug` spelled the same in every tool;
 - a progress bar on a terminal, plain periodic log lines in batch jobs.
 
-A tool's cli.py builds its app with `tool_app`, declares the shared options with the `*Option`
-types below, and wraps its body in `with cli_run(...)`.
+A tool's cli.py builds its app with `tool_app` and its command with `slidemill.shared.command.config_command`
+(the options made from the tool's config, the shared ones declared once there), which runs the body in
+`cli_run(...)`.
 """
 
 from __future__ import annotations
@@ -35,12 +36,6 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 class LogFormat(StrEnum):
     text = "text"
     json = "json"
-
-
-class Device(StrEnum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 def package_version(dist: str) -> str:
@@ -75,38 +70,6 @@ def version_option(dist: str):
 LogFormatOption = Annotated[LogFormat, typer.Option(
     "--log-format", help="text for people, json (one object per line) for workflow engines.")]
 DebugOption = Annotated[bool, typer.Option("--debug", help="Verbose logs, and a traceback on any error.")]
-OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
-WorkersOption = Annotated[int, typer.Option(
-    "--workers", min=0, help="Parallel workers; 0 means one per CPU core.")]
-DeviceOption = Annotated[Device, typer.Option("--device", help="auto uses CUDA when present.")]
-SlideMppOption = Annotated[float | None, typer.Option(
-    "--slide-mpp", min=0.0, help="Level-0 microns per pixel of the slide, when the file lacks it "
-    "(or to override it).")]
-
-
-class TissueMode(StrEnum):
-    auto = "auto"
-    brightfield = "brightfield"
-    darkfield = "darkfield"
-
-
-# what a pixel of the slide means (slidemill.shared.slide.open_slide), the same in every tool that opens slides
-ChannelOption = Annotated[list[str] | None, typer.Option(
-    "--channel", help="Channel to read, by name or 0-based index: once for a grey image, three times for R, G, B "
-    "(fluorescence, OME-TIFF/QPTIFF channels). Needed when the file is not plain grey or RGB.",
-    show_default=False)]
-ZOption = Annotated[int | None, typer.Option("--z", min=0, help="Z plane to read (0-based), for files with several.",
-                                             show_default=False)]
-TOption = Annotated[int | None, typer.Option("--t", min=0, help="Time point to read (0-based), for files with "
-                                             "several.", show_default=False)]
-DicomSeriesOption = Annotated[str | None, typer.Option(
-    "--dicom-series", metavar="UID", help="SeriesInstanceUID to read from a DICOM folder holding several series.",
-    show_default=False)]
-AllowUpsamplingOption = Annotated[bool, typer.Option(
-    "--allow-upsampling", help="Allow a target resolution more than 2x finer than the slide's (refused otherwise).")]
-TissueModeOption = Annotated[TissueMode, typer.Option(
-    "--tissue-mode", help="Tissue is darker than glass (brightfield) or brighter than a dark background "
-    "(darkfield, fluorescence); auto: darkfield when the thumbnail's median grey level is below 100.")]
 
 
 def option_error(exc, options: dict[str, str] | None = None, *, tool: str = "") -> SlidemillError:
