@@ -76,3 +76,16 @@ def test_a_channel_choice_takes_the_general_path(tmp_path):
     got = read_tile_pixels(swapped, stored, 10, 20, 64, 64, 1.0)
     plain = open_slide(path)
     assert np.array_equal(got, plain.read_region(10, 20, 64, 64, 1.0)[:, :, ::-1])
+
+
+@pytest.mark.parametrize("scale", [2.0, 4.0, 8.0, 6.5])
+def test_ndpi_reads_through_the_slide_reader(cases, scale):
+    """NDPI's stored "tiles" are pieces of one JPEG stream that cannot be decoded alone: the direct path
+    declines them (it used to stop the fluorescence case with "Not a JPEG file"), and every read, aligned
+    with a level or resampled, gives the slide reader's pixels."""
+    slide = open_slide(cases / "fluorescence" / "DAPI-387.ndpi")
+    stored = StoredLevels(slide)
+    assert not any(stored.available(level) for level in range(len(slide.levels)))
+    for x, y in [(0, 0), (1000, 1200)]:
+        got = read_tile_pixels(slide, stored, x, y, 128, 96, scale)
+        assert np.array_equal(got, slide.read_region(x, y, 128, 96, scale))

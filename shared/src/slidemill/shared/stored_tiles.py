@@ -7,9 +7,9 @@ the codec's decode speed. `read_tile_pixels` uses this where it applies and `Sli
 otherwise, so every caller (tile's writer, the refs store's reader, random patches) gets the same
 pixels from one function.
 
-Only plain pages take the direct path: tiled, 8-bit, 3 samples, RGB or YCbCr, interleaved, and a
-page whose size equals the level large-image reports. Anything else (alpha, 16-bit, planar,
-stripped files, non-TIFF formats) reads through `Slide.read_region`.
+Only plain pages take the direct path: tiled, 8-bit, 3 samples, RGB or YCbCr, interleaved, not NDPI,
+and a page whose size equals the level large-image reports. Anything else (alpha, 16-bit, planar,
+stripped files, NDPI, non-TIFF formats) reads through `Slide.read_region`.
 """
 
 from __future__ import annotations
@@ -58,7 +58,9 @@ class _Page:
 
 def _plain(page) -> bool:
     try:
-        return (page.is_tiled and page.bitspersample == 8 and page.samplesperpixel == 3
+        # NDPI "tiles" are pieces of one JPEG stream that need the page's JPEG header and restart markers
+        # around them; tifffile's per-tile decode cannot take them alone ("Not a JPEG file")
+        return (page.is_tiled and not page.is_ndpi and page.bitspersample == 8 and page.samplesperpixel == 3
                 and int(page.photometric) in _PHOTOMETRIC_OK and int(page.planarconfig) == 1
                 and not page.extrasamples and page.imagedepth == 1)
     except Exception:  # noqa: BLE001 - an odd page takes the general path
