@@ -127,9 +127,12 @@ def run_tile(slide: Path, out: Path, tile: int, workers: int, store: str, annota
     cmd = [str(BIN / "slidemill-tile"), str(slide), "--out", str(out), "--mpp", "0.25", "--all-tiles",
            "--overlap", "0", "--tile-size", str(tile), "--workers", str(workers), "--overwrite",
            "--store", store, "--annotations", str(annotations), *extra]
-    # a fresh interpreter per run, so ru_maxrss is this run's own
-    code = ("import resource, subprocess, sys, time; t0 = time.perf_counter(); "
+    # a fresh interpreter per run, so ru_maxrss is this run's own. It is its children's subreaper (Linux), so
+    # the fork server that outlives the command by a moment (and with it its workers' CPU) is waited for here
+    code = ("import ctypes, os, resource, subprocess, sys, time; t0 = time.perf_counter(); "
+            "sys.platform == 'linux' and ctypes.CDLL(None).prctl(36, 1, 0, 0, 0); "  # PR_SET_CHILD_SUBREAPER
             "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+            "exec('while True:\\n try: os.wait()\\n except ChildProcessError: break'); "
             "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
             "print(time.perf_counter() - t0, u.ru_utime + u.ru_stime, u.ru_maxrss / 1024)")
     result = subprocess.run([sys.executable, "-c", code, *cmd], check=True, capture_output=True, text=True)

@@ -100,18 +100,45 @@ def _bounded_map(executor: ProcessPoolExecutor, fn: Callable, batches: Iterable[
         yield pending.popleft().result()
 
 
-def _executor(plan: TilePlan, workers: int) -> ProcessPoolExecutor:
+# what a worker needs, imported once by the fork server (not by every worker): a spawned worker spent
+# ~0.7 CPU-s starting (a fresh interpreter importing numpy, pydantic, large-image, the tile package,
+# and the console script as `__mp_main__`), one per worker per run
+WORKER_PRELOAD = ["__main__", "slidemill.tile.render", "slidemill.shared.slide", "slidemill.shared.tilestore",
+                  "large_image", "tifffile", "imagecodecs", "numcodecs", "zarr", "cv2", "shapely"]
+
+
+def _mp_context():
+    """forkserver where the platform has it (Linux, macOS), else spawn. The fork server is a fresh
+    interpreter that only imports `WORKER_PRELOAD` (no slide is opened and no thread runs in it), so
+    workers forked from it start in milliseconds and still open the slide themselves: no file
+    handle or reader thread of this process crosses a fork."""
     import multiprocessing
 
     # glibc's malloc in a fresh process serves each ~1 MB tile buffer by mmap and gives it back at once,
     # so every numpy temporary page-faults anew: measured 2.6x the CPU per tile in a worker against the
-    # same loop in a long-lived process. Fixed thresholds keep such buffers on the heap; the workers read
-    # them from the environment at start (a value the user set wins).
+    # same loop in a long-lived process. Fixed thresholds keep such buffers on the heap; the fork server
+    # and the workers read them from the environment at start (a value the user set wins).
     for name, value in MALLOC_TUNING.items():
         os.environ.setdefault(name, value)
-    # spawn: each worker opens the slide itself (no file handles or reader threads cross a fork)
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=render.init_worker, initargs=(plan.renderer,))
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(WORKER_PRELOAD)  # used when this process starts its fork server
+    return context
+
+
+def start_workers_early(workers: int) -> None:
+    """Start the fork server now (it imports in its own process while this one goes on planning and
+    fitting stain), so the pool's workers need not wait for it: no effect with spawn or one worker."""
+    if workers > 1 and _mp_context().get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
+def _executor(plan: TilePlan, workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context(), initializer=render.init_worker,
+                               initargs=(plan.renderer,))
 
 
 def iter_tiles(slide: TileConfig | str | Path, *, workers: int = 1, plan: TilePlan | None = None,
@@ -347,6 +374,7 @@ def _tile(config: TileConfig, life: ToolRun) -> TileResult:
     for message in plan.warnings:
         report.warn(message)
     workers = min(worker_count(config.workers), max(1, len(plan) // MIN_TILES_PER_WORKER))
+    start_workers_early(workers)
     if not plan.specs:
         report.warn(f"the tileset is empty: {plan.empty_reason}")
     with report.timed("stain"):
