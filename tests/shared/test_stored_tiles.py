@@ -89,3 +89,25 @@ def test_ndpi_reads_through_the_slide_reader(cases, scale):
     for x, y in [(0, 0), (1000, 1200)]:
         got = read_tile_pixels(slide, stored, x, y, 128, 96, scale)
         assert np.array_equal(got, slide.read_region(x, y, 128, 96, scale))
+
+
+def test_tile_without_data_is_padding(tmp_path):
+    """A stored tile of byte count 0 (a sparse TIFF) reads as the pad value; every other pixel of a
+    read that covers it is still the stored tiles' own, whether the read lies wholly inside the page."""
+    path = write_synthetic_slide(tmp_path / "s.tiff", 512, 384, mpp=0.25, tile=128, compression="zlib")
+    slide = open_slide(path)
+    stored = StoredLevels(slide)
+    full = stored.read(0, 0, 0, 512, 384)
+    assert np.array_equal(full, slide.read_region(0, 0, 512, 384, 1.0))
+    page = stored._open()[0]
+    counts = np.array(page.counts)
+    counts[1 * page.across + 2] = 0  # the stored tile at (tx 2, ty 1): x 256-383, y 128-255
+    page.counts = counts
+    stored._cache.clear()
+    stored._cached = 0
+    for x, y, w, h in [(200, 100, 250, 200), (0, 0, 512, 384), (300, 200, 40, 30)]:
+        got = stored.read(0, x, y, w, h, pad_value=7)
+        want = full[y:y + h, x:x + w].copy()
+        hole = want[max(128 - y, 0):max(256 - y, 0), max(256 - x, 0):max(384 - x, 0)]
+        hole[...] = 7
+        assert np.array_equal(got, want), (x, y, w, h)

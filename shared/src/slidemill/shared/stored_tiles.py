@@ -129,6 +129,16 @@ class StoredLevels:
             self._pages[i] = _Page(match[0]) if stored and match and _plain(match[0]) else None
         return self._pages
 
+    @staticmethod
+    def _complete(page: _Page, x0: int, y0: int, x1: int, y1: int) -> bool:
+        """Whether every stored tile under [x0, x1) x [y0, y1) has data (a tile of byte count 0 is
+        left to the padding)."""
+        for ty in range(y0 // page.tl, (y1 - 1) // page.tl + 1):
+            for tx in range(x0 // page.tw, (x1 - 1) // page.tw + 1):
+                if not page.counts[ty * page.across + tx]:
+                    return False
+        return True
+
     def available(self, level: int) -> bool:
         return self._open().get(level) is not None
 
@@ -137,10 +147,13 @@ class StoredLevels:
         page = self._open().get(level)
         if page is None:
             return None
-        out = np.full((h, w, 3), pad_value, np.uint8)
         x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, page.width), min(y + h, page.height)
         if x1 <= x0 or y1 <= y0:
-            return out
+            return np.full((h, w, 3), pad_value, np.uint8)
+        if (x0, y0, x1, y1) == (x, y, x + w, y + h) and self._complete(page, x0, y0, x1, y1):
+            out = np.empty((h, w, 3), np.uint8)  # every pixel is copied from a stored tile below
+        else:
+            out = np.full((h, w, 3), pad_value, np.uint8)
         for ty in range(y0 // page.tl, (y1 - 1) // page.tl + 1):
             for tx in range(x0 // page.tw, (x1 - 1) // page.tw + 1):
                 try:
