@@ -1,7 +1,7 @@
 """Throughput of `slidemill-tile`'s stores against the JPEG decode ceiling and a plain loop, in one run.
 
     .venv/bin/python benchmarks/tile.py [--size 20480] [--tile-size 512] [--workers 0] [--keep DIR]
-                                        [--memory-tiles 100000]
+                                        [--memory-tiles 100000] [--rounds 3] [--skip-plain]
     .venv/bin/python benchmarks/tile.py --tiles 100000     # the memory run only
 
 Generates a synthetic JPEG-compressed pyramidal TIFF (`write_synthetic_slide`, 256 x 256 JPEG tiles,
@@ -255,6 +255,8 @@ def main() -> None:
     parser.add_argument("--tiles", type=int, default=0,
                         help="only the memory run, at this many tiles (e.g. 100000): peak RSS of tile and reader")
     parser.add_argument("--keep", type=Path, help="keep the slide and outputs in this folder")
+    parser.add_argument("--skip-plain", action="store_true",
+                        help="leave out the plain loop (the slowest part: ~100 s at the default size)")
     args = parser.parse_args()
     from slidemill.shared.cli import worker_count
 
@@ -308,18 +310,21 @@ def main() -> None:
         print(f"unaligned grid (--mpp 0.37, 256 px, 1.48 level-0 px per tile px): {count} tiles read one by one in "
               f"{single_s:.1f} CPU-s, in strips of a batch in {strips_s:.1f} CPU-s: {single_s / strips_s:.2f}x")
 
-        plain_s, plain_cpu, count = run_plain_loop(slide, work / "plain-out", t, args.size)
-        plain_mp = count * t * t / 1e6
-        plain = plain_mp / plain_s
-        print(f"plain loop (openslide read_region + PIL PNG save, 1 process, no masks): {plain_mp:.0f} MP in "
-              f"{plain_s:.1f} s = {plain:.1f} MP/s ({plain_mp / plain_cpu:.1f} MP per CPU-second)")
+        plain = None
+        if not args.skip_plain:
+            plain_s, plain_cpu, count = run_plain_loop(slide, work / "plain-out", t, args.size)
+            plain_mp = count * t * t / 1e6
+            plain = plain_mp / plain_s
+            print(f"plain loop (openslide read_region + PIL PNG save, 1 process, no masks): {plain_mp:.0f} MP in "
+                  f"{plain_s:.1f} s = {plain:.1f} MP/s ({plain_mp / plain_cpu:.1f} MP per CPU-second)")
 
         print(f"ratio refs read / (decode ceiling x {workers}): {refs_read / (ceiling * workers):.2f} wall-clock, "
               f"{refs_cpu / (decoded_mp / decode_cpu):.2f} per CPU-second (aim >= 0.5)")
         print(f"ratio zarr / png store ({workers} worker(s), masks written): {zarr_n / png:.2f} (aim >= 2)")
         print(f"ratio zarr {workers} workers / 1 worker: {zarr_n / zarr_1:.2f} (aim >= 1.7 with 2)")
         scaling_rounds(slide, work, t, workers, annotations, args.rounds, megapixels)
-        print(f"ratio png store / plain loop: {png / plain:.2f}; zarr / plain loop: {zarr_n / plain:.2f}")
+        if plain is not None:
+            print(f"ratio png store / plain loop: {png / plain:.2f}; zarr / plain loop: {zarr_n / plain:.2f}")
 
         if args.memory_tiles:
             memory_runs(work, args.memory_tiles, workers, args.size, slide)
