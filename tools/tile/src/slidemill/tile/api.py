@@ -4,11 +4,12 @@ without writing anything (notebooks, PyTorch datasets)."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
@@ -149,8 +150,8 @@ def tune_malloc() -> None:
 
 
 def start_workers_early(workers: int) -> None:
-    """Start the fork server now (it imports in its own process while this one goes on planning and
-    fitting stain), so the pool's workers need not wait for it: no effect with spawn or one worker."""
+    """Start the fork server now (it imports in its own process while this one goes on setting up the
+    store), so the pool's workers wait less for it: no effect with spawn or one worker."""
     if workers > 1 and _mp_context().get_start_method() == "forkserver":
         from multiprocessing import forkserver
 
@@ -377,6 +378,16 @@ def fit_stain_models(plan: TilePlan, report: ReportBuilder) -> SlideStain:
     return stain
 
 
+def _side_outputs(plan: TilePlan, stage: Path, report: ReportBuilder) -> SlideStain:
+    """The stain models, `tissue.png` and `preview.png`: from the plan's thumbnail, not the tiles."""
+    with report.timed("stain"):
+        stain = fit_stain_models(plan, report)
+    with report.timed("write"):
+        write_png(stage / "tissue.png", plan.tissue.mask.astype(np.uint8) * 255, 6)
+        write_png(stage / "preview.png", draw_preview(plan), 6)
+    return stain
+
+
 def run(config: TileConfig, *, argv: list[str] | None = None) -> TileResult:
     """Cut the slide into tiles and masks under `config.out` (all or nothing), with a manifest,
     tissue mask, preview and report."""
@@ -399,24 +410,25 @@ def _tile(config: TileConfig, life: ToolRun) -> TileResult:
     tune_malloc()
     if not plan.specs:
         report.warn(f"the tileset is empty: {plan.empty_reason}")
-    with report.timed("stain"):
-        stain = fit_stain_models(plan, report)
     log.info("%s: %d of %d tiles to write (%d x %d px at %.4g um/px, %d worker(s))", plan.slide_ref.name,
              len(plan), plan.grid_cols * plan.grid_rows, config.tile_size_px, config.tile_size_px,
              config.target_mpp, workers)
     stage = life.start()
-    with (report.timed("tiles"), Progress(len(plan), "tiles", "tiles") as progress,
-          TileRowWriter(stage / ROWS_NAME) as writer):
-        rows = _Rows(plan, config.store, writer)
-        if config.store == "png":
-            _write_png_store(plan, config, stage, workers, rows, progress)
-        else:
-            _write_container_store(plan, config, stage, workers, rows, progress)
+    # with worker processes this one mostly waits for their tiles: it fits the stain and draws the
+    # preview meanwhile, in a thread (from the plan's thumbnail; the workers have their own slides)
+    with ThreadPoolExecutor(1) if workers > 1 else contextlib.nullcontext() as side:
+        pending = side.submit(_side_outputs, plan, stage, report) if side is not None else None
+        with (report.timed("tiles"), Progress(len(plan), "tiles", "tiles") as progress,
+              TileRowWriter(stage / ROWS_NAME) as writer):
+            rows = _Rows(plan, config.store, writer)
+            if config.store == "png":
+                _write_png_store(plan, config, stage, workers, rows, progress)
+            else:
+                _write_container_store(plan, config, stage, workers, rows, progress)
+        stain = pending.result() if pending is not None else _side_outputs(plan, stage, report)
     if writer.count != len(plan):
         raise RuntimeError(f"wrote {writer.count} tile rows for {len(plan)} tiles")
     with report.timed("write"):
-        write_png(stage / "tissue.png", plan.tissue.mask.astype(np.uint8) * 255, 6)
-        write_png(stage / "preview.png", draw_preview(plan), 6)
         params = TilingParams(mpp=config.target_mpp, tile_size_px=config.tile_size_px,
                               overlap_px=config.overlap_px,
                               tissue_threshold=None if config.all_tiles else config.tissue_threshold,
