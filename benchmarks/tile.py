@@ -2,10 +2,12 @@
 
     .venv/bin/python benchmarks/tile.py [--size 20480] [--tile-size 512] [--workers 0] [--keep DIR]
                                         [--memory-tiles 100000] [--rounds 3] [--skip-plain]
+                                        [--content synthetic|he]
     .venv/bin/python benchmarks/tile.py --tiles 100000     # the memory run only
 
-Generates a synthetic JPEG-compressed pyramidal TIFF (`write_synthetic_slide`, 256 x 256 JPEG tiles,
-quality 90, 0.25 um/px) of SIZE x SIZE pixels with the example annotations (written as QuPath
+Generates a JPEG-compressed pyramidal TIFF (`write_synthetic_slide`, 256 x 256 JPEG tiles, quality
+90, 0.25 um/px) of SIZE x SIZE pixels (synthetic shapes and noise, or with `--content he` real H&E:
+CMU-1-Small-Region mirrored over the plane) with the example annotations (written as QuPath
 GeoJSON, so every store also draws and writes masks), then measures on the same file:
 
 1. the ceiling: decoding every JPEG tile of level 0 of the file (tifffile + imagecodecs, one thread);
@@ -43,11 +45,38 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 
 
-def make_slide(path: Path, size: int) -> float:
+HE_SOURCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
+
+
+def he_render(source: Path = HE_SOURCE):
+    """A `write_synthetic_slide` renderer that lays real H&E (level 0 of `source`, 2220 x 2967 px of
+    CMU-1) over the plane, mirrored at its edges so the mosaic has no seams; level `scale` samples
+    every `scale`-th pixel."""
+    import numpy as np
+    import tifffile
+
+    with tifffile.TiffFile(source) as tif:
+        image = tif.pages[0].asarray()[..., :3]
+    height, width = image.shape[:2]
+
+    def fold(v, n):
+        v = v % (2 * n)
+        return np.where(v < n, v, 2 * n - 1 - v)
+
+    def render(x0, y0, w, h, scale):
+        ys = fold(y0 + np.arange(h) * scale, height)
+        xs = fold(x0 + np.arange(w) * scale, width)
+        return np.ascontiguousarray(image[np.ix_(ys, xs)])
+
+    return render
+
+
+def make_slide(path: Path, size: int, content: str = "synthetic") -> float:
     from slidemill.shared.testing import write_synthetic_slide
 
     t0 = time.perf_counter()
-    write_synthetic_slide(path, size, size, mpp=0.25, tile=256, compression="jpeg")
+    render = he_render() if content == "he" else None
+    write_synthetic_slide(path, size, size, mpp=0.25, tile=256, compression="jpeg", render=render)
     return time.perf_counter() - t0
 
 
@@ -255,6 +284,10 @@ def main() -> None:
     parser.add_argument("--tiles", type=int, default=0,
                         help="only the memory run, at this many tiles (e.g. 100000): peak RSS of tile and reader")
     parser.add_argument("--keep", type=Path, help="keep the slide and outputs in this folder")
+    parser.add_argument("--content", choices=["synthetic", "he"], default="synthetic",
+                        help="the slide's pixels: synthetic (shapes and noise, testing.render_tile) or he (real H&E, "
+                             "CMU-1-Small-Region from ../shared/data mirrored over the plane); the codecs' speeds "
+                             "depend on it")
     parser.add_argument("--skip-plain", action="store_true",
                         help="leave out the plain loop (the slowest part: ~100 s at the default size)")
     args = parser.parse_args()
@@ -263,7 +296,7 @@ def main() -> None:
     workers = worker_count(args.workers)
     work = args.keep or Path(tempfile.mkdtemp(prefix="slidemill-bench-tile-"))
     work.mkdir(parents=True, exist_ok=True)
-    slide = work / "synthetic-jpeg.tiff"
+    slide = work / ("synthetic-jpeg.tiff" if args.content == "synthetic" else "he-jpeg.tiff")
     annotations = work / "synthetic.geojson"
     try:
         if args.tiles:
@@ -272,8 +305,9 @@ def main() -> None:
             print(f"cpu cores: {os.cpu_count()}, load average: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
             return
         if not slide.exists():
-            seconds = make_slide(slide, args.size)
-            print(f"slide: {args.size} x {args.size} px JPEG pyramid, {slide.stat().st_size / 1e6:.0f} MB, "
+            seconds = make_slide(slide, args.size, args.content)
+            print(f"slide: {args.size} x {args.size} px JPEG pyramid of {args.content} pixels, "
+                  f"{slide.stat().st_size / 1e6:.0f} MB, "
                   f"made in {seconds:.1f} s")
         write_annotations(annotations, args.size)
         t = args.tile_size
