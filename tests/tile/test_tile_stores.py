@@ -125,15 +125,16 @@ def test_schema_1_0_manifest_reads_as_png(tmp_path, synthetic, synthetic_geojson
     assert np.array_equal(image, reference[1].image) and np.array_equal(mask, reference[1].mask)
 
 
-@pytest.mark.parametrize(("store", "sig"), [("zarr", signal.SIGKILL), ("refs", signal.SIGKILL),
-                                            ("png", signal.SIGKILL), ("zarr", signal.SIGTERM)])
-def test_killed_run_leaves_nothing_complete(tmp_path, store, sig, synthetic_geojson):
+@pytest.mark.parametrize(("store", "sig", "workers"), [("zarr", signal.SIGKILL, 1), ("refs", signal.SIGKILL, 1),
+                                                       ("png", signal.SIGKILL, 1), ("zarr", signal.SIGTERM, 1),
+                                                       ("zarr", signal.SIGKILL, 2), ("zarr", signal.SIGTERM, 2)])
+def test_killed_run_leaves_nothing_complete(tmp_path, store, sig, workers, synthetic_geojson):
     slide = write_synthetic_slide(tmp_path / "big.tiff", 3000, 3000, mpp=0.25, tile=256)
     out = tmp_path / "out"
     # refs reads no pixel: the masks are its work, so it gets annotations
     extra = ["--annotations", str(synthetic_geojson)] if store == "refs" else []
     proc = subprocess.Popen([CMD, str(slide), "--out", str(out), "--tile-size", "32", "--overlap", "0",
-                             "--all-tiles", "--mpp", "0.25", "--workers", "1", "--store", store, *extra],
+                             "--all-tiles", "--mpp", "0.25", "--workers", str(workers), "--store", store, *extra],
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while time.time() < deadline and not any(p.name.startswith(".out.") for p in tmp_path.iterdir()):
@@ -249,3 +250,28 @@ def test_refs_slide_path_goes_up_but_is_never_absolute(tmp_path, synthetic_geojs
     (moved / "tilesets" / "a" / "tileset.json").write_text(json.dumps(data))
     with pytest.raises(ContractError, match="leaves the manifest's folder"):
         open_tileset(moved / "tilesets" / "a")
+
+
+@pytest.mark.parametrize("slot", ["fits", "too small"])
+def test_container_stores_with_workers_give_the_cut_pixels(tmp_path, monkeypatch, synthetic, synthetic_geojson, slot):
+    """Two workers write their chunks into slots of a scratch file (or, when a batch outgrows its slot,
+    send them back): either way the container holds the pixels cut in memory, and no scratch file is left."""
+    from slidemill.tile import TileConfig, api, iter_tiles, run
+
+    options = {"tile_size_px": 48, "overlap_px": 0, "mpp": 0.5, "tissue_threshold": 0.05}
+    reference = list(iter_tiles(synthetic, annotations=[synthetic_geojson], **options))
+    assert len(reference) >= 2 * api.MIN_TILES_PER_WORKER  # so that two workers are used
+    if slot == "too small":
+        monkeypatch.setattr(api, "_slot_bytes", lambda tiles, tile_px: 1000)
+    for store in ("zarr", "refs"):
+        out = tmp_path / store
+        result = run(TileConfig(slide=synthetic, out=out, annotations=[synthetic_geojson], workers=2, store=store,
+                                **options))
+        assert json.loads((out / "report.json").read_text())["counts"]["workers"] == 2
+        assert not (out / api.SCRATCH_NAME).exists()
+        reader = open_tileset(out)
+        assert len(reader) == len(reference) == result.tiles_written
+        for i, (ref, record) in enumerate(zip(reference, reader.records(), strict=True)):
+            image, mask = reader.read(i)
+            assert np.array_equal(image, ref.image) and np.array_equal(mask, ref.mask), (store, i)
+            assert record.class_fractions == ref.class_fractions

@@ -249,10 +249,30 @@ def valid_extent_px(extent_level0: int, scale: float, start_px: int, tile_px: in
 _WORKER: TileRenderer | None = None
 
 
+def _exit_with_parent() -> None:
+    """Exit when the process that started this worker is gone. A pool's worker waits on its task queue,
+    whose pipe it holds both ends of, so after a SIGKILL of the main process it would wait forever
+    (holding the terminal's or a caller's stderr, and with forkserver the fork server too)."""
+    import multiprocessing
+    import os
+    import threading
+
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()  # returns when the parent's end of this worker's start pipe closes: it died
+        os._exit(1)
+
+    threading.Thread(target=watch, name="slidemill-parent-watch", daemon=True).start()
+
+
 def init_worker(renderer: TileRenderer) -> None:
     global _WORKER
     import logging
 
+    _exit_with_parent()
     logging.getLogger("large_image").setLevel(logging.ERROR)
     _WORKER = renderer
     renderer.open()
@@ -278,6 +298,65 @@ def worker_write(folder: Path, png_compression: int, specs: list[TileSpec]) -> l
 def worker_encode(image_codec: str | None, specs: list[TileSpec]) -> list[tuple]:
     assert _WORKER is not None
     return encode_batch(_WORKER, image_codec, specs)
+
+
+_SCRATCH: dict[str, int] = {}  # scratch file -> this worker's descriptor
+
+
+def _write_slot(path: str, offset: int, size: int, chunks: list[bytes]) -> bool:
+    """`chunks` back to back into [offset, offset + size) of the scratch file (one `pwritev`, no
+    join); False (nothing written) when they do not fit."""
+    import os
+
+    total = sum(len(c) for c in chunks)
+    if total > size:
+        return False
+    fd = _SCRATCH.get(path)
+    if fd is None:
+        fd = _SCRATCH[path] = os.open(path, os.O_WRONLY)
+    done = 0
+    while done < total:  # a regular file takes it in one call; a short write goes on from where it stopped
+        views, skip = [], done
+        for chunk in chunks:
+            if skip >= len(chunk):
+                skip -= len(chunk)
+                continue
+            views.append(memoryview(chunk)[skip:])
+            skip = 0
+        try:
+            written = os.pwritev(fd, views[:1024], offset + done)
+        except OSError as exc:
+            raise OutputError(f"cannot be written ({exc.strerror})", path=Path(path),
+                              fix="Check free space and permissions") from None
+        if written <= 0:
+            raise OutputError("cannot be written (no progress)", path=Path(path), fix="Check free space")
+        done += written
+    return True
+
+
+def worker_encode_slot(image_codec: str | None, scratch: str, slot_bytes: int,
+                       job: tuple[int, list[TileSpec]]) -> tuple[bool, list[tuple]]:
+    """`worker_encode`, the chunks written into slot `job[0]` of the scratch file instead of sent
+    back: (True, [(index, fractions, (offset, length) or None, (offset, length) or None)]), offsets
+    in the scratch file; (False, `worker_encode`'s result) when the batch's chunks outgrow the slot."""
+    assert _WORKER is not None
+    slot, specs = job
+    encoded = encode_batch(_WORKER, image_codec, specs)
+    chunks, spans = [], []
+    at = slot * slot_bytes
+    for index, fractions, image, mask in encoded:
+        where = []
+        for chunk in (image, mask):
+            if chunk is None:
+                where.append(None)
+                continue
+            chunks.append(chunk)
+            where.append((at, len(chunk)))
+            at += len(chunk)
+        spans.append((index, fractions, where[0], where[1]))
+    if not _write_slot(scratch, slot * slot_bytes, slot_bytes, chunks):
+        return False, encoded
+    return True, spans
 
 
 def worker_render(specs: list[TileSpec]) -> list[tuple[TileSpec, np.ndarray, np.ndarray | None, dict[str, float]]]:
