@@ -242,6 +242,7 @@ class Trainer:
         self.step_count = 0
         self.total_steps = 1
         self.warmup_steps = 1
+        self.recent_batches: collections.deque = collections.deque(maxlen=PRECISE_BN_BATCHES)
         self.anchor: tuple[int, float] | None = None  # (step, cosine position) where a moved schedule resumed
 
     def set_schedule(self, total_steps: int) -> None:
@@ -307,7 +308,7 @@ class Trainer:
         tiles = 0
         t0 = time.perf_counter()
         steps = 0
-        recent: collections.deque = collections.deque(maxlen=PRECISE_BN_BATCHES)
+        recent = self.recent_batches
         with Progress(len(loader), description, "batches", interval_s=30.0) as progress:
             for images, masks in loader:
                 if self.step_count >= (stop_at if stop_at is not None else self.total_steps):
