@@ -345,9 +345,13 @@ class Trainer:
             m.reset_running_stats()
             m.momentum = None  # cumulative average over the batches below
         self.model.train()
-        for images in batches:
-            with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
-                self.model(images)
+        # the forward passes must not draw from the random generators (the decoder's dropout does): training
+        # goes on exactly as it would without the refresh, on every device
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, device_type=self.device.type if devices else "cuda"):
+            for images in batches:
+                with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+                    self.model(images)
         for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum
 
