@@ -43,6 +43,24 @@ def test_one_slide_is_split_into_separate_blocks_without_overlap(tmp_path):
     assert other.val != split.val
 
 
+def test_one_slide_split_holds_out_part_of_every_class():
+    """A class found in only two places (two blocks of 25) ends up in both training and validation, for any
+    seed; the common class is held out in val_fraction of its area, as near as whole blocks allow."""
+    from slidemill.train.data import Sample
+
+    rare = {(0, 0), (9, 9)}  # tiles in the blocks at opposite corners (blocks of 2 x 2 tiles)
+    samples = [Sample(None, None, "a.svs", 64.0 * c, 64.0 * r, 64.0, 64.0,
+                      (("Rare", 1.0),) if (c, r) in rare else (("Common", 0.5), ("Ignore*", 0.5)))
+               for r in range(10) for c in range(10)]
+    for seed in range(6):
+        split = split_samples(samples, val_fraction=0.2, val_slides=[], seed=seed, classes=["Common", "Rare"])
+        assert split.block_size_px == 128.0 and len(split.val) == 20  # 5 of the 25 blocks
+        rare_val = {(int(samples[i].x // 64), int(samples[i].y // 64)) for i in split.val} & rare
+        rare_train = {(int(samples[i].x // 64), int(samples[i].y // 64)) for i in split.train} & rare
+        assert len(rare_val) == 1 and len(rare_train) == 1, seed
+        assert sum(1 for i in split.val if samples[i].class_fractions[0][0] == "Common") == 19
+
+
 def test_two_slides_are_split_by_slide(tmp_path):
     a = make_tileset(tmp_path / "a", slide="a.svs", width=256, height=256, seed=1)
     b = make_tileset(tmp_path / "b", slide="b.svs", width=256, height=256, seed=2)

@@ -349,3 +349,25 @@ def test_a_schedule_moved_mid_decay_continues_from_the_current_learning_rate():
     assert all(a >= b for a, b in zip(rates[5:], rates[6:], strict=False))
     trainer.step_count = 150
     assert trainer.current_lr() == pytest.approx(0.01)
+
+
+def test_batch_norm_statistics_are_recomputed_from_the_given_batches_with_the_current_weights():
+    """Precise BN: after refresh_batch_norm the running mean is the mean of the batches' inputs (equal-sized
+    batches: the plain average of the batch means), not an exponential average over older batches; the
+    momentum is restored and the weights are untouched."""
+    from slidemill.train.engine import Trainer
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(3), torch.nn.Conv2d(3, 2, 1))
+    trainer = Trainer(model, num_classes=2, mean=(0.0,) * 3, std=(1.0,) * 3, device=torch.device("cpu"), lr=1e-3,
+                      weight_decay=0.0, amp=False, class_weights=None)
+    bn = model[0]
+    bn.running_mean.fill_(99.0)  # stale statistics from "older weights"
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    batches = [torch.full((2, 3, 4, 4), float(v)) + torch.arange(3.0).view(1, 3, 1, 1) for v in (1, 2, 6)]
+    trainer.refresh_batch_norm(batches)
+    assert torch.allclose(bn.running_mean, torch.tensor([3.0, 4.0, 5.0]))
+    assert bn.momentum == 0.1
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
+    trainer.refresh_batch_norm([])  # nothing to average over: statistics kept
+    assert torch.allclose(bn.running_mean, torch.tensor([3.0, 4.0, 5.0]))

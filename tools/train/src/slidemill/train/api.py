@@ -141,7 +141,7 @@ def prepare(config: TrainConfig) -> Prepared:
                          f"tile size must be a multiple of {ENCODER_DEPTH_STRIDE}", path=data.paths[0],
                          fix="Tile again with --tile-size 256 or 512 (any multiple of 32)")
     split = split_samples(data.samples, val_fraction=config.val_fraction, val_slides=config.val_slides,
-                          seed=config.seed)
+                          seed=config.seed, classes=[c.name for c in data.classes.trainable])
     if split.excluded:
         warnings.append(f"{split.excluded} training tile(s) overlap validation tiles and are left out of training")
     train_samples = [data.samples[i] for i in split.train]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import os
@@ -29,6 +30,8 @@ CHECKPOINT_FORMAT = "slidemill-train-checkpoint/1"
 # what must be the same for a checkpoint to continue: the network and what it learns from
 OPTIMIZER_SETTINGS = ("weight_decay",)  # restored with the optimiser's state on resume (the lr is set per step)
 # "stain": the stain normalisation (method and target) changes what the network sees; absent in older checkpoints
+PRECISE_BN_BATCHES = 16  # training batches the BatchNorm statistics are recomputed on after each epoch
+
 IDENTITY_KEYS = ("arch", "encoder", "norm", "num_classes", "classes", "tile_size_px", "mpp", "stain")
 IDENTITY_DEFAULTS = {"norm": "batch"}  # checkpoints written before the key existed
 
@@ -239,6 +242,7 @@ class Trainer:
         self.step_count = 0
         self.total_steps = 1
         self.warmup_steps = 1
+        self.recent_batches: collections.deque = collections.deque(maxlen=PRECISE_BN_BATCHES)
         self.anchor: tuple[int, float] | None = None  # (step, cosine position) where a moved schedule resumed
 
     def set_schedule(self, total_steps: int) -> None:
@@ -304,6 +308,7 @@ class Trainer:
         tiles = 0
         t0 = time.perf_counter()
         steps = 0
+        recent = self.recent_batches
         with Progress(len(loader), description, "batches", interval_s=30.0) as progress:
             for images, masks in loader:
                 if self.step_count >= (stop_at if stop_at is not None else self.total_steps):
@@ -311,16 +316,44 @@ class Trainer:
                 images, masks = self._to_device(images, masks)
                 n = images.shape[0]
                 totals += np.array(self.step(images, masks)) * n
+                recent.append(images)
                 tiles += n
                 steps += 1
                 progress.advance()
                 if on_step is not None:
                     on_step(steps, time.perf_counter() - t0)
+        self.refresh_batch_norm(list(recent))
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
         mean = totals / max(tiles, 1)
         return float(mean[0]), float(mean[1]), float(mean[2]), tiles, seconds
+
+    @torch.no_grad()
+    def refresh_batch_norm(self, batches: list[torch.Tensor]) -> None:
+        """Recompute every BatchNorm's running mean and variance with the current weights, as the plain average
+        over `batches` (the epoch's last training batches), instead of the exponential average that momentum 0.1
+        keeps over batches seen with older weights ("precise BN": Wu and Johnson, Rethinking "Batch" in
+        BatchNorm, 2021). Validation and the exported model then normalise with statistics of the model they
+        evaluate. No-op without BatchNorm layers or batches."""
+        norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                 and m.track_running_stats]
+        if not norms or not batches:
+            return
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches below
+        self.model.train()
+        # the forward passes must not draw from the random generators (the decoder's dropout does): training
+        # goes on exactly as it would without the refresh, on every device
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, device_type=self.device.type if devices else "cuda"):
+            for images in batches:
+                with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+                    self.model(images)
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
 
     @torch.no_grad()
     def evaluate(self, loader) -> tuple[float | None, np.ndarray]:
