@@ -180,6 +180,33 @@ def test_augmentation_moves_image_and_mask_together_and_is_deterministic():
     assert not np.array_equal(a[0], c[0])
 
 
+def test_shift_moves_pixels_and_labels_alike_and_ignores_what_it_invents():
+    """out[y, x] = in[y - dy, x - dx] for image and mask; every vacated pixel is ignored (255) in the mask
+    and the reflection of the tile (OpenCV's BORDER_REFLECT_101) in the image; shifts reach a quarter of the
+    side, both ways, and the same generator gives the same shift."""
+    h = w = 64
+    yy, xx = np.mgrid[:h, :w]
+    image = np.stack([yy * 4, xx * 4, np.full_like(yy, 7)], axis=-1).astype(np.uint8)  # a pixel names its place
+    mask = ((yy // 8 + xx // 8) % 3).astype(np.uint8)
+    mask[:5, :9] = 255
+    reflect = lambda v, n: np.where(v < 0, -v, np.where(v >= n, 2 * (n - 1) - v, v))  # noqa: E731
+    shifts = set()
+    for seed in range(300):
+        out_img, out_mask = augment.shift(image, mask, np.random.default_rng([5, seed]))
+        again = augment.shift(image, mask, np.random.default_rng([5, seed]))
+        assert np.array_equal(out_img, again[0]) and np.array_equal(out_mask, again[1])
+        # the centre is never vacated (a shift is at most a quarter): where did its pixel come from?
+        dy, dx = 32 - int(out_img[32, 32, 0]) // 4, 32 - int(out_img[32, 32, 1]) // 4
+        assert max(abs(dy), abs(dx)) <= 16
+        shifts.add((dy, dx))
+        sy, sx = yy - dy, xx - dx
+        inside = (sy >= 0) & (sy < h) & (sx >= 0) & (sx < w)
+        assert np.array_equal(out_mask[inside], mask[sy[inside], sx[inside]])
+        assert (out_mask[~inside] == 255).all()
+        assert np.array_equal(out_img, image[reflect(sy, h), reflect(sx, w)])
+    assert {d for d, _ in shifts} >= {-16, 0, 16} and {d for _, d in shifts} >= {-16, 0, 16}
+
+
 def test_stain_jitter_keeps_an_he_tile_he():
     image, _ = _pair()
     image[:] = (200, 120, 180)

@@ -262,7 +262,8 @@ def _train(prepared: Prepared, life: ToolRun) -> TrainResult:
     check_trainable(model, config, batch=min(config.batch_size, len(split.train)), tile_size_px=data.tile_size_px)
     trainer = engine.Trainer(model, num_classes=num_classes, mean=IMAGENET_MEAN, std=IMAGENET_STD, device=device,
                              lr=config.lr, weight_decay=config.weight_decay, amp=amp,
-                             class_weights=prepared.class_weights, grad_clip=config.grad_clip)
+                             class_weights=prepared.class_weights, grad_clip=config.grad_clip,
+                             ema_fraction=config.ema)
     state = engine.FitState()
     if config.overwrite and not config.resume and work.exists():
         shutil.rmtree(work)
@@ -471,7 +472,12 @@ def _export(model, stage: Path, prepared: Prepared, best_row: dict[str, Any], st
                   "val_fraction": config.val_fraction, "val_slides": config.val_slides,
                   "class_weights": config.class_weights, "augment": config.augment,
                   "augmentation": describe_augment(config.augment, config.hed_jitter), "seed": config.seed,
-                  "amp": config.amp, "early_stopping_patience": config.early_stopping_patience,
+                  "amp": config.amp,
+                  "weight_averaging": ({"kind": "exponential moving average (torch AveragedModel, buffers included)",
+                                        "fraction_of_steps": config.ema,
+                                        "decay": round(1 - 1 / max(1.0, config.ema * state.total_steps), 6)}
+                                       if config.ema > 0 else None),
+                  "early_stopping_patience": config.early_stopping_patience,
                   "stopped_early": state.stopped_early, "split_excluded_tiles": split.excluded,
                   "sampling": sampling_summary(prepared)}
     if prepared.class_weights is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import logging
 import math
 import os
@@ -30,8 +29,6 @@ CHECKPOINT_FORMAT = "slidemill-train-checkpoint/1"
 # what must be the same for a checkpoint to continue: the network and what it learns from
 OPTIMIZER_SETTINGS = ("weight_decay",)  # restored with the optimiser's state on resume (the lr is set per step)
 # "stain": the stain normalisation (method and target) changes what the network sees; absent in older checkpoints
-PRECISE_BN_BATCHES = 16  # training batches the BatchNorm statistics are recomputed on after each epoch
-
 IDENTITY_KEYS = ("arch", "encoder", "norm", "num_classes", "classes", "tile_size_px", "mpp", "stain")
 IDENTITY_DEFAULTS = {"norm": "batch"}  # checkpoints written before the key existed
 
@@ -220,11 +217,21 @@ class Trainer:
     The learning rate is set before every optimisation step from `lr_at(step, total_steps)` (warmup,
     then cosine decay over the run's length, per step; a schedule moved mid-decay continues from the
     current rate, see `set_schedule`); gradients are clipped to `grad_clip` (L2 norm
-    over all parameters) before the step."""
+    over all parameters) before the step.
+
+    With `ema_fraction` > 0 the weights are also averaged, an exponential moving average (Polyak and
+    Juditsky 1992; `torch.optim.swa_utils.AveragedModel`, buffers included, so batch-norm statistics too) over
+    about `ema_fraction` of the schedule's steps, with the warmup of TensorFlow's ExponentialMovingAverage
+    (decay at most (1 + n) / (10 + n) after n updates). The averaged weights are what `evaluate` validates
+    and what a checkpoint's "model" holds (best.pt, the export); the raw weights go on training. At batch
+    size 8 the raw weights' validation swings from epoch to epoch (the batch-norm statistics follow the last
+    few batches), so the best epoch of a small validation set would be picked by chance."""
 
     def __init__(self, model: nn.Module, *, num_classes: int, mean: tuple, std: tuple, device: torch.device,
                  lr: float, weight_decay: float, amp: bool, class_weights: np.ndarray | None,
-                 grad_clip: float = 1.0, channels_last: bool | None = None):
+                 grad_clip: float = 1.0, channels_last: bool | None = None, ema_fraction: float = 0.0):
+        from torch.optim.swa_utils import AveragedModel
+
         self.device = device
         self.num_classes = num_classes
         self.channels_last = device.type == "cuda" if channels_last is None else channels_last
@@ -242,8 +249,31 @@ class Trainer:
         self.step_count = 0
         self.total_steps = 1
         self.warmup_steps = 1
-        self.recent_batches: collections.deque = collections.deque(maxlen=PRECISE_BN_BATCHES)
         self.anchor: tuple[int, float] | None = None  # (step, cosine position) where a moved schedule resumed
+        self.ema_fraction = ema_fraction
+        self.ema = (AveragedModel(self.model, multi_avg_fn=self._ema_update, use_buffers=True)
+                    if ema_fraction > 0 else None)
+
+    # --- weight averaging ------------------------------------------------------------------------
+
+    def ema_decay(self, updates: int) -> float:
+        """The decay of the `updates`-th average: 1 - 1 / horizon, the horizon `ema_fraction` of the
+        schedule's steps (at least 1), and at most (1 + updates) / (10 + updates) early on."""
+        horizon = max(1.0, self.ema_fraction * self.total_steps)
+        return min(1.0 - 1.0 / horizon, (1.0 + updates) / (10.0 + updates))
+
+    @torch.no_grad()
+    def _ema_update(self, averaged: list[torch.Tensor], current: list[torch.Tensor], updates) -> None:
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1.0 - self.ema_decay(int(updates)))
+        else:  # integer buffers (batch norm's num_batches_tracked) follow the model
+            for a, c in zip(averaged, current, strict=True):
+                a.copy_(c)
+
+    @property
+    def evaluated_model(self) -> nn.Module:
+        """What is validated, checkpointed as "model" and exported: the averaged weights, or the raw ones."""
+        return self.model if self.ema is None else self.ema.module
 
     def set_schedule(self, total_steps: int) -> None:
         """The schedule ends at `total_steps`. Moved once the decay has begun (a time budget re-planned on a
@@ -297,6 +327,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step_count += 1
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         return float(loss.detach()), float(ce), float(dice)
 
     def train_epoch(self, loader, *, description: str = "training", stop_at: int | None = None,
@@ -308,7 +340,6 @@ class Trainer:
         tiles = 0
         t0 = time.perf_counter()
         steps = 0
-        recent = self.recent_batches
         with Progress(len(loader), description, "batches", interval_s=30.0) as progress:
             for images, masks in loader:
                 if self.step_count >= (stop_at if stop_at is not None else self.total_steps):
@@ -316,13 +347,11 @@ class Trainer:
                 images, masks = self._to_device(images, masks)
                 n = images.shape[0]
                 totals += np.array(self.step(images, masks)) * n
-                recent.append(images)
                 tiles += n
                 steps += 1
                 progress.advance()
                 if on_step is not None:
                     on_step(steps, time.perf_counter() - t0)
-        self.refresh_batch_norm(list(recent))
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
@@ -330,40 +359,15 @@ class Trainer:
         return float(mean[0]), float(mean[1]), float(mean[2]), tiles, seconds
 
     @torch.no_grad()
-    def refresh_batch_norm(self, batches: list[torch.Tensor]) -> None:
-        """Recompute every BatchNorm's running mean and variance with the current weights, as the plain average
-        over `batches` (the epoch's last training batches), instead of the exponential average that momentum 0.1
-        keeps over batches seen with older weights ("precise BN": Wu and Johnson, Rethinking "Batch" in
-        BatchNorm, 2021). Validation and the exported model then normalise with statistics of the model they
-        evaluate. No-op without BatchNorm layers or batches."""
-        norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                 and m.track_running_stats]
-        if not norms or not batches:
-            return
-        momenta = [m.momentum for m in norms]
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the batches below
-        self.model.train()
-        # the forward passes must not draw from the random generators (the decoder's dropout does): training
-        # goes on exactly as it would without the refresh, on every device
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices, device_type=self.device.type if devices else "cuda"):
-            for images in batches:
-                with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
-                    self.model(images)
-        for m, momentum in zip(norms, momenta, strict=True):
-            m.momentum = momentum
-
-    @torch.no_grad()
     def evaluate(self, loader) -> tuple[float | None, np.ndarray]:
-        self.model.eval()
+        model = self.evaluated_model
+        model.eval()
         matrix = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64, device=self.device)
         loss_sum, weight = 0.0, 0
         for images, masks in loader:
             images, masks = self._to_device(images, masks)
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
-                logits = self.model(images)
+                logits = model(images)
             labelled = int((masks != 255).sum())
             if labelled:
                 loss, _, _ = self.loss(logits, masks)
@@ -376,7 +380,10 @@ class Trainer:
 
     def payload(self, state: FitState, identity: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         return {"format": CHECKPOINT_FORMAT, "identity": identity, "split": identity.get("split"),
-                "epoch": state.epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "epoch": state.epoch, "model": self.evaluated_model.state_dict(),
+                **({} if self.ema is None else {"training_model": self.model.state_dict(),
+                                                "ema_updates": int(self.ema.n_averaged)}),
+                "optimizer": self.optimizer.state_dict(),
                 "schedule": {"step": self.step_count, "total_steps": self.total_steps,
                              "warmup_steps": self.warmup_steps,
                              "anchor": None if self.anchor is None else list(self.anchor)},
@@ -386,7 +393,11 @@ class Trainer:
                 "stopped_by_time": state.stopped_by_time, **extra}
 
     def restore(self, payload: dict[str, Any]) -> FitState:
-        self.model.load_state_dict(payload["model"])
+        # "training_model": the raw weights of a run that averaged them ("model" holds the average)
+        self.model.load_state_dict(payload.get("training_model", payload["model"]))
+        if self.ema is not None:
+            self.ema.module.load_state_dict(payload["model"])
+            self.ema.n_averaged.fill_(int(payload.get("ema_updates", 0)))
         self.optimizer.load_state_dict(payload["optimizer"])
         schedule = payload.get("schedule") or {}
         self.step_count = int(schedule.get("step", 0))
