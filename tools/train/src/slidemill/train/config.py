@@ -24,7 +24,7 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tilesets: Annotated[list[Path], Cli(argument=True, metavar="TILESET_DIR...")] = Field(
+    tilesets: Annotated[list[Path], Cli(argument=True, metavar="TILESET_DIR")] = Field(
         min_length=1, description="tileset folders written by slidemill-tile (or their tileset.json files)")
     out: Annotated[Path, Cli("--out", "-o")] = Field(
         description="model folder to write (model.onnx, model-card.json, checkpoints, ...)")
