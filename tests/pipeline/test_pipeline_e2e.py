@@ -34,7 +34,9 @@ BACKGROUND = "Background"  # tile --background: the glass is labelled too, so th
 # in epochs rather than minutes so that CI's result does not depend on the machine's load, and one compute
 # thread so that it does not depend on the machine's core count either (and a shared machine is not
 # oversubscribed: two OpenMP threads on two busy cores run a step many times slower than one)
-TRAIN_ARGS = ["--epochs", "30", "--threads", "1", "--seed", "0"]
+# 50 epochs of 5 steps: at 30 the rarest class (four small nests, one held out for validation) is not yet
+# learnt, final IoU 0.91 (seed 0) and 0.84 (seed 1); at 50, 0.93 and 0.92
+TRAIN_ARGS = ["--epochs", "50", "--threads", "1", "--seed", "0"]
 
 
 def known_shapes() -> list[SyntheticShape]:

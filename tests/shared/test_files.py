@@ -1,7 +1,7 @@
 import pytest
 
 from slidemill.shared.errors import OutputError
-from slidemill.shared.files import atomic_write, check_relative_path, prepare_output_file, staged_dir
+from slidemill.shared.files import atomic_write, check_relative_path, prepare_output_file
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
@@ -16,25 +16,6 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     with atomic_write(target) as handle:
         handle.write("new")
     assert target.read_text() == "new"
-
-
-def test_staged_dir_is_all_or_nothing(tmp_path):
-    final = tmp_path / "tiles"
-    with pytest.raises(RuntimeError):
-        with staged_dir(final) as work:
-            (work / "a.png").write_text("x")
-            raise RuntimeError("killed")
-    assert not final.exists() and list(tmp_path.iterdir()) == []
-    with staged_dir(final) as work:
-        (work / "a.png").write_text("x")
-    assert (final / "a.png").exists()
-    with pytest.raises(OutputError, match="--overwrite"):
-        with staged_dir(final):
-            pass
-    with staged_dir(final, overwrite=True) as work:
-        (work / "b.png").write_text("y")
-    assert sorted(p.name for p in final.iterdir()) == ["b.png"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiles"]
 
 
 def test_prepare_output_file(tmp_path):

@@ -43,6 +43,24 @@ def test_one_slide_is_split_into_separate_blocks_without_overlap(tmp_path):
     assert other.val != split.val
 
 
+def test_one_slide_split_holds_out_part_of_every_class():
+    """A class found in only two places (two blocks of 25) ends up in both training and validation, for any
+    seed; the common class is held out in val_fraction of its area, as near as whole blocks allow."""
+    from slidemill.train.data import Sample
+
+    rare = {(0, 0), (9, 9)}  # tiles in the blocks at opposite corners (blocks of 2 x 2 tiles)
+    samples = [Sample(None, None, "a.svs", 64.0 * c, 64.0 * r, 64.0, 64.0,
+                      (("Rare", 1.0),) if (c, r) in rare else (("Common", 0.5), ("Ignore*", 0.5)))
+               for r in range(10) for c in range(10)]
+    for seed in range(6):
+        split = split_samples(samples, val_fraction=0.2, val_slides=[], seed=seed, classes=["Common", "Rare"])
+        assert split.block_size_px == 128.0 and len(split.val) == 20  # 5 of the 25 blocks
+        rare_val = {(int(samples[i].x // 64), int(samples[i].y // 64)) for i in split.val} & rare
+        rare_train = {(int(samples[i].x // 64), int(samples[i].y // 64)) for i in split.train} & rare
+        assert len(rare_val) == 1 and len(rare_train) == 1, seed
+        assert sum(1 for i in split.val if samples[i].class_fractions[0][0] == "Common") == 19
+
+
 def test_two_slides_are_split_by_slide(tmp_path):
     a = make_tileset(tmp_path / "a", slide="a.svs", width=256, height=256, seed=1)
     b = make_tileset(tmp_path / "b", slide="b.svs", width=256, height=256, seed=2)
@@ -160,6 +178,33 @@ def test_augmentation_moves_image_and_mask_together_and_is_deterministic():
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     c = augment.standard(image, mask, np.random.default_rng([1, 2, 4]))
     assert not np.array_equal(a[0], c[0])
+
+
+def test_shift_moves_pixels_and_labels_alike_and_ignores_what_it_invents():
+    """out[y, x] = in[y - dy, x - dx] for image and mask; every vacated pixel is ignored (255) in the mask
+    and the reflection of the tile (OpenCV's BORDER_REFLECT_101) in the image; shifts reach a quarter of the
+    side, both ways, and the same generator gives the same shift."""
+    h = w = 64
+    yy, xx = np.mgrid[:h, :w]
+    image = np.stack([yy * 4, xx * 4, np.full_like(yy, 7)], axis=-1).astype(np.uint8)  # a pixel names its place
+    mask = ((yy // 8 + xx // 8) % 3).astype(np.uint8)
+    mask[:5, :9] = 255
+    reflect = lambda v, n: np.where(v < 0, -v, np.where(v >= n, 2 * (n - 1) - v, v))  # noqa: E731
+    shifts = set()
+    for seed in range(300):
+        out_img, out_mask = augment.shift(image, mask, np.random.default_rng([5, seed]))
+        again = augment.shift(image, mask, np.random.default_rng([5, seed]))
+        assert np.array_equal(out_img, again[0]) and np.array_equal(out_mask, again[1])
+        # the centre is never vacated (a shift is at most a quarter): where did its pixel come from?
+        dy, dx = 32 - int(out_img[32, 32, 0]) // 4, 32 - int(out_img[32, 32, 1]) // 4
+        assert max(abs(dy), abs(dx)) <= 16
+        shifts.add((dy, dx))
+        sy, sx = yy - dy, xx - dx
+        inside = (sy >= 0) & (sy < h) & (sx >= 0) & (sx < w)
+        assert np.array_equal(out_mask[inside], mask[sy[inside], sx[inside]])
+        assert (out_mask[~inside] == 255).all()
+        assert np.array_equal(out_img, image[reflect(sy, h), reflect(sx, w)])
+    assert {d for d, _ in shifts} >= {-16, 0, 16} and {d for _, d in shifts} >= {-16, 0, 16}
 
 
 def test_stain_jitter_keeps_an_he_tile_he():

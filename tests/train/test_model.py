@@ -349,3 +349,54 @@ def test_a_schedule_moved_mid_decay_continues_from_the_current_learning_rate():
     assert all(a >= b for a, b in zip(rates[5:], rates[6:], strict=False))
     trainer.step_count = 150
     assert trainer.current_lr() == pytest.approx(0.01)
+
+
+def test_averaged_weights_follow_the_exponential_moving_average_and_are_what_is_validated_and_saved(tmp_path):
+    """--ema 0.1 over a 100-step schedule: horizon 10 steps, decay 0.9, and (1 + n) / (10 + n) while that is
+    smaller. After n updates the average is e_n = e_(n-1) + (1 - d_n) (w_n - e_(n-1)), with e_1 = w_1, for
+    weights and batch-norm statistics alike. evaluate() validates the average; the checkpoint's "model" is
+    the average and "training_model" the raw weights; a restore brings back both."""
+    from slidemill.train.engine import FitState, Trainer
+
+    def make():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.BatchNorm2d(2))
+        return Trainer(model, num_classes=2, mean=(0.5,) * 3, std=(0.25,) * 3, device=torch.device("cpu"),
+                       lr=0.1, weight_decay=0.0, amp=False, class_weights=None, ema_fraction=0.1)
+
+    trainer = make()
+    trainer.set_schedule(100)
+    assert [trainer.ema_decay(n) for n in (1, 2, 80, 500)] == pytest.approx([2 / 11, 3 / 12, 0.9, 0.9])
+    gen = torch.Generator().manual_seed(3)
+    expected = None
+    for n in range(1, 7):
+        images = trainer.normalize(torch.randint(0, 256, (4, 3, 8, 8), generator=gen, dtype=torch.uint8))
+        trainer.model.train()
+        trainer.step(images, torch.randint(0, 2, (4, 8, 8), generator=gen))
+        raw = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        if expected is None:
+            expected = {k: v.clone() for k, v in raw.items()}
+        else:
+            d = (n - 1 + 1) / (10 + n - 1)  # the n-th update sees n - 1 earlier ones
+            expected = {k: v if not v.is_floating_point() else e + (1 - d) * (v - e)
+                        for (k, v), e in zip(raw.items(), expected.values(), strict=True)}
+    averaged = trainer.evaluated_model.state_dict()
+    for key, value in expected.items():
+        assert torch.allclose(averaged[key], value, atol=1e-6), key
+    assert not torch.allclose(averaged["0.weight"], raw["0.weight"])  # the average is not the last step
+    assert torch.allclose(averaged["1.running_mean"], expected["1.running_mean"])
+
+    batch = torch.randint(0, 256, (2, 3, 8, 8), generator=gen, dtype=torch.uint8)
+    _, matrix = trainer.evaluate([(batch, torch.ones((2, 8, 8), dtype=torch.long))])
+    with torch.no_grad():
+        predicted = trainer.evaluated_model.eval()(trainer.normalize(batch)).argmax(1)
+    assert matrix[1].tolist() == torch.bincount(predicted.ravel(), minlength=2).tolist() and matrix[0].sum() == 0
+
+    payload = trainer.payload(FitState(epoch=1), {}, {})
+    assert all(torch.equal(payload["model"][k], v) for k, v in averaged.items())
+    assert all(torch.equal(payload["training_model"][k], v) for k, v in raw.items())
+    again = make()
+    again.restore(payload)
+    assert all(torch.equal(again.model.state_dict()[k], v) for k, v in raw.items())
+    assert all(torch.equal(again.evaluated_model.state_dict()[k], v) for k, v in averaged.items())
+    assert int(again.ema.n_averaged) == 6

@@ -20,18 +20,9 @@ from .contracts import ReportItem, save_contract
 from .errors import InputError, SlidemillError
 from .files import prepare_output_dir
 from .report import ReportBuilder
+from .slide_files import SLIDE_SUFFIXES, is_dicom_folder
 
 log = logging.getLogger(__name__)
-
-DICOM_SUFFIXES = {".dcm", ".dicom"}
-# what a folder of slides is searched for (README "Formats"); a DICOM series is a folder of its own
-SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".qptiff", ".dcm", ".png",
-                  ".jpg", ".jpeg"}
-
-
-def is_dicom_folder(path: Path) -> bool:
-    return path.is_dir() and any(p.suffix.lower() in DICOM_SUFFIXES for p in path.iterdir())
-
 
 def expand_slides(given: list[Path]) -> list[Path]:
     """The slides named: files and DICOM series folders as given, a folder of slides as its slide files

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -76,31 +75,6 @@ def prepare_output_dir(path: str | Path, *, overwrite: bool, fix: str | None = N
         raise OutputError("already exists and is not empty", path=path,
                           fix=fix or "Pass --overwrite to replace it, or choose another --out")
     return path
-
-
-@contextlib.contextmanager
-def staged_dir(final: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Build an output folder under a temporary name, then move it to `final` in one rename.
-
-    If the body fails, the temporary folder is removed and `final` is untouched. With
-    `overwrite`, an existing `final` is replaced only after the new one is complete.
-    """
-    final = prepare_output_dir(final, overwrite=overwrite)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    os.chmod(staging, 0o755)
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(staging, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, final)
 
 
 def check_relative_path(value: str) -> str:

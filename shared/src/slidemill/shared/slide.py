@@ -20,6 +20,7 @@ import tifffile
 
 from .contracts import ChannelPick, PixelMeaning, SlideRef
 from .errors import MissingInputError, SlideError
+from .slide_files import is_dicom_file
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,6 @@ def _large_image():
     return large_image
 
 
-_DICOM_SUFFIXES = {".dcm", ".dicom"}
-
-
 def _dicom_series(files: list[Path]) -> dict[str, list[Path]]:
     """The DICOM files grouped by SeriesInstanceUID (files pydicom cannot read are left out)."""
     import pydicom
@@ -91,7 +89,7 @@ def dicom_target(path: Path, series: str | None) -> tuple[Path, str | None]:
     """The DICOM file to open for a folder (or a .dcm file) and its SeriesInstanceUID; a folder of
     several series needs `series` (--dicom-series)."""
     folder = path if path.is_dir() else path.parent
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _DICOM_SUFFIXES)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and is_dicom_file(p))
     if path.is_dir() and not files:
         raise SlideError("is a folder without DICOM (.dcm) files", path=path,
                          fix="Give a slide file, or the folder of one DICOM whole-slide series")
@@ -698,7 +696,7 @@ def open_slide(path: str | Path, *, mpp: float | None = None, channels: list[str
         raise MissingInputError("slide does not exist", path=path,
                                 fix="Check the path and that the folder is mounted")
     series = None
-    if path.is_dir() or path.suffix.lower() in _DICOM_SUFFIXES or dicom_series is not None:
+    if path.is_dir() or is_dicom_file(path) or dicom_series is not None:
         target, series = dicom_target(path, dicom_series)
     else:
         target = path

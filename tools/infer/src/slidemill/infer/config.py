@@ -55,7 +55,7 @@ class InferConfig(SlideOptions):
 
     model_config = ConfigDict(extra="forbid")
 
-    slide: Annotated[Path, Cli(argument=True, metavar="SLIDE...", must_exist="slide", batch=True)] = Field(
+    slide: Annotated[Path, Cli(argument=True, metavar="SLIDE", must_exist="slide", batch=True)] = Field(
         description="whole-slide image (or DICOM series folder); several slides, or a folder of them, are each "
         "predicted into OUT/<slide name>/ with the model loaded once")
     model_dir: Annotated[Path, Cli(argument=True, metavar="MODEL_DIR", must_exist="model folder")] = Field(

@@ -16,7 +16,7 @@ class MergeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    inputs: Annotated[list[Path], Cli(argument=True, metavar="IN.geojson...")] = Field(
+    inputs: Annotated[list[Path], Cli(argument=True, metavar="IN.geojson")] = Field(
         min_length=1, description="annotation files (slidemill or QuPath GeoJSON) of one slide")
     out: Annotated[Path, Cli("--out", "-o")] = Field(
         description="merged annotations file (.geojson); the report goes to the same name ending in .report.json")

@@ -16,7 +16,7 @@ class PostprocessConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prediction: Annotated[list[Path], Cli(argument=True, metavar="PREDICTION_DIR...")] = Field(
+    prediction: Annotated[list[Path], Cli(argument=True, metavar="PREDICTION_DIR")] = Field(
         min_length=1, description="output folder of slidemill-infer (holds prediction.json); for a sharded slide, "
         "every shard's folder, post-processed together as one raster")
     out: Annotated[Path, Cli("--out", "-o")] = Field(

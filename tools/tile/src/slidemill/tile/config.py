@@ -21,7 +21,7 @@ class TileConfig(SlideOptions):
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
-    slide: Annotated[Path, Cli(argument=True, metavar="SLIDE...", optional=True, batch=True)] = Field(
+    slide: Annotated[Path, Cli(argument=True, metavar="SLIDE", optional=True, batch=True)] = Field(
         description="the slide: any format large-image reads, a DICOM folder, PNG/JPEG (or --qupath-project); "
         "several slides, or a folder of them, are each tiled into DIR/<slide name>/")
     out: Annotated[Path | None, Cli("--out")] = Field(

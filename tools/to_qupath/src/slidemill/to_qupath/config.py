@@ -15,7 +15,7 @@ QUPATH_RELEASES: dict[str, str] = {"0.4": "0.4.4", "0.5": "0.5.1", "0.6": "0.6.0
 class ToQuPathConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    annotations: Annotated[list[Path], Cli(argument=True, metavar="ANNOTATIONS...")] = Field(
+    annotations: Annotated[list[Path], Cli(argument=True, metavar="ANNOTATIONS")] = Field(
         min_length=1, description="annotation files: slidemill annotations GeoJSON (they name their slide), QuPath "
         "GeoJSON of any version (.geojson, .json, .gz), ASAP or ImageScope XML")
     out_dir: Annotated[Path, Cli("--out")] = Field(

@@ -141,7 +141,7 @@ def prepare(config: TrainConfig) -> Prepared:
                          f"tile size must be a multiple of {ENCODER_DEPTH_STRIDE}", path=data.paths[0],
                          fix="Tile again with --tile-size 256 or 512 (any multiple of 32)")
     split = split_samples(data.samples, val_fraction=config.val_fraction, val_slides=config.val_slides,
-                          seed=config.seed)
+                          seed=config.seed, classes=[c.name for c in data.classes.trainable])
     if split.excluded:
         warnings.append(f"{split.excluded} training tile(s) overlap validation tiles and are left out of training")
     train_samples = [data.samples[i] for i in split.train]
@@ -235,16 +235,79 @@ def run(config: TrainConfig, *, argv: list[str] | None = None) -> TrainResult:
     return result
 
 
+@dataclass
+class Loaders:
+    """The data side of one run: the loaders, the train loader's sampler and generator (reseeded per epoch)."""
+
+    train: Any
+    sampler: Any
+    generator: Any
+    val: Any
+    val_set: Any
+    workers: int
+
+
 def _train(prepared: Prepared, life: ToolRun) -> TrainResult:
+    """The run's steps: build the trainer, resume, make the loaders, fit, then write the model folder."""
     import torch
 
     from . import engine
-    from .loader import TileDataset, balanced_tile_weights, make_loader
+
+    config = prepared.config
+    out, work = Path(config.out), work_dir_for(Path(config.out))
+    device, trainer = _make_trainer(prepared, life.report)
+    checkpoints = work / "checkpoints"
+    if config.overwrite and not config.resume and work.exists():
+        shutil.rmtree(work)
+    state = _resume(trainer, prepared, checkpoints)
+    loaders = _make_loaders(prepared, device)
+    budget = None if config.time_limit_min is None else engine.Budget(config.time_limit_min * 60.0)
+    if prepared.resume_from is not None and budget is None and state.total_steps != config.max_epochs * max(
+            1, len(loaders.train)):
+        life.report.warn(f"the checkpoint's learning-rate schedule spans {state.total_steps} steps, now "
+                         f"{config.max_epochs * len(loaders.train)} ({config.max_epochs} epochs): the schedule is "
+                         "stretched and the result will differ from an uninterrupted run")
+    t0 = time.perf_counter()
+    epochs_before = state.epoch
+    try:
+        with life.report.timed("train"):
+            state = engine.fit(trainer, state, train_loader=loaders.train, train_sampler=loaders.sampler,
+                               train_generator=loaders.generator, val_loader=loaders.val, epochs=config.max_epochs,
+                               patience=config.early_stopping_patience, seed=config.seed, checkpoint_dir=checkpoints,
+                               identity=prepared.identity, class_names=_class_names(prepared), budget=budget)
+    except BaseException:
+        if not (checkpoints / "last.pt").exists():  # nothing to resume from: leave nothing behind
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    train_seconds = time.perf_counter() - t0
+    loaders.train = loaders.val = None  # the loaders' worker processes end here
+
+    card, diff = _write_model_folder(prepared, life, trainer, state, loaders, device, checkpoints)
+    _count(life.report, prepared, state, card, epochs_before=epochs_before, onnx_diff=diff,
+           train_seconds=train_seconds)
+    life.report.environment.update({"device": str(device), "torch": torch.__version__,
+                                    "amp": str(trainer.amp).lower(), "workers": str(loaders.workers),
+                                    "torch_threads": str(torch.get_num_threads())})
+    if device.type == "cuda":
+        life.report.environment["gpu"] = torch.cuda.get_device_name(device)
+    log.info("wrote %s (best epoch %s, mean validation IoU %s)", out, state.best_epoch,
+             "n/a" if card.mean_iou is None else f"{card.mean_iou:.4f}")
+    return TrainResult(out=out, card=card, epochs_run=state.epoch, best_epoch=state.best_epoch,
+                       mean_iou=card.mean_iou, history=state.history, warnings=list(life.report.warnings))
+
+
+def _class_names(prepared: Prepared) -> list[str]:
+    return [c.name for c in prepared.data.classes.trainable]
+
+
+def _make_trainer(prepared: Prepared, report):
+    """The device, then the seeded network and its Trainer (the compute threads set first)."""
+    import torch
+
+    from . import engine
     from .network import IMAGENET_MEAN, IMAGENET_STD, build_model
 
     config, data, split = prepared.config, prepared.data, prepared.split
-    report = life.report
-    out, work = Path(config.out), work_dir_for(Path(config.out))
     device = engine.resolve_device(config.device)
     if config.amp and device.type != "cuda":
         report.warn("--amp is for CUDA; training on the CPU in float32")
@@ -254,46 +317,57 @@ def _train(prepared: Prepared, life: ToolRun) -> TrainResult:
         torch.set_num_threads(config.threads)
     engine.configure_determinism(device)
     engine.seed_everything(config.seed)
-    num_classes = data.classes.num_trainable
-    class_names = [c.name for c in data.classes.trainable]
-
     with report.timed("build_model"):
-        model = build_model(config.arch, config.encoder, num_classes, config.encoder_weights, norm=config.norm)
+        model = build_model(config.arch, config.encoder, data.classes.num_trainable, config.encoder_weights,
+                            norm=config.norm)
     check_trainable(model, config, batch=min(config.batch_size, len(split.train)), tile_size_px=data.tile_size_px)
-    trainer = engine.Trainer(model, num_classes=num_classes, mean=IMAGENET_MEAN, std=IMAGENET_STD, device=device,
-                             lr=config.lr, weight_decay=config.weight_decay, amp=amp,
-                             class_weights=prepared.class_weights, grad_clip=config.grad_clip)
-    state = engine.FitState()
-    if config.overwrite and not config.resume and work.exists():
-        shutil.rmtree(work)
-    checkpoints = work / "checkpoints"
-    if prepared.resume_from is not None:
-        payload = engine.load_checkpoint(prepared.resume_from)
-        if prepared.resume_from.parent != checkpoints:  # a finished model folder: continue in a work folder
-            checkpoints.mkdir(parents=True, exist_ok=True)
-            for name in ("last.pt", "best.pt"):
-                if (prepared.resume_from.parent / name).exists():
-                    shutil.copy2(prepared.resume_from.parent / name, checkpoints / name)
-        state = trainer.restore(payload)
-        if state.stopped_early and state.epoch < config.max_epochs:
-            state.stopped_early = False
-            state.since_best = 0
-        log.info("resuming from %s after epoch %d", prepared.resume_from, state.epoch)
-        del payload
+    trainer = engine.Trainer(model, num_classes=data.classes.num_trainable, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                             device=device, lr=config.lr, weight_decay=config.weight_decay, amp=amp,
+                             class_weights=prepared.class_weights, grad_clip=config.grad_clip,
+                             ema_fraction=config.ema)
+    return device, trainer
 
+
+def _resume(trainer, prepared: Prepared, checkpoints: Path):
+    """A fresh FitState, or the one of `prepared.resume_from` restored into `trainer` (a finished model
+    folder's checkpoints are copied into the work folder first)."""
+    from . import engine
+
+    config = prepared.config
+    if prepared.resume_from is None:
+        return engine.FitState()
+    payload = engine.load_checkpoint(prepared.resume_from)
+    if prepared.resume_from.parent != checkpoints:  # a finished model folder: continue in a work folder
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        for name in ("last.pt", "best.pt"):
+            if (prepared.resume_from.parent / name).exists():
+                shutil.copy2(prepared.resume_from.parent / name, checkpoints / name)
+    state = trainer.restore(payload)
+    if state.stopped_early and state.epoch < config.max_epochs:
+        state.stopped_early = False
+        state.since_best = 0
+    log.info("resuming from %s after epoch %d", prepared.resume_from, state.epoch)
+    return state
+
+
+def _make_loaders(prepared: Prepared, device) -> Loaders:
+    from .loader import TileDataset, balanced_tile_weights, make_loader
+
+    config, data, split = prepared.config, prepared.data, prepared.split
+    num_classes = data.classes.num_trainable
     workers = resolve_workers(config.workers, device.type)
     pin = device.type == "cuda"
-    augment = make_augment(config.augment, config.hed_jitter)
     stains = prepared.stain.normalisers if prepared.stain is not None else []
     train_samples = [data.samples[i] for i in split.train]
-    train_set = TileDataset(train_samples, data.tile_size_px, num_classes, augment=augment, seed=config.seed,
+    train_set = TileDataset(train_samples, data.tile_size_px, num_classes,
+                            augment=make_augment(config.augment, config.hed_jitter), seed=config.seed,
                             patches=random_patches(prepared), stains=stains)
     weights = None
     if config.sampling == "balanced":
-        weights = balanced_tile_weights([dict(s.class_fractions) for s in train_samples], class_names)
+        weights = balanced_tile_weights([dict(s.class_fractions) for s in train_samples], _class_names(prepared))
     val_set = TileDataset([data.samples[i] for i in split.val], data.tile_size_px, num_classes,
                           augment=None, seed=config.seed, stains=stains)
-    train_loader, train_sampler, train_generator = make_loader(
+    train_loader, sampler, generator = make_loader(
         train_set, batch_size=config.batch_size, shuffle=True, seed=config.seed, workers=workers, pin_memory=pin,
         weights=weights)
     val_loader, _, _ = make_loader(val_set, batch_size=config.batch_size, shuffle=False, seed=config.seed,
@@ -301,30 +375,22 @@ def _train(prepared: Prepared, life: ToolRun) -> TrainResult:
     log.info("training %s-%s on %s (%d classes; %d training and %d validation tiles, split by %s; %d worker(s))",
              config.arch, config.encoder, device, num_classes, len(split.train), len(split.val), split.strategy,
              workers)
-    budget = None if config.time_limit_min is None else engine.Budget(config.time_limit_min * 60.0)
-    if prepared.resume_from is not None and budget is None and state.total_steps != config.max_epochs * max(
-            1, len(train_loader)):
-        report.warn(f"the checkpoint's learning-rate schedule spans {state.total_steps} steps, now "
-                    f"{config.max_epochs * len(train_loader)} ({config.max_epochs} epochs): the schedule is "
-                    "stretched and the result will differ from an uninterrupted run")
-    t0 = time.perf_counter()
-    epochs_before = state.epoch
-    try:
-        with report.timed("train"):
-            state = engine.fit(trainer, state, train_loader=train_loader, train_sampler=train_sampler,
-                               train_generator=train_generator, val_loader=val_loader, epochs=config.max_epochs,
-                               patience=config.early_stopping_patience, seed=config.seed, checkpoint_dir=checkpoints,
-                               identity=prepared.identity, class_names=class_names, budget=budget)
-    except BaseException:
-        if not (checkpoints / "last.pt").exists():  # nothing to resume from: leave nothing behind
-            shutil.rmtree(work, ignore_errors=True)
-        raise
-    train_seconds = time.perf_counter() - t0
-    del train_loader, val_loader
+    return Loaders(train_loader, sampler, generator, val_loader, val_set, workers)
 
+
+def _write_model_folder(prepared: Prepared, life: ToolRun, trainer, state, loaders: Loaders, device,
+                        checkpoints: Path):
+    """The best checkpoint's network exported and checked, with the card, checkpoints, metrics, curves and
+    confusion matrix, into the staged model folder. Returns the card and the ONNX check's difference."""
+    from . import engine
+    from .network import build_model
+    from .outputs import write_confusion, write_curves, write_metrics_csv
+
+    config, split = prepared.config, prepared.split
+    class_names = _class_names(prepared)
     best_path = checkpoints / "best.pt"
     best = engine.load_checkpoint(best_path if best_path.exists() else checkpoints / "last.pt")
-    model = build_model(config.arch, config.encoder, num_classes, None, norm=config.norm)
+    model = build_model(config.arch, config.encoder, prepared.data.classes.num_trainable, None, norm=config.norm)
     model.load_state_dict(best["model"])
     model = model.cpu().eval()
     best_row = next(r for r in state.history if r["epoch"] == best["epoch"])
@@ -334,27 +400,31 @@ def _train(prepared: Prepared, life: ToolRun) -> TrainResult:
     for name in ("last.pt", "best.pt"):
         if (checkpoints / name).exists():
             shutil.copy2(checkpoints / name, stage / "checkpoints" / name)
-    with report.timed("export"):
-        card, diff = _export(model, stage, prepared, best_row, state, val_set,
-                             reproducibility=reproducibility(device, trainer, workers, config))
-    from .outputs import write_confusion, write_curves, write_metrics_csv
-
+    with life.report.timed("export"):
+        card, diff = _export(model, stage, prepared, best_row, state, loaders.val_set,
+                             reproducibility=reproducibility(device, trainer, loaders.workers, config))
     if card.confusion_matrix is not None:
         write_confusion(stage, card.confusion_matrix, class_names,
                         title=f"validation, best epoch {best_row['epoch']}")
     for message in card.warnings:
-        report.warn(message)
-
+        life.report.warn(message)
     write_metrics_csv(stage / "metrics.csv", state.history, class_names)
     write_curves(stage / "curves.png", state.history, class_names, best_epoch=state.best_epoch,
                  title=f"{config.arch} / {config.encoder}: {len(split.train)} training, {len(split.val)} "
                  f"validation tiles ({split.strategy} split)")
     save_contract(card, stage / "model-card.json")
+    return card, diff
+
+
+def _count(report, prepared: Prepared, state, card: ModelCard, *, epochs_before: int, onnx_diff: float,
+           train_seconds: float) -> None:
+    config, split = prepared.config, prepared.split
+    out = Path(config.out)
     report.inputs = [str(p) for p in config.tilesets]
     report.outputs = [str(out / n) for n in ("model.onnx", "model-card.json", "checkpoints/last.pt",
                                               "checkpoints/best.pt", "metrics.csv", "curves.png",
                                               "confusion.csv", "confusion.png")]
-    report.count("tiles", len(data.samples))
+    report.count("tiles", len(prepared.data.samples))
     report.count("train_tiles", len(split.train))
     report.count("val_tiles", len(split.val))
     report.count("excluded_tiles", split.excluded)
@@ -363,21 +433,12 @@ def _train(prepared: Prepared, life: ToolRun) -> TrainResult:
     report.count("best_epoch", state.best_epoch or 0)
     if card.mean_iou is not None:
         report.count("val_mean_iou", round(card.mean_iou, 6))
-    report.count("onnx_max_abs_diff", diff)
+    report.count("onnx_max_abs_diff", onnx_diff)
     rates = [r["train_tiles_per_s"] for r in state.history[epochs_before:]]
     if rates:
         report.count("train_tiles_per_s", round(float(np.mean(rates)), 3))
         report.count("train_seconds", round(train_seconds, 3))
     report.environment.update({"stain_normalisation": config.stain_normalisation, "augment": config.augment})
-    report.environment.update({"device": str(device), "torch": torch.__version__,
-                               "amp": str(trainer.amp).lower(), "workers": str(workers),
-                               "torch_threads": str(torch.get_num_threads())})
-    if device.type == "cuda":
-        report.environment["gpu"] = torch.cuda.get_device_name(device)
-    log.info("wrote %s (best epoch %s, mean validation IoU %s)", out, state.best_epoch,
-             "n/a" if card.mean_iou is None else f"{card.mean_iou:.4f}")
-    return TrainResult(out=out, card=card, epochs_run=state.epoch, best_epoch=state.best_epoch,
-                       mean_iou=card.mean_iou, history=state.history, warnings=list(report.warnings))
 
 
 @dataclass
@@ -471,7 +532,12 @@ def _export(model, stage: Path, prepared: Prepared, best_row: dict[str, Any], st
                   "val_fraction": config.val_fraction, "val_slides": config.val_slides,
                   "class_weights": config.class_weights, "augment": config.augment,
                   "augmentation": describe_augment(config.augment, config.hed_jitter), "seed": config.seed,
-                  "amp": config.amp, "early_stopping_patience": config.early_stopping_patience,
+                  "amp": config.amp,
+                  "weight_averaging": ({"kind": "exponential moving average (torch AveragedModel, buffers included)",
+                                        "fraction_of_steps": config.ema,
+                                        "decay": round(1 - 1 / max(1.0, config.ema * state.total_steps), 6)}
+                                       if config.ema > 0 else None),
+                  "early_stopping_patience": config.early_stopping_patience,
                   "stopped_early": state.stopped_early, "split_excluded_tiles": split.excluded,
                   "sampling": sampling_summary(prepared)}
     if prepared.class_weights is not None:

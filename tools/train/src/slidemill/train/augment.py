@@ -1,12 +1,12 @@
 """Augmentation of an H&E tile and its mask together, driven by one seeded generator per sample.
 
-Geometry (flips, 90-degree rotations) moves image and mask alike; colour (stain jitter in
+Geometry (flips, 90-degree rotations, shifts) moves image and mask alike; colour (stain jitter in
 haematoxylin-eosin-DAB space after Ruifrok & Johnston, as in Tellez et al. 2018, plus brightness,
 contrast) and blur touch the image only. Each sample's generator is seeded from (seed, epoch,
 tile index), so the result is the same whatever the number of worker processes or after a resume.
 
 Pipelines (`--augment`): `standard` (geometry, HED jitter of strength `--hed-jitter`, brightness and
-contrast, blur), `geometry` (flips and rotations only: no colour change at all) and `none`.
+contrast, blur), `geometry` (flips, rotations and shifts only: no colour change at all) and `none`.
 The HED conversion is written here (a 3 x 3 matrix and its inverse): torchstain's augmentors re-fit a
 Macenko model on every tile instead, and scikit-image, which has `rgb2hed` with the same matrix, is not a
 dependency of slidemill.
@@ -20,6 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+SHIFT_FRACTION = 0.25  # largest shift, as a fraction of the tile's side (see `shift`)
 DEFAULT_HED_JITTER = 0.05  # Tellez et al. (2018)'s "HED-light": alpha in [0.95, 1.05], beta in [-0.05, 0.05]
 HED_PROBABILITY = 0.8  # share of the tiles whose stains are jittered (standard)
 
@@ -39,6 +40,32 @@ def flip_rotate(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -
     if k:
         image, mask = np.rot90(image, k), np.rot90(mask, k)
     return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+
+
+def shift(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, *, max_fraction: float = SHIFT_FRACTION
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """Translate image (H, W, C) and mask (H, W) together by whole pixels, dx and dy each uniform in
+    [-m, m] with m = `max_fraction` of the side: out[y, x] = in[y - dy, x - dx]. The image's vacated border
+    is filled by reflection, the mask's with 255 (ignore), so no pixel gets a label it does not have.
+    Without it a tile shows its content at the same offset from its borders in every epoch, and a small
+    network learns those offsets (zero padding tells it where a border is), while overlap-tile inference
+    shows the content at every offset."""
+    h, w = mask.shape
+    dy = int(rng.integers(-int(max_fraction * h), int(max_fraction * h) + 1))
+    dx = int(rng.integers(-int(max_fraction * w), int(max_fraction * w) + 1))
+    if not dx and not dy:
+        return image, mask
+    m = np.float32([[1, 0, dx], [0, 1, dy]])
+    image = cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REFLECT_101)
+    mask = cv2.warpAffine(mask, m, (w, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=255)
+    return image, mask
+
+
+def move(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The geometry of both pipelines: a flip and a 90-degree rotation, then a shift."""
+    image, mask = flip_rotate(image, mask, rng)
+    return shift(image, mask, rng)
 
 
 def hed_jitter(image: np.ndarray, rng: np.random.Generator, *, sigma: float = DEFAULT_HED_JITTER,
@@ -77,7 +104,7 @@ def standard(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, *,
              hed_strength: float = DEFAULT_HED_JITTER) -> tuple[np.ndarray, np.ndarray]:
     """The `standard` pipeline: every draw comes from `rng`, in a fixed order; `hed_strength` is the HED
     jitter's sigma and bias (0: no stain jitter)."""
-    image, mask = flip_rotate(image, mask, rng)
+    image, mask = move(image, mask, rng)
     do_stain, do_bc, do_blur = rng.random(3)
     if do_stain < HED_PROBABILITY and hed_strength > 0:
         image = hed_jitter(image, rng, sigma=hed_strength, bias=hed_strength)
@@ -89,8 +116,8 @@ def standard(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, *,
 
 
 def geometry(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """The `geometry` pipeline: flips and 90-degree rotations only (the colours are left as they are)."""
-    return flip_rotate(image, mask, rng)
+    """The `geometry` pipeline: flips, 90-degree rotations and shifts only (the colours are left as they are)."""
+    return move(image, mask, rng)
 
 
 AUGMENTATIONS = {"standard": standard, "geometry": geometry, "none": None}
@@ -105,7 +132,9 @@ def make_augment(name: str, hed_strength: float = DEFAULT_HED_JITTER):
 
 def describe_augment(name: str, hed_strength: float = DEFAULT_HED_JITTER) -> dict[str, Any]:
     """What the model card records about the augmentation."""
-    out: dict[str, Any] = {"pipeline": name, "geometry": "flips, 90-degree rotations" if name != "none" else None}
+    geometry = (f"flips, 90-degree rotations, shifts up to {SHIFT_FRACTION:g} of the tile (the vacated pixels "
+                "reflected, their labels ignored)")
+    out: dict[str, Any] = {"pipeline": name, "geometry": geometry if name != "none" else None}
     if name == "standard":
         out["stain"] = ({"kind": "HED jitter (Tellez et al. 2018; Ruifrok-Johnston stain vectors)",
                          "alpha": [1 - hed_strength, 1 + hed_strength], "beta": [-hed_strength, hed_strength],

@@ -24,7 +24,7 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tilesets: Annotated[list[Path], Cli(argument=True, metavar="TILESET_DIR...")] = Field(
+    tilesets: Annotated[list[Path], Cli(argument=True, metavar="TILESET_DIR")] = Field(
         min_length=1, description="tileset folders written by slidemill-tile (or their tileset.json files)")
     out: Annotated[Path, Cli("--out", "-o")] = Field(
         description="model folder to write (model.onnx, model-card.json, checkpoints, ...)")
@@ -58,9 +58,12 @@ class TrainConfig(BaseModel):
     class_weights: Literal["none", "auto"] = Field(
         "auto", description="auto: cross-entropy weights from the training tiles' class fractions (median-frequency "
         "balancing), or none")
+    ema: float = Field(0.1, ge=0, le=1, description="validate and export an exponential moving average of the "
+                       "weights over about this fraction of the run's steps (steadier than the last step's weights "
+                       "at small batch sizes); 0 turns it off")
     augment: Literal["standard", "geometry", "none"] = Field(
-        "standard", description="standard: flips, 90-degree rotations, HED stain jitter, brightness/contrast, blur; "
-        "geometry: flips and rotations only; none")
+        "standard", description="standard: flips, 90-degree rotations, shifts, HED stain jitter, "
+        "brightness/contrast, blur; geometry: flips, rotations and shifts only; none")
     hed_jitter: float = Field(0.05, ge=0, le=0.5, description="strength s of standard's HED stain jitter: each "
                               "stain's optical density is scaled by U[1-s, 1+s] and shifted by U[-s, s]; 0 turns "
                               "stain jitter off")

@@ -200,13 +200,15 @@ class Split:
 
 
 def split_samples(samples: list[Sample], *, val_fraction: float, val_slides: list[str], seed: int,
-                  target_blocks: int = 25) -> Split:
+                  target_blocks: int = 25, classes: list[str] | tuple[str, ...] = ()) -> Split:
     """Hold out validation tiles that share no pixel with a training tile.
 
     Two or more slides: whole slides are held out (those named, or a seeded choice covering about
     `val_fraction` of the tiles). One slide: the tiles' extent is cut into square blocks of level-0
     pixels; a seeded choice of blocks is held out, and training tiles overlapping any validation tile
-    (the band along a block edge, when tiles overlap) are dropped.
+    (the band along a block edge, when tiles overlap) are dropped. The blocks are chosen so that every
+    class is held out in about `val_fraction` of its labelled area (see `_block_split`); `classes` names
+    the classes that count (the trainable ones; default: every name in the tiles' class fractions).
     """
     slides = sorted({s.slide for s in samples})
     by_slide = {name: [i for i, s in enumerate(samples) if s.slide == name] for name in slides}
@@ -229,14 +231,67 @@ def split_samples(samples: list[Sample], *, val_fraction: float, val_slides: lis
             held += len(by_slide[name])
         chosen.sort()
     else:
-        return _block_split(samples, val_fraction=val_fraction, seed=seed, target_blocks=target_blocks)
+        return _block_split(samples, val_fraction=val_fraction, seed=seed, target_blocks=target_blocks,
+                            classes=classes)
     val = sorted(i for n in chosen for i in by_slide[n])
     val_set = set(val)
     train = [i for i in range(len(samples)) if i not in val_set]
     return Split("slides", train, val, [n for n in slides if n not in chosen], chosen)
 
 
-def _block_split(samples: list[Sample], *, val_fraction: float, seed: int, target_blocks: int) -> Split:
+STRATIFY_TRIALS = 256  # seeded block orders tried by the class-stratified block choice
+
+
+def _block_mass(samples: list[Sample], blocks: dict[tuple[int, int], list[int]], keys: list[tuple[int, int]],
+                classes: list[str] | tuple[str, ...]) -> np.ndarray:
+    """blocks x classes: the labelled level-0 area of each class in each block's tiles."""
+    names = list(classes) or sorted({n for s in samples for n, _ in s.class_fractions})
+    column = {n: j for j, n in enumerate(names)}
+    mass = np.zeros((len(keys), len(names)))
+    for b, key in enumerate(keys):
+        for i in blocks[key]:
+            s = samples[i]
+            for name, fraction in s.class_fractions:
+                if name in column:
+                    mass[b, column[name]] += fraction * s.width * s.height
+    return mass
+
+
+def _choose_blocks(blocks: dict[tuple[int, int], list[int]], keys: list[tuple[int, int]], mass: np.ndarray, *,
+                   n_samples: int, val_fraction: float, seed: int) -> list[tuple[int, int]]:
+    """The validation blocks: seeded orders of the blocks, each filled greedily until `val_fraction` of the
+    tiles is held out (a block that would leave no training tile is skipped); of `STRATIFY_TRIALS` orders the
+    one that leaves the fewest classes without validation (or without training) area, and then holds its
+    worst class out nearest `val_fraction` of its area, wins (the first order on ties, and the only one
+    when the tiles carry no class fractions). With one slide the blocks are few and a
+    plain random choice often holds out most of a rare class, or none of it (the demo's keratin)."""
+    totals = mass.sum(axis=0)
+    present = totals > 0
+    rng = np.random.default_rng([seed, 2])
+    best, best_cost = None, (math.inf, math.inf)
+    for _trial in range(STRATIFY_TRIALS if present.any() else 1):
+        order = rng.permutation(len(keys))
+        chosen, held = [], 0
+        for b in order:
+            if held >= val_fraction * n_samples:
+                break
+            if held + len(blocks[keys[b]]) >= n_samples:
+                continue
+            chosen.append(int(b))
+            held += len(blocks[keys[b]])
+        if not chosen:
+            continue
+        share = mass[chosen].sum(axis=0)[present] / totals[present]
+        # first: how many classes are left without validation or without training pixels; then the worst share
+        cost = (int(((share <= 0) | (share >= 1)).sum()), float(np.abs(share - val_fraction).max())) \
+            if present.any() else (0, 0.0)
+        if best is None or cost < best_cost:
+            best, best_cost = chosen, cost
+    return [keys[b] for b in best] if best is not None else []
+
+
+def _block_split(samples: list[Sample], *, val_fraction: float, seed: int, target_blocks: int,
+                 classes: list[str] | tuple[str, ...] = ()) -> Split:
     if len(samples) < 2:
         raise InputError(f"only {len(samples)} labelled tile(s): too few to hold any out for validation",
                          fix="Tile more of the slide (smaller tiles, a lower tissue threshold) or add slides")
@@ -266,13 +321,9 @@ def _block_split(samples: list[Sample], *, val_fraction: float, seed: int, targe
     if len(keys) < 2:
         raise InputError("all labelled tiles of the one slide lie in one place, so no spatially separate "
                          "validation block exists", fix="Tile more of the slide, or add a second slide")
-    order = [keys[i] for i in np.random.default_rng([seed, 2]).permutation(len(keys))]
+    mass = _block_mass(samples, blocks, keys, classes)
     val: list[int] = []
-    for key in order:
-        if len(val) >= val_fraction * len(samples):
-            break
-        if len(val) + len(blocks[key]) >= len(samples):
-            continue
+    for key in _choose_blocks(blocks, keys, mass, n_samples=len(samples), val_fraction=val_fraction, seed=seed):
         val.extend(blocks[key])
     if not val:
         val.extend(blocks[min(keys, key=lambda k: len(blocks[k]))])

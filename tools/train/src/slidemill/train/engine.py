@@ -217,11 +217,21 @@ class Trainer:
     The learning rate is set before every optimisation step from `lr_at(step, total_steps)` (warmup,
     then cosine decay over the run's length, per step; a schedule moved mid-decay continues from the
     current rate, see `set_schedule`); gradients are clipped to `grad_clip` (L2 norm
-    over all parameters) before the step."""
+    over all parameters) before the step.
+
+    With `ema_fraction` > 0 the weights are also averaged, an exponential moving average (Polyak and
+    Juditsky 1992; `torch.optim.swa_utils.AveragedModel`, buffers included, so batch-norm statistics too) over
+    about `ema_fraction` of the schedule's steps, with the warmup of TensorFlow's ExponentialMovingAverage
+    (decay at most (1 + n) / (10 + n) after n updates). The averaged weights are what `evaluate` validates
+    and what a checkpoint's "model" holds (best.pt, the export); the raw weights go on training. At batch
+    size 8 the raw weights' validation swings from epoch to epoch (the batch-norm statistics follow the last
+    few batches), so the best epoch of a small validation set would be picked by chance."""
 
     def __init__(self, model: nn.Module, *, num_classes: int, mean: tuple, std: tuple, device: torch.device,
                  lr: float, weight_decay: float, amp: bool, class_weights: np.ndarray | None,
-                 grad_clip: float = 1.0, channels_last: bool | None = None):
+                 grad_clip: float = 1.0, channels_last: bool | None = None, ema_fraction: float = 0.0):
+        from torch.optim.swa_utils import AveragedModel
+
         self.device = device
         self.num_classes = num_classes
         self.channels_last = device.type == "cuda" if channels_last is None else channels_last
@@ -240,6 +250,30 @@ class Trainer:
         self.total_steps = 1
         self.warmup_steps = 1
         self.anchor: tuple[int, float] | None = None  # (step, cosine position) where a moved schedule resumed
+        self.ema_fraction = ema_fraction
+        self.ema = (AveragedModel(self.model, multi_avg_fn=self._ema_update, use_buffers=True)
+                    if ema_fraction > 0 else None)
+
+    # --- weight averaging ------------------------------------------------------------------------
+
+    def ema_decay(self, updates: int) -> float:
+        """The decay of the `updates`-th average: 1 - 1 / horizon, the horizon `ema_fraction` of the
+        schedule's steps (at least 1), and at most (1 + updates) / (10 + updates) early on."""
+        horizon = max(1.0, self.ema_fraction * self.total_steps)
+        return min(1.0 - 1.0 / horizon, (1.0 + updates) / (10.0 + updates))
+
+    @torch.no_grad()
+    def _ema_update(self, averaged: list[torch.Tensor], current: list[torch.Tensor], updates) -> None:
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1.0 - self.ema_decay(int(updates)))
+        else:  # integer buffers (batch norm's num_batches_tracked) follow the model
+            for a, c in zip(averaged, current, strict=True):
+                a.copy_(c)
+
+    @property
+    def evaluated_model(self) -> nn.Module:
+        """What is validated, checkpointed as "model" and exported: the averaged weights, or the raw ones."""
+        return self.model if self.ema is None else self.ema.module
 
     def set_schedule(self, total_steps: int) -> None:
         """The schedule ends at `total_steps`. Moved once the decay has begun (a time budget re-planned on a
@@ -293,6 +327,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step_count += 1
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         return float(loss.detach()), float(ce), float(dice)
 
     def train_epoch(self, loader, *, description: str = "training", stop_at: int | None = None,
@@ -324,13 +360,14 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, loader) -> tuple[float | None, np.ndarray]:
-        self.model.eval()
+        model = self.evaluated_model
+        model.eval()
         matrix = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64, device=self.device)
         loss_sum, weight = 0.0, 0
         for images, masks in loader:
             images, masks = self._to_device(images, masks)
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
-                logits = self.model(images)
+                logits = model(images)
             labelled = int((masks != 255).sum())
             if labelled:
                 loss, _, _ = self.loss(logits, masks)
@@ -343,7 +380,10 @@ class Trainer:
 
     def payload(self, state: FitState, identity: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         return {"format": CHECKPOINT_FORMAT, "identity": identity, "split": identity.get("split"),
-                "epoch": state.epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "epoch": state.epoch, "model": self.evaluated_model.state_dict(),
+                **({} if self.ema is None else {"training_model": self.model.state_dict(),
+                                                "ema_updates": int(self.ema.n_averaged)}),
+                "optimizer": self.optimizer.state_dict(),
                 "schedule": {"step": self.step_count, "total_steps": self.total_steps,
                              "warmup_steps": self.warmup_steps,
                              "anchor": None if self.anchor is None else list(self.anchor)},
@@ -353,7 +393,11 @@ class Trainer:
                 "stopped_by_time": state.stopped_by_time, **extra}
 
     def restore(self, payload: dict[str, Any]) -> FitState:
-        self.model.load_state_dict(payload["model"])
+        # "training_model": the raw weights of a run that averaged them ("model" holds the average)
+        self.model.load_state_dict(payload.get("training_model", payload["model"]))
+        if self.ema is not None:
+            self.ema.module.load_state_dict(payload["model"])
+            self.ema.n_averaged.fill_(int(payload.get("ema_updates", 0)))
         self.optimizer.load_state_dict(payload["optimizer"])
         schedule = payload.get("schedule") or {}
         self.step_count = int(schedule.get("step", 0))
