@@ -377,7 +377,8 @@ def test_averaged_weights_follow_the_exponential_moving_average_and_are_what_is_
         if expected is None:
             expected = {k: v.clone() for k, v in raw.items()}
         else:
-            d = (n - 1 + 1) / (10 + n - 1)  # the n-th update sees n - 1 earlier ones
+            updates = n - 1  # the n-th update sees n - 1 earlier ones
+            d = (1 + updates) / (10 + updates)
             expected = {k: v if not v.is_floating_point() else e + (1 - d) * (v - e)
                         for (k, v), e in zip(raw.items(), expected.values(), strict=True)}
     averaged = trainer.evaluated_model.state_dict()

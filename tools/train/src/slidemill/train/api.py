@@ -496,6 +496,7 @@ def validation_summary(row: dict[str, Any], names: list[str], train: dict[str, i
 
 def _export(model, stage: Path, prepared: Prepared, best_row: dict[str, Any], state, val_set, *,
             reproducibility: dict[str, Any]) -> tuple[ModelCard, float]:
+    from . import engine
     from .network import IMAGENET_MEAN, IMAGENET_STD, export_onnx, onnx_max_abs_diff
 
     config, data, split = prepared.config, prepared.data, prepared.split
@@ -517,7 +518,7 @@ def _export(model, stage: Path, prepared: Prepared, best_row: dict[str, Any], st
 
     opset = next((o.version for o in onnx.load(str(onnx_path), load_external_data=False).opset_import
                   if o.domain in ("", "ai.onnx")), config.onnx_opset)
-    names = [c.name for c in data.classes.trainable]
+    names = _class_names(prepared)
     validation = validation_summary(best_row, names, train_pixels(prepared))
     metrics = validation.metrics
     weights = config.encoder_weights
@@ -535,7 +536,8 @@ def _export(model, stage: Path, prepared: Prepared, best_row: dict[str, Any], st
                   "amp": config.amp,
                   "weight_averaging": ({"kind": "exponential moving average (torch AveragedModel, buffers included)",
                                         "fraction_of_steps": config.ema,
-                                        "decay": round(1 - 1 / max(1.0, config.ema * state.total_steps), 6)}
+                                        "decay": round(engine.ema_horizon_decay(config.ema, state.total_steps),
+                                                       6)}
                                        if config.ema > 0 else None),
                   "early_stopping_patience": config.early_stopping_patience,
                   "stopped_early": state.stopped_early, "split_excluded_tiles": split.excluded,

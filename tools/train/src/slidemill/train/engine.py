@@ -211,6 +211,12 @@ class Budget:
         return max(done_steps + 1, min(max_steps, done_steps + steps))
 
 
+def ema_horizon_decay(fraction: float, total_steps: int) -> float:
+    """The weight average's decay once warmed up: 1 - 1 / horizon, the horizon `fraction` of the schedule's
+    `total_steps` (at least 1 step)."""
+    return 1.0 - 1.0 / max(1.0, fraction * total_steps)
+
+
 class Trainer:
     """Owns the model, optimiser, learning-rate schedule and scaler of one run and writes its checkpoints.
 
@@ -257,10 +263,9 @@ class Trainer:
     # --- weight averaging ------------------------------------------------------------------------
 
     def ema_decay(self, updates: int) -> float:
-        """The decay of the `updates`-th average: 1 - 1 / horizon, the horizon `ema_fraction` of the
-        schedule's steps (at least 1), and at most (1 + updates) / (10 + updates) early on."""
-        horizon = max(1.0, self.ema_fraction * self.total_steps)
-        return min(1.0 - 1.0 / horizon, (1.0 + updates) / (10.0 + updates))
+        """The decay of the `updates`-th average: `ema_horizon_decay`, and at most (1 + updates) / (10 + updates)
+        early on."""
+        return min(ema_horizon_decay(self.ema_fraction, self.total_steps), (1.0 + updates) / (10.0 + updates))
 
     @torch.no_grad()
     def _ema_update(self, averaged: list[torch.Tensor], current: list[torch.Tensor], updates) -> None:
