@@ -149,6 +149,11 @@ def tune_malloc() -> None:
             mallopt(option, int(value))
 
 
+def _workers_for(requested: int, tiles: int) -> int:
+    """Worker processes for `tiles` tiles: at most `requested`, at least `MIN_TILES_PER_WORKER` tiles each."""
+    return min(requested, max(1, tiles // MIN_TILES_PER_WORKER))
+
+
 def start_workers_early(workers: int) -> None:
     """Start the fork server now (it imports in its own process while this one goes on setting up the
     store), so the pool's workers wait less for it: no effect with spawn or one worker."""
@@ -158,9 +163,11 @@ def start_workers_early(workers: int) -> None:
         forkserver.ensure_running()
 
 
-def _executor(plan: TilePlan, workers: int) -> ProcessPoolExecutor:
+def _executor(plan: TilePlan, workers: int, container: tuple = ()) -> ProcessPoolExecutor:
+    """Worker processes with the plan's renderer (and, for a container store, the zip's appender and
+    entry date: `render.init_worker`)."""
     return ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context(), initializer=render.init_worker,
-                               initargs=(plan.renderer,))
+                               initargs=(plan.renderer, *container))
 
 
 def iter_tiles(slide: TileConfig | str | Path, *, workers: int = 1, plan: TilePlan | None = None,
@@ -349,57 +356,28 @@ def _write_container_store(plan: TilePlan, config: TileConfig, stage: Path, work
                     rows.add(index, frac)
                 progress.advance(len(batch))
         else:
-            _encode_in_workers(plan, config, stage, workers, codec, writer, rows, progress)
+            _encode_in_workers(plan, config, workers, codec, writer, rows, progress)
     finally:
         writer.close()
 
 
-SCRATCH_NAME = ".chunks.scratch"
-
-
-def _slot_bytes(tiles: int, tile_px: int) -> int:
-    """A batch's raw pixels (image and mask) and the codecs' headers: blosc never grows a chunk by more
-    than 16 bytes; a JPEG larger than its pixels goes back through the pipe."""
-    return tiles * (4 * tile_px * tile_px + 64) + 4096
-
-
-def _encode_in_workers(plan: TilePlan, config: TileConfig, stage: Path, workers: int, codec: str | None,
+def _encode_in_workers(plan: TilePlan, config: TileConfig, workers: int, codec: str | None,
                        writer: ContainerWriter, rows: _Rows, progress: Progress) -> None:
-    """Workers encode a batch each and write its chunks into their batch's slot of a scratch file in the
-    stage (`render.worker_encode_slot`); this process copies them from there (mapped, not read) into the
-    container. Sent through the pool's pipe instead (pickled, in 64 KB pieces, unpickled), 2.5 GB of
-    chunks cost ~3.5 CPU-s more in all than one worker (6,400 tiles of 512 px). A slot is reused only
-    after its batch is in the container: at most `window` batches are in flight."""
-    import mmap
-
+    """Workers encode a batch each and write it, as finished zip entries, into the container at the
+    next free offset (`render.worker_encode_append`, `ContainerWriter.appender`); this process lists
+    the entries and writes the rows. The chunks are written once, by the process that made them:
+    sent through the pool's pipe instead (pickled, in 64 KB pieces, unpickled), 2.5 GB of chunks cost
+    ~3.5 CPU-s more in all than one worker (6,400 tiles of 512 px), and copied into the zip by this
+    process (from a scratch file the workers wrote), ~20 % of its time in the tile phase."""
     size = batch_size(config.tile_size_px, len(plan), workers)
-    window = 3 * workers
-    t = config.tile_size_px
-    slot_bytes = _slot_bytes(size, t)
-    scratch = stage / SCRATCH_NAME
-    with open(scratch, "w+b") as handle:
-        handle.truncate(window * slot_bytes)
-        mapped = mmap.mmap(handle.fileno(), window * slot_bytes, access=mmap.ACCESS_READ)
-    try:
-        view = memoryview(mapped)
-        jobs = ((k % window, batch) for k, batch in enumerate(_chunks(plan.specs, size)))
-        with _executor(plan, workers) as pool:
-            for in_slot, batch in _bounded_map(pool, render.worker_encode_slot, jobs, window, codec, str(scratch),
-                                               slot_bytes):
-                for index, frac, image, mask in batch:
-                    if in_slot:
-                        image = None if image is None else view[image[0]:image[0] + image[1]]
-                        mask = None if mask is None else view[mask[0]:mask[0] + mask[1]]
-                    writer.put(index, image, mask)
-                    rows.add(index, frac)
-                progress.advance(len(batch))
-        view.release()
-    finally:
-        try:
-            mapped.close()
-        except BufferError:  # a slice still held by an exception's frames: the mapping goes with them
-            pass
-        scratch.unlink(missing_ok=True)
+    appender = writer.appender(_mp_context())
+    with _executor(plan, workers, (appender, writer.date_time)) as pool:
+        for at, entries, batch_rows in _bounded_map(pool, render.worker_encode_append, _chunks(plan.specs, size),
+                                                    3 * workers, codec):
+            writer.listed(at, entries)
+            for index, frac in batch_rows:
+                rows.add(index, frac)
+            progress.advance(len(batch_rows))
 
 
 def fit_stain_models(plan: TilePlan, report: ReportBuilder) -> SlideStain:
@@ -442,11 +420,14 @@ def run(config: TileConfig, *, argv: list[str] | None = None) -> TileResult:
 def _tile(config: TileConfig, life: ToolRun) -> TileResult:
     out, report = life.out, life.report
     t0 = time.perf_counter()
+    requested = worker_count(config.workers)
     with report.timed("plan"):
-        plan = make_plan(config)
+        # the fork server imports (~1 CPU-s) on another core while the tissue is found and the
+        # annotations read, once the grid is large enough to be worth workers at all
+        plan = make_plan(config, on_grid=lambda tiles: start_workers_early(_workers_for(requested, tiles)))
     for message in plan.warnings:
         report.warn(message)
-    workers = min(worker_count(config.workers), max(1, len(plan) // MIN_TILES_PER_WORKER))
+    workers = _workers_for(requested, len(plan))
     start_workers_early(workers)
     tune_malloc()
     if not plan.specs:

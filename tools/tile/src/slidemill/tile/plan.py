@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,20 +184,27 @@ class TilePlan:
         return Tile(spec=spec, image=image, mask=mask, class_fractions=self.renderer.class_fractions(mask))
 
 
-def make_plan(config: TileConfig) -> TilePlan:
-    """Validate every input and decide the tiles. Raises a SlidemillError (exit 2) on bad input."""
+def make_plan(config: TileConfig, on_grid: Callable[[int], None] | None = None) -> TilePlan:
+    """Validate every input and decide the tiles. Raises a SlidemillError (exit 2) on bad input.
+    `on_grid(tiles)` is called with the grid's tile count (an upper bound of the tiles kept) as soon
+    as it is known, before the annotations are read and the tissue is found."""
     slide = open_slide(config.slide, mpp=config.slide_mpp, channels=config.channels, z=config.z, t=config.t,
                        dicom_series=config.dicom_series)
     slide_mpp = slide.require_mpp()
     option = "--mpp" if config.mpp is not None or config.magnification is None else "--magnification"
     slide.scale_for(config.target_mpp, allow_upsampling=config.allow_upsampling, option=option)
+    t, stride = config.tile_size_px, config.stride_px
+    scale = config.target_mpp / slide_mpp
+    cols = grid_starts(math.ceil(slide.width / scale - 1e-9), t, stride)
+    rows = grid_starts(math.ceil(slide.height / scale - 1e-9), t, stride)
+    if on_grid is not None:
+        on_grid(len(cols) * len(rows))
     for path in config.annotations:
         require_file(path, "annotation file")
     if config.classes_file is not None and config.class_table is None:
         load_class_table(config.classes_file)  # fail early, before reading annotations
     warnings: list[str] = []
     target_mpp = config.target_mpp
-    scale = target_mpp / slide_mpp
     if scale < 1 - 1e-6:
         warnings.append(f"tiles at {target_mpp} um/px are finer than the slide's own {slide_mpp} um/px: "
                         "they are upsampled")
@@ -224,10 +232,7 @@ def make_plan(config: TileConfig) -> TilePlan:
     log.info("%s: tissue detection %s (%s)", slide.name, mode,
              "--tissue-mode" if config.tissue_mode != "auto" else "auto: median grey of the thumbnail")
 
-    # the grid, in tile pixels
-    t, stride = config.tile_size_px, config.stride_px
-    cols = grid_starts(math.ceil(slide.width / scale - 1e-9), t, stride)
-    rows = grid_starts(math.ceil(slide.height / scale - 1e-9), t, stride)
+    # the grid's tiles to keep
     if config.annotated_only:  # an Ignore* region alone does not make a tile worth keeping
         tree = shapely.STRtree([s.geometry for s in labelled if s.label != IGNORE_LABEL])
     specs = TileSpecs(len(rows) * len(cols) if config.all_tiles else 0)

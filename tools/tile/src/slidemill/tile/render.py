@@ -14,7 +14,7 @@ from slidemill.shared.classes import IGNORE_LABEL
 from slidemill.shared.errors import OutputError
 from slidemill.shared.rasterize import LabelledShape, Rasterizer
 from slidemill.shared.stored_tiles import StoredLevels, aligned_level, read_tile_pixels
-from slidemill.shared.tilestore import encode_chunk, mask_codec
+from slidemill.shared.tilestore import EntryAppender, EntryBatch, encode_chunk, mask_codec
 from slidemill.shared.tilestore import image_codec as tile_image_codec
 from slidemill.shared.tiletable import COLUMNS
 
@@ -247,6 +247,8 @@ def valid_extent_px(extent_level0: int, scale: float, start_px: int, tile_px: in
 # --- worker processes --------------------------------------------------------------------------
 
 _WORKER: TileRenderer | None = None
+_APPENDER: EntryAppender | None = None  # a container store's zip, which this worker writes its chunks into
+_APPENDER_DATE: tuple[int, ...] = ()
 
 
 def _exit_with_parent() -> None:
@@ -268,13 +270,15 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="slidemill-parent-watch", daemon=True).start()
 
 
-def init_worker(renderer: TileRenderer) -> None:
-    global _WORKER
+def init_worker(renderer: TileRenderer, appender: EntryAppender | None = None,
+                date_time: tuple[int, ...] = ()) -> None:
+    global _WORKER, _APPENDER, _APPENDER_DATE
     import logging
 
     _exit_with_parent()
     logging.getLogger("large_image").setLevel(logging.ERROR)
     _WORKER = renderer
+    _APPENDER, _APPENDER_DATE = appender, date_time
     renderer.open()
 
 
@@ -295,68 +299,17 @@ def worker_write(folder: Path, png_compression: int, specs: list[TileSpec]) -> l
     return write_batch(_WORKER, folder, png_compression, specs)
 
 
-def worker_encode(image_codec: str | None, specs: list[TileSpec]) -> list[tuple]:
-    assert _WORKER is not None
-    return encode_batch(_WORKER, image_codec, specs)
-
-
-_SCRATCH: dict[str, int] = {}  # scratch file -> this worker's descriptor
-
-
-def _write_slot(path: str, offset: int, size: int, chunks: list[bytes]) -> bool:
-    """`chunks` back to back into [offset, offset + size) of the scratch file (one `pwritev`, no
-    join); False (nothing written) when they do not fit."""
-    import os
-
-    total = sum(len(c) for c in chunks)
-    if total > size:
-        return False
-    fd = _SCRATCH.get(path)
-    if fd is None:
-        fd = _SCRATCH[path] = os.open(path, os.O_WRONLY)
-    done = 0
-    while done < total:  # a regular file takes it in one call; a short write goes on from where it stopped
-        views, skip = [], done
-        for chunk in chunks:
-            if skip >= len(chunk):
-                skip -= len(chunk)
-                continue
-            views.append(memoryview(chunk)[skip:])
-            skip = 0
-        try:
-            written = os.pwritev(fd, views[:1024], offset + done)
-        except OSError as exc:
-            raise OutputError(f"cannot be written ({exc.strerror})", path=Path(path),
-                              fix="Check free space and permissions") from None
-        if written <= 0:
-            raise OutputError("cannot be written (no progress)", path=Path(path), fix="Check free space")
-        done += written
-    return True
-
-
-def worker_encode_slot(image_codec: str | None, scratch: str, slot_bytes: int,
-                       job: tuple[int, list[TileSpec]]) -> tuple[bool, list[tuple]]:
-    """`worker_encode`, the chunks written into slot `job[0]` of the scratch file instead of sent
-    back: (True, [(index, fractions, (offset, length) or None, (offset, length) or None)]), offsets
-    in the scratch file; (False, `worker_encode`'s result) when the batch's chunks outgrow the slot."""
-    assert _WORKER is not None
-    slot, specs = job
-    encoded = encode_batch(_WORKER, image_codec, specs)
-    chunks, spans = [], []
-    at = slot * slot_bytes
-    for index, fractions, image, mask in encoded:
-        where = []
-        for chunk in (image, mask):
-            if chunk is None:
-                where.append(None)
-                continue
-            chunks.append(chunk)
-            where.append((at, len(chunk)))
-            at += len(chunk)
-        spans.append((index, fractions, where[0], where[1]))
-    if not _write_slot(scratch, slot * slot_bytes, slot_bytes, chunks):
-        return False, encoded
-    return True, spans
+def worker_encode_append(image_codec: str | None, specs: list[TileSpec]) -> tuple[int, list[tuple], list[tuple]]:
+    """A batch encoded (`encode_batch`) and its chunks written by this worker straight into the container
+    (`init_worker`'s appender) instead of sent back: (offset of the batch in the zip, its
+    `EntryBatch.entries`, [(index, class fractions)])."""
+    assert _WORKER is not None and _APPENDER is not None
+    batch = EntryBatch(_APPENDER_DATE)
+    rows = []
+    for index, fractions, image, mask in encode_batch(_WORKER, image_codec, specs):
+        batch.add(index, image, mask)
+        rows.append((index, fractions))
+    return _APPENDER.append(batch), batch.entries, rows
 
 
 def worker_render(specs: list[TileSpec]) -> list[tuple[TileSpec, np.ndarray, np.ndarray | None, dict[str, float]]]:
