@@ -277,3 +277,20 @@ def test_container_stores_with_workers_give_the_cut_pixels(tmp_path, synthetic, 
             image, mask = reader.read(i)
             assert np.array_equal(image, ref.image) and np.array_equal(mask, ref.mask), (store, i)
             assert record.class_fractions == ref.class_fractions
+
+
+def test_script_without_main_guard_gets_a_paragraph_not_a_broken_pool(tmp_path, synthetic):
+    """Worker processes import the calling script again (spawn and forkserver), so an unguarded
+    `iter_tiles(..., workers=2)` at a script's top level breaks the pool: the user reads a
+    WorkerError that names the script and the `if __name__ == "__main__":` rule."""
+    script = tmp_path / "cut_tiles.py"
+    script.write_text(
+        "from slidemill.tile import iter_tiles\n"
+        f"tiles = list(iter_tiles({str(synthetic)!r}, workers=2, tile_size_px=48, overlap_px=0, mpp=0.5,\n"
+        "                       tissue_threshold=0.05))\n"
+        "print(len(tiles))\n")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("slidemill.shared.errors.WorkerError: a worker process cutting tiles of"), result.stderr
+    assert str(script) in last and 'if __name__ == "__main__":' in last and "workers=1" in last

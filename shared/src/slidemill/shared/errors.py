@@ -44,3 +44,7 @@ class SlideError(InputError):
 
 class OutputError(SlidemillError, OSError):
     """An output cannot be written (exists without --overwrite, not writable, ...)."""
+
+
+class WorkerError(SlidemillError, RuntimeError):
+    """A worker process ended before its work was done (killed, out of memory, failed to start)."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -353,23 +353,11 @@ def vectorise_file(
             return vectorise_raster(raster.read, height, width, wanted, ops, chunk_px=chunk_px,
                                     on_chunk=on_chunk)
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+
+    from slidemill.shared.workers import bounded_map, worker_pool
 
     context = multiprocessing.get_context("spawn")  # no fork of a process holding open files and threads
     init = ([(str(path), spec.model_dump_json()) for path, spec in parts], height, width, wanted, ops)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init,
-                             initargs=init) as pool:
-        return stitch(_bounded_map(pool, _worker_chunk, cores, 2 * workers), wanted, on_chunk)
+    with worker_pool(workers, context, _worker_init, init, what="vectorising the label raster") as pool:
+        return stitch(bounded_map(pool, _worker_chunk, cores, 2 * workers), wanted, on_chunk)
 
-
-def _bounded_map(pool, fn, items, in_flight: int) -> Iterator:
-    """pool.map that keeps at most `in_flight` tasks submitted, yielding results in order."""
-    from collections import deque
-
-    queue: deque = deque()
-    for item in items:
-        queue.append(pool.submit(fn, item))
-        if len(queue) >= in_flight:
-            yield queue.popleft().result()
-    while queue:
-        yield queue.popleft().result()

@@ -3,13 +3,12 @@ without writing anything (notebooks, PyTorch datasets)."""
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
@@ -33,6 +32,7 @@ from slidemill.shared.tilestore import (
     write_shapes,
 )
 from slidemill.shared.tiletable import ROWS_NAME, TileRowWriter
+from slidemill.shared.workers import bounded_map, worker_pool
 
 from . import render
 from .config import TileConfig
@@ -87,18 +87,6 @@ def plan_tiles(slide: TileConfig | str | Path, **options) -> TilePlan:
 def _chunks(items: list, size: int) -> Iterator[list]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
-
-
-def _bounded_map(executor: ProcessPoolExecutor, fn: Callable, batches: Iterable[list], window: int,
-                 *args) -> Iterator[Any]:
-    """Results in order, with at most `window` batches in flight (memory bounded by tiles x workers)."""
-    pending: collections.deque = collections.deque()
-    for batch in batches:
-        pending.append(executor.submit(fn, *args, batch))
-        if len(pending) >= window:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
 
 
 # what a worker needs, imported once by the fork server (not by every worker): a spawned worker spent
@@ -163,11 +151,11 @@ def start_workers_early(workers: int) -> None:
         forkserver.ensure_running()
 
 
-def _executor(plan: TilePlan, workers: int, container: tuple = ()) -> ProcessPoolExecutor:
+def _executor(plan: TilePlan, workers: int, container: tuple = ()):
     """Worker processes with the plan's renderer (and, for a container store, the zip's appender and
-    entry date: `render.init_worker`)."""
-    return ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context(), initializer=render.init_worker,
-                               initargs=(plan.renderer, *container))
+    entry date: `render.init_worker`); a worker's abrupt end is a `WorkerError`."""
+    return worker_pool(workers, _mp_context(), render.init_worker, (plan.renderer, *container),
+                       what=f"cutting tiles of {plan.slide_ref.name}")
 
 
 def iter_tiles(slide: TileConfig | str | Path, *, workers: int = 1, plan: TilePlan | None = None,
@@ -195,7 +183,7 @@ def iter_tiles(slide: TileConfig | str | Path, *, workers: int = 1, plan: TilePl
         return
     with _executor(plan, workers) as pool:
         size = batch_size(plan.renderer.tile_size_px, len(plan), workers)
-        for batch in _bounded_map(pool, render.worker_render, _chunks(plan.specs, size), 2 * workers):
+        for batch in bounded_map(pool, render.worker_render, _chunks(plan.specs, size), 2 * workers):
             for spec, image, mask, fractions in batch:
                 yield Tile(spec=spec, image=image, mask=mask, class_fractions=fractions)
 
@@ -328,7 +316,7 @@ def _write_png_store(plan: TilePlan, config: TileConfig, stage: Path, workers: i
             progress.advance(len(batch))
         return
     with _executor(plan, workers) as pool:
-        for batch in _bounded_map(pool, render.worker_write, _chunks(plan.specs, size), 3 * workers,
+        for batch in bounded_map(pool, render.worker_write, _chunks(plan.specs, size), 3 * workers,
                                   stage, config.png_compression):
             for index, frac in batch:
                 rows.add(index, frac)
@@ -372,7 +360,7 @@ def _encode_in_workers(plan: TilePlan, config: TileConfig, workers: int, codec: 
     size = batch_size(config.tile_size_px, len(plan), workers)
     appender = writer.appender(_mp_context())
     with _executor(plan, workers, (appender, writer.date_time)) as pool:
-        for at, entries, batch_rows in _bounded_map(pool, render.worker_encode_append, _chunks(plan.specs, size),
+        for at, entries, batch_rows in bounded_map(pool, render.worker_encode_append, _chunks(plan.specs, size),
                                                     3 * workers, codec):
             writer.listed(at, entries)
             for index, frac in batch_rows:
