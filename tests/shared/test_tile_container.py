@@ -7,6 +7,7 @@ import multiprocessing
 import zipfile
 
 import numpy as np
+import pytest
 import zarr
 
 from slidemill.shared.tilestore import ContainerWriter, EntryBatch, encode_chunk, image_codec, mask_codec
@@ -86,3 +87,36 @@ def test_more_entries_than_a_plain_zip_holds_use_zip64(tmp_path):
     with open(path, "rb") as handle:
         assert b"PK\x06\x06" in handle.read()[-200:]  # the ZIP64 end of central directory record
     _check(path, tiles, read=[0, 99, 100, 4099, 4100, count - 1])
+
+
+def test_an_aborted_container_is_not_a_zip(tmp_path):
+    """A failed run aborts the writer: no central directory, so nothing can read it as complete."""
+    path = tmp_path / "tiles.zarr.zip"
+    writer = ContainerWriter(path, 2, 8, codec="blosc-lz4", masks=True)
+    writer.put(0, *_encoded(0, 8))
+    writer.abort()
+    with pytest.raises(zipfile.BadZipFile):
+        zipfile.ZipFile(path)
+
+
+def _take_the_lock_and_die(end):
+    import os
+    import signal
+
+    end.get_lock().acquire()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_close_does_not_wait_for_a_lock_a_killed_worker_held(tmp_path):
+    """A worker killed while it held the counter's lock never releases it; closing (or aborting)
+    afterwards must not wait for it."""
+    path = tmp_path / "tiles.zarr.zip"
+    writer = ContainerWriter(path, 1, 8, codec="blosc-lz4", masks=True)
+    context = multiprocessing.get_context("spawn")
+    appender = writer.appender(context)
+    worker = context.Process(target=_take_the_lock_and_die, args=(appender.end,))
+    worker.start()
+    worker.join(60)
+    writer.close()  # would block for ever reading the counter through its lock
+    with zipfile.ZipFile(path) as archive:
+        assert archive.testzip() is None

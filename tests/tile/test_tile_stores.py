@@ -2,6 +2,7 @@
 the one shared reader; killed runs leave nothing complete; old manifests still read."""
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -294,3 +295,41 @@ def test_script_without_main_guard_gets_a_paragraph_not_a_broken_pool(tmp_path, 
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("slidemill.shared.errors.WorkerError: a worker process cutting tiles of"), result.stderr
     assert str(script) in last and 'if __name__ == "__main__":' in last and "workers=1" in last
+
+
+def _grandchildren(pid: int) -> list[int]:
+    """The processes two levels below `pid` (Linux /proc): the workers the fork server forked."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+    children = {p for p, parent in parents.items() if parent == pid}
+    return [p for p, parent in parents.items() if parent in children]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through /proc")
+def test_a_killed_worker_ends_the_run_with_a_paragraph_and_no_zip(tmp_path):
+    """A worker killed mid-run (as the out-of-memory killer does) ends the run promptly with exit 2 and
+    the WorkerError paragraph; the container is never finished, and only the failed report is left."""
+    slide = write_synthetic_slide(tmp_path / "big.tiff", 3000, 3000, mpp=0.25, tile=256)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([CMD, str(slide), "--out", str(out), "--tile-size", "32", "--overlap", "0",
+                             "--all-tiles", "--mpp", "0.25", "--workers", "2", "--store", "zarr"],
+                            stderr=subprocess.PIPE, text=True)
+    deadline, workers = time.time() + 60, []
+    while time.time() < deadline and len(workers) < 2:
+        workers = _grandchildren(proc.pid)
+        time.sleep(0.05)
+    assert proc.poll() is None and workers, "the run ended before a worker could be killed"
+    time.sleep(0.3)
+    os.kill(workers[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert "a worker process cutting tiles of big.tiff ended abruptly" in err and "--workers 1" in err
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tiff", "out.report.json"]  # no staging folder
+    assert json.loads((tmp_path / "out.report.json").read_text())["status"] == "failed"

@@ -130,37 +130,50 @@ class EntryAppender:
     """Appends `EntryBatch`es to the container's zip file from any process (picklable when a
     process pool starts its workers): each batch takes the next `size` bytes at the shared end of
     the file (a counter under a lock, `multiprocessing.Value`) and is written there with `os.pwritev`
-    at that offset, which any local or network filesystem honours. So the chunks go from the
-    worker that encoded them straight into the zip, written once."""
+    at that offset, which POSIX filesystems honour (local, NFS, SMB; not object-store FUSE mounts
+    that take only sequential writes). So the chunks go from the worker that encoded them straight
+    into the zip, written once. The file is opened and closed for each batch, so an error that a
+    network filesystem reports only at close (quota, space) fails that batch, not later in silence."""
 
     def __init__(self, path: Path, end):
         self.path = Path(path)
         self.end = end  # multiprocessing.Value("q"): the offset where the next batch goes
-        self._fd: int | None = None
-
-    def __getstate__(self):
-        return {"path": self.path, "end": self.end, "_fd": None}
 
     def append(self, batch: EntryBatch) -> int:
         """Writes the batch; returns the offset of its first byte in the zip file."""
         with self.end.get_lock():
             at = self.end.value
             self.end.value = at + batch.size
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_WRONLY)
-        pwrite_all(self._fd, batch.pieces, at, path=self.path)
+        try:
+            fd = os.open(self.path, os.O_WRONLY)
+        except OSError as exc:
+            raise OutputError(f"cannot be opened for writing ({exc.strerror})", path=self.path,
+                              fix="Check permissions and that the output folder is still there") from None
+        try:
+            pwrite_all(fd, batch.pieces, at, path=self.path)
+        finally:
+            try:
+                os.close(fd)
+            except OSError as exc:
+                raise OutputError(f"cannot be written ({exc.strerror})", path=self.path,
+                                  fix="Check free space and quota") from None
         return at
 
 
 def pwrite_all(fd: int, pieces: list[bytes], offset: int, *, path: Path) -> None:
     """`pieces` back to back at `offset` of the file `fd` (`os.pwritev`, at most `IOV_MAX` pieces a
-    call, going on after a short write). Raises OutputError, naming `path`, when the file cannot
-    take them."""
+    call, going on after a short write; joined and `os.pwrite` where there is no pwritev). Raises
+    OutputError, naming `path`, when the file cannot take them."""
     views = [memoryview(piece) for piece in pieces if len(piece)]
+    if not hasattr(os, "pwritev"):
+        views = [memoryview(b"".join(views))] if views else []
     first, at = 0, offset
     while first < len(views):
         try:
-            written = os.pwritev(fd, views[first:first + _IOV_MAX], at)
+            if hasattr(os, "pwritev"):
+                written = os.pwritev(fd, views[first:first + _IOV_MAX], at)
+            else:
+                written = os.pwrite(fd, views[first], at)
         except OSError as exc:
             raise OutputError(f"cannot be written ({exc.strerror})", path=path,
                               fix="Check free space and permissions") from None
@@ -185,8 +198,9 @@ class ContainerWriter:
     about 20 % of the tile phase with two workers, and the chunks had to reach it first.
     The entries are listed in the `zipfile.ZipFile`'s directory (`filelist`, `NameToInfo`,
     `start_dir`: CPython 3.11's writer state), which writes the central directory at `close()`, with
-    ZIP64 records where offsets or counts need them. An unfinished zip is not a valid zip (and it
-    lies in a staged folder, so a killed run leaves nothing complete)."""
+    ZIP64 records where offsets or counts need them. Only `close()` writes that directory: a run
+    that fails calls `abort()` instead, and a killed one writes none, so an unfinished zip is never a
+    valid one (and it lies in a staged folder, so a killed run leaves nothing complete)."""
 
     def __init__(self, path: Path, count: int, tile_px: int, *, codec: str | None, masks: bool):
         import time
@@ -234,16 +248,26 @@ class ContainerWriter:
         for key, offset, crc, size in entries:
             info = _stored_info(key, size, crc, self.date_time)
             info.header_offset = at + offset
-            zf._writecheck(info)  # a duplicate key, a closed file, the ZIP64 limits
+            if key in zf.NameToInfo:  # zipfile itself only warns
+                raise RuntimeError(f"zip entry {key} listed twice in {self.path}")
             zf.filelist.append(info)
             zf.NameToInfo[key] = info
         zf._didModify = True
 
     def close(self) -> None:
+        """Writes the central directory after the last entry: the zip is complete. Call it only
+        when every tile is listed and every worker has ended."""
         zf = self.store.zf
         if zf.fp is not None:
-            zf.start_dir = self._appender.end.value if self._appender is not None else self._end
+            # the raw value: every worker has ended, and one killed while it held the lock never released it
+            zf.start_dir = self._appender.end.get_obj().value if self._appender is not None else self._end
             zf.fp.seek(zf.start_dir)
+        self.store.close()
+
+    def abort(self) -> None:
+        """Closes the file without a central directory (not a valid zip): for a run that failed."""
+        zf = self.store.zf
+        zf._didModify = False  # so zipfile's close writes no end record
         self.store.close()
 
 

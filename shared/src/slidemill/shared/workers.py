@@ -35,7 +35,8 @@ def _broken_pool_paragraph(what: str) -> str:
             "rerun with --workers 1 (workers=1 from Python) to do the work in this process and see the cause")
     main = sys.modules.get("__main__")
     script = getattr(main, "__file__", None)
-    if script and not os.path.basename(script).startswith("slidemill"):
+    name = os.path.basename(script or "")
+    if script and not name.startswith("slidemill") and name != "__main__.py" and "site-packages" not in script:
         # a user's script: spawn and forkserver workers import it again, running any unguarded call
         text += (f". If {script} calls slidemill with workers, the call must sit under "
                  "`if __name__ == \"__main__\":`, since every worker process imports that script again "

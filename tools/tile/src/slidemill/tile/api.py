@@ -345,8 +345,10 @@ def _write_container_store(plan: TilePlan, config: TileConfig, stage: Path, work
                 progress.advance(len(batch))
         else:
             _encode_in_workers(plan, config, workers, codec, writer, rows, progress)
-    finally:
-        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
 
 
 def _encode_in_workers(plan: TilePlan, config: TileConfig, workers: int, codec: str | None,
