@@ -135,9 +135,14 @@ class EntryAppender:
     into the zip, written once. The file is opened and closed for each batch, so an error that a
     network filesystem reports only at close (quota, space) fails that batch, not later in silence."""
 
-    def __init__(self, path: Path, end):
+    def __init__(self, path: Path, end, date_time: tuple[int, ...]):
         self.path = Path(path)
         self.end = end  # multiprocessing.Value("q"): the offset where the next batch goes
+        self.date_time = date_time  # the entries' modification time, the same for every entry of the zip
+
+    def batch(self) -> EntryBatch:
+        """An empty batch of this zip's entries."""
+        return EntryBatch(self.date_time)
 
     def append(self, batch: EntryBatch) -> int:
         """Writes the batch; returns the offset of its first byte in the zip file."""
@@ -164,13 +169,14 @@ def pwrite_all(fd: int, pieces: list[bytes], offset: int, *, path: Path) -> None
     """`pieces` back to back at `offset` of the file `fd` (`os.pwritev`, at most `IOV_MAX` pieces a
     call, going on after a short write; joined and `os.pwrite` where there is no pwritev). Raises
     OutputError, naming `path`, when the file cannot take them."""
+    vectored = hasattr(os, "pwritev")
     views = [memoryview(piece) for piece in pieces if len(piece)]
-    if not hasattr(os, "pwritev"):
+    if not vectored:
         views = [memoryview(b"".join(views))] if views else []
     first, at = 0, offset
     while first < len(views):
         try:
-            if hasattr(os, "pwritev"):
+            if vectored:
                 written = os.pwritev(fd, views[first:first + _IOV_MAX], at)
             else:
                 written = os.pwrite(fd, views[first], at)
@@ -228,7 +234,7 @@ class ContainerWriter:
         """The appender for worker processes of the multiprocessing `context`; from now on this
         process appends through it too."""
         if self._appender is None:
-            self._appender = EntryAppender(self.path, context.Value("q", self._end))
+            self._appender = EntryAppender(self.path, context.Value("q", self._end), self.date_time)
         return self._appender
 
     def put(self, index: int, image: bytes | None, mask: bytes | None) -> None:

@@ -152,8 +152,8 @@ def start_workers_early(workers: int) -> None:
 
 
 def _executor(plan: TilePlan, workers: int, container: tuple = ()):
-    """Worker processes with the plan's renderer (and, for a container store, the zip's appender and
-    entry date: `render.init_worker`); a worker's abrupt end is a `WorkerError`."""
+    """Worker processes with the plan's renderer (and, for a container store, the zip's appender:
+    `render.init_worker`); a worker's abrupt end is a `WorkerError`."""
     return worker_pool(workers, _mp_context(), render.init_worker, (plan.renderer, *container),
                        what=f"cutting tiles of {plan.slide_ref.name}")
 
@@ -361,7 +361,7 @@ def _encode_in_workers(plan: TilePlan, config: TileConfig, workers: int, codec: 
     process (from a scratch file the workers wrote), ~20 % of its time in the tile phase."""
     size = batch_size(config.tile_size_px, len(plan), workers)
     appender = writer.appender(_mp_context())
-    with _executor(plan, workers, (appender, writer.date_time)) as pool:
+    with _executor(plan, workers, (appender,)) as pool:
         for at, entries, batch_rows in bounded_map(pool, render.worker_encode_append, _chunks(plan.specs, size),
                                                     3 * workers, codec):
             writer.listed(at, entries)

@@ -14,7 +14,7 @@ from slidemill.shared.classes import IGNORE_LABEL
 from slidemill.shared.errors import OutputError
 from slidemill.shared.rasterize import LabelledShape, Rasterizer
 from slidemill.shared.stored_tiles import StoredLevels, aligned_level, read_tile_pixels
-from slidemill.shared.tilestore import EntryAppender, EntryBatch, encode_chunk, mask_codec
+from slidemill.shared.tilestore import EntryAppender, encode_chunk, mask_codec
 from slidemill.shared.tilestore import image_codec as tile_image_codec
 from slidemill.shared.tiletable import COLUMNS
 
@@ -248,7 +248,6 @@ def valid_extent_px(extent_level0: int, scale: float, start_px: int, tile_px: in
 
 _WORKER: TileRenderer | None = None
 _APPENDER: EntryAppender | None = None  # a container store's zip, which this worker writes its chunks into
-_APPENDER_DATE: tuple[int, ...] = ()
 
 
 def _exit_with_parent() -> None:
@@ -270,15 +269,14 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="slidemill-parent-watch", daemon=True).start()
 
 
-def init_worker(renderer: TileRenderer, appender: EntryAppender | None = None,
-                date_time: tuple[int, ...] = ()) -> None:
-    global _WORKER, _APPENDER, _APPENDER_DATE
+def init_worker(renderer: TileRenderer, appender: EntryAppender | None = None) -> None:
+    global _WORKER, _APPENDER
     import logging
 
     _exit_with_parent()
     logging.getLogger("large_image").setLevel(logging.ERROR)
     _WORKER = renderer
-    _APPENDER, _APPENDER_DATE = appender, date_time
+    _APPENDER = appender
     renderer.open()
 
 
@@ -304,7 +302,7 @@ def worker_encode_append(image_codec: str | None, specs: list[TileSpec]) -> tupl
     (`init_worker`'s appender) instead of sent back: (offset of the batch in the zip, its
     `EntryBatch.entries`, [(index, class fractions)])."""
     assert _WORKER is not None and _APPENDER is not None
-    batch = EntryBatch(_APPENDER_DATE)
+    batch = _APPENDER.batch()
     rows = []
     for index, fractions, image, mask in encode_batch(_WORKER, image_codec, specs):
         batch.add(index, image, mask)
